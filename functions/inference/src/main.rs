@@ -1,0 +1,20 @@
+//! The inference Lambda: Open Inference Protocol v2 behind API Gateway (HTTP API or REST API).
+//! `PRELOAD_MODELS` are loaded here, during init, outside the handler.
+
+use std::sync::Arc;
+
+use lambda_http::Error;
+use modelpipe::config::Config;
+use modelpipe::registry::Registry;
+use modelpipe::serve::{Inference, SwapPolicy, router};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    modelpipe::telemetry::init_lambda();
+    let config = Config::from_env()?;
+    let registry = Registry::open(&config.model_root)?;
+    // Lambda freezes the process between invocations: the request that notices a move loads it.
+    let inference = Arc::new(Inference::new(registry, &config, SwapPolicy::Blocking));
+    inference.preload(&config.preload_models).await?;
+    lambda_http::run(router(inference)).await
+}

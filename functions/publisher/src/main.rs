@@ -1,0 +1,24 @@
+//! The publisher Lambda: `{"action": "publish" | "rollback" | "set-alias", ...}` in, the alias
+//! moved and `{"model", "alias", "version", "previous"}` out; refusals are function errors.
+
+use lambda_runtime::{Error, LambdaEvent, service_fn};
+use modelpipe::config::Config;
+use modelpipe::publish::{PublisherRequest, PublisherResponse, apply};
+use modelpipe::registry::Registry;
+use serde_json::Value;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    modelpipe::telemetry::init_lambda();
+    let config = Config::from_env()?;
+    let registry = Registry::open(&config.model_root)?;
+    let registry = &registry;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
+        let request = PublisherRequest::from_json(event.payload)?;
+        let (registry, request_id) = (registry.clone(), event.context.request_id);
+        let response: PublisherResponse = tokio::task::spawn_blocking(move || apply(&registry, &request, Some(&request_id))).await??;
+        tracing::info!(model = %response.model, alias = %response.alias, from = ?response.previous, to = response.version, "alias moved");
+        Ok::<_, Error>(response)
+    }))
+    .await
+}

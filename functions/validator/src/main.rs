@@ -1,0 +1,30 @@
+//! The validator Lambda: S3 ObjectCreated events in, versions committed and published.
+
+use aws_lambda_events::s3::S3Event;
+use lambda_runtime::{Error, LambdaEvent, service_fn};
+use modelpipe::aws::{LambdaPublisher, S3Store, s3_client};
+use modelpipe::config::Config;
+use modelpipe::registry::Registry;
+use modelpipe::validator::Validator;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    modelpipe::telemetry::init_lambda();
+    let config = Config::from_env()?;
+    let registry = Registry::open(&config.model_root)?;
+    let function = config
+        .publisher_function
+        .clone()
+        .ok_or("PUBLISHER_FUNCTION is not set")?;
+    let aws = aws_config::load_from_env().await;
+    let publisher = LambdaPublisher::new(aws_sdk_lambda::Client::new(&aws), function);
+    let validator = Validator::new(registry, S3Store::new(s3_client(&aws)), publisher, &config);
+    let validator = &validator;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<S3Event>| async move {
+        validator
+            .handle_event(&event.payload)
+            .await
+            .map_err(Error::from)
+    }))
+    .await
+}

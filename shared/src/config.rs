@@ -1,0 +1,134 @@
+//! The environment variables of the contract, read once at start-up with their defaults.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::model_name::ModelName;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `MODEL_ROOT` [/mnt/models]: the registry directory.
+    pub model_root: PathBuf,
+    /// `MODELS_PREFIX` [models/]: where uploads are watched in the bucket.
+    pub models_prefix: String,
+    /// `MAX_MODEL_BYTES` [2 GiB]: larger uploads are refused before being read.
+    pub max_model_bytes: u64,
+    /// `PUBLISHER_FUNCTION`: the publisher Lambda the validator invokes.
+    pub publisher_function: Option<String>,
+    /// `RELOAD_CHECK_MS` [1000]: how often a request may look at the alias.
+    pub reload_check: Duration,
+    /// `PRELOAD_MODELS`: models loaded during init.
+    pub preload_models: Vec<ModelName>,
+    /// `MODEL_CACHE_BYTES`: budget for models loaded on demand (unbounded when unset).
+    pub model_cache_bytes: Option<u64>,
+    /// `MAX_REQUEST_BYTES` [10 MiB, API Gateway's limit]: larger inference bodies get 413.
+    pub max_request_bytes: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("environment variable {name}={value:?} is invalid: {why}")]
+pub struct ConfigError {
+    name: &'static str,
+    value: String,
+    why: String,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        fn parse<T: std::str::FromStr>(
+            name: &'static str,
+            value: Option<String>,
+            default: T,
+        ) -> Result<T, ConfigError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            match value.filter(|v| !v.trim().is_empty()) {
+                None => Ok(default),
+                Some(v) => v.trim().parse().map_err(|e: T::Err| ConfigError {
+                    name,
+                    value: v.clone(),
+                    why: e.to_string(),
+                }),
+            }
+        }
+        let preload = get("PRELOAD_MODELS").unwrap_or_default();
+        let preload_models = preload
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse().map_err(|e: crate::NameError| ConfigError {
+                    name: "PRELOAD_MODELS",
+                    value: preload.clone(),
+                    why: e.to_string(),
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let mut models_prefix = get("MODELS_PREFIX").unwrap_or_else(|| "models/".into());
+        if !models_prefix.is_empty() && !models_prefix.ends_with('/') {
+            models_prefix.push('/');
+        }
+        Ok(Self {
+            model_root: PathBuf::from(
+                get("MODEL_ROOT")
+                    .filter(|v| !v.is_empty())
+                    .unwrap_or_else(|| "/mnt/models".into()),
+            ),
+            models_prefix,
+            max_model_bytes: parse(
+                "MAX_MODEL_BYTES",
+                get("MAX_MODEL_BYTES"),
+                2 * 1024 * 1024 * 1024,
+            )?,
+            publisher_function: get("PUBLISHER_FUNCTION").filter(|v| !v.is_empty()),
+            reload_check: Duration::from_millis(parse(
+                "RELOAD_CHECK_MS",
+                get("RELOAD_CHECK_MS"),
+                1000,
+            )?),
+            preload_models,
+            model_cache_bytes: match get("MODEL_CACHE_BYTES") {
+                Some(v) if !v.is_empty() => Some(parse("MODEL_CACHE_BYTES", Some(v), 0)?),
+                _ => None,
+            },
+            max_request_bytes: parse(
+                "MAX_REQUEST_BYTES",
+                get("MAX_REQUEST_BYTES"),
+                10 * 1024 * 1024,
+            )?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let config = Config::from_lookup(|_| None).unwrap();
+        assert_eq!(config.model_root, PathBuf::from("/mnt/models"));
+        assert_eq!(config.models_prefix, "models/");
+        assert_eq!(config.max_model_bytes, 2147483648);
+        assert_eq!(config.reload_check, Duration::from_millis(1000));
+        assert!(config.preload_models.is_empty());
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let err =
+            Config::from_lookup(|n| (n == "RELOAD_CHECK_MS").then(|| "soon".into())).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("environment variable RELOAD_CHECK_MS=\"soon\" is invalid")
+        );
+        let err = Config::from_lookup(|n| (n == "PRELOAD_MODELS").then(|| "iris,Bad".into()))
+            .unwrap_err();
+        assert!(err.to_string().contains("PRELOAD_MODELS"));
+    }
+}

@@ -1,0 +1,205 @@
+//! Test harness shared by the end-to-end tests: real servers started as child processes
+//! (moto_server for the AWS APIs, `cargo lambda watch` for the Lambda runtime API), polled until
+//! ready, killed when dropped; and S3 events shaped exactly as AWS sends them.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use modelpipe::model_name::encode_event_key;
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// A command installed by `.ci/run` in the workspace's `.venv`, or else found on PATH.
+pub fn tool(name: &str) -> PathBuf {
+    let venv = workspace_root().join(".venv/bin").join(name);
+    if venv.exists() {
+        venv
+    } else {
+        PathBuf::from(name)
+    }
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, or panics after `timeout` saying `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn answers(url: &str) -> bool {
+    reqwest::get(url).await.is_ok()
+}
+
+/// A child process killed (and reaped) on drop.
+pub struct Server {
+    child: Child,
+    pub port: u16,
+}
+
+impl Server {
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn assert_alive(&mut self, what: &str) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("{what} exited early with {status}");
+        }
+    }
+
+    /// Stops the process with SIGINT (the graceful path) and waits for it.
+    pub fn interrupt(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        self.child.wait().expect("wait for child")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `moto_server` on a free loopback port, ready to answer.
+pub async fn start_moto() -> Server {
+    let port = free_port();
+    let child = Command::new(tool("moto_server"))
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("moto_server must be installed (pip install 'moto[server]'; .ci/run does it)");
+    let mut server = Server { child, port };
+    let url = format!("{}/moto-api/", server.endpoint());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !answers(&url).await {
+        server.assert_alive("moto_server");
+        assert!(
+            Instant::now() < deadline,
+            "moto_server did not answer within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server
+}
+
+/// `cargo lambda watch` serving this workspace's function binaries, with `env` given to them.
+/// The binaries must be built first (`cargo build --workspace`; .ci/run does it).
+pub async fn start_watch(env: &[(&str, String)]) -> Server {
+    let port = free_port();
+    let mut command = Command::new(tool("cargo-lambda"));
+    command
+        .args([
+            "lambda",
+            "watch",
+            "--ignore-changes",
+            "-A",
+            "127.0.0.1",
+            "-P",
+            &port.to_string(),
+        ])
+        .current_dir(workspace_root())
+        .stdout(Stdio::null())
+        .stderr(if std::env::var_os("MODELPIPE_TEST_VERBOSE").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        });
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let child = command
+        .spawn()
+        .expect("cargo-lambda must be installed (pip install cargo-lambda; .ci/run does it)");
+    let mut server = Server { child, port };
+    let url = format!("{}/", server.endpoint());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !answers(&url).await {
+        server.assert_alive("cargo lambda watch");
+        assert!(
+            Instant::now() < deadline,
+            "cargo lambda watch did not answer within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server
+}
+
+/// The environment an AWS SDK client needs to talk to a local endpoint and nothing else.
+pub fn local_aws_env() -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_ACCESS_KEY_ID", "testing".into()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+        ("AWS_EC2_METADATA_DISABLED", "true".into()),
+        ("AWS_MAX_ATTEMPTS", "1".into()),
+    ]
+}
+
+pub async fn aws_config(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            "testing", "testing", None, None, "tests",
+        ))
+        .endpoint_url(endpoint)
+        .load()
+        .await
+}
+
+/// An S3 ObjectCreated:Put event as AWS sends it: one record, the key URL-encoded.
+pub fn s3_put_event(
+    bucket: &str,
+    key: &str,
+    size: u64,
+    etag: &str,
+    sequencer: &str,
+) -> serde_json::Value {
+    serde_json::json!({
+        "Records": [{
+            "eventVersion": "2.1",
+            "eventSource": "aws:s3",
+            "awsRegion": "us-east-1",
+            "eventTime": "2026-11-28T00:00:00.000Z",
+            "eventName": "ObjectCreated:Put",
+            "userIdentity": {"principalId": "AWS:AIDAEXAMPLE"},
+            "requestParameters": {"sourceIPAddress": "127.0.0.1"},
+            "responseElements": {"x-amz-request-id": "C3D13FE58DE4C810", "x-amz-id-2": "FMyUVURIY8/IgAtTv8xRjskZQpcIZ9KG4V5Wp6S7S/JRWeUWerMUE5JgHvANOjpD"},
+            "s3": {
+                "s3SchemaVersion": "1.0",
+                "configurationId": "modelpipe-uploads",
+                "bucket": {"name": bucket, "ownerIdentity": {"principalId": "A3NL1KOZZKExample"}, "arn": format!("arn:aws:s3:::{bucket}")},
+                "object": {"key": encode_event_key(key), "size": size, "eTag": etag, "sequencer": sequencer}
+            }
+        }]
+    })
+}
