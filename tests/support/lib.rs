@@ -89,6 +89,25 @@ impl Drop for Server {
     }
 }
 
+/// The moto endpoint to use: `MODELPIPE_MOTO_ENDPOINT` when `.ci/run` started one for the whole
+/// run, else a `moto_server` of this test's own (kept alive by the returned guard).
+pub async fn moto() -> (String, Option<Server>) {
+    match std::env::var("MODELPIPE_MOTO_ENDPOINT") {
+        Ok(endpoint) if !endpoint.is_empty() => (endpoint, None),
+        _ => {
+            let server = start_moto().await;
+            (server.endpoint(), Some(server))
+        }
+    }
+}
+
+/// A bucket name no other test uses.
+pub fn unique_bucket(prefix: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{prefix}-{}-{n}", std::process::id())
+}
+
 /// `moto_server` on a free loopback port, ready to answer.
 pub async fn start_moto() -> Server {
     let port = free_port();
