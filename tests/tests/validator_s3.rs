@@ -42,20 +42,54 @@ impl Fixture {
         s3.create_bucket().bucket(&bucket).send().await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let registry = Registry::open(dir.path().join("registry")).unwrap();
-        let config = Config { max_model_bytes, ..Config::from_lookup(|_| None).unwrap() };
-        let validator = Validator::new(registry.clone(), S3Store::new(s3.clone()), LocalPublisher(registry.clone()), &config);
-        Self { _moto: guard, s3, bucket, _dir: dir, registry, validator, sequencer: AtomicU64::new(0x1000) }
+        let config = Config {
+            max_model_bytes,
+            ..Config::from_lookup(|_| None).unwrap()
+        };
+        let validator = Validator::new(
+            registry.clone(),
+            S3Store::new(s3.clone()),
+            LocalPublisher(registry.clone()),
+            &config,
+        );
+        Self {
+            _moto: guard,
+            s3,
+            bucket,
+            _dir: dir,
+            registry,
+            validator,
+            sequencer: AtomicU64::new(0x1000),
+        }
     }
 
     /// Puts the object and returns the event S3 would send for it.
     async fn put(&self, key: &str, bytes: &[u8], metadata: &[(&str, &str)]) -> S3Event {
-        let mut put = self.s3.put_object().bucket(&self.bucket).key(key).body(ByteStream::from(bytes.to_vec()));
+        let mut put = self
+            .s3
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(ByteStream::from(bytes.to_vec()));
         for (k, v) in metadata {
             put = put.metadata(*k, *v);
         }
-        let etag = put.send().await.unwrap().e_tag().unwrap_or_default().to_string();
+        let etag = put
+            .send()
+            .await
+            .unwrap()
+            .e_tag()
+            .unwrap_or_default()
+            .to_string();
         let sequencer = format!("{:016X}", self.sequencer.fetch_add(1, Ordering::SeqCst));
-        serde_json::from_value(s3_put_event(&self.bucket, key, bytes.len() as u64, &etag, &sequencer)).unwrap()
+        serde_json::from_value(s3_put_event(
+            &self.bucket,
+            key,
+            bytes.len() as u64,
+            &etag,
+            &sequencer,
+        ))
+        .unwrap()
     }
 
     async fn handle(&self, event: &S3Event) -> Outcome {
@@ -72,36 +106,85 @@ impl Fixture {
     /// The live version and the bytes of its file.
     fn live(&self) -> Option<(u64, Vec<u8>)> {
         let alias = self.registry.alias(&iris(), &AliasName::live()).unwrap()?;
-        Some((alias.version, std::fs::read(self.registry.model_file(&iris(), alias.version)).unwrap()))
+        Some((
+            alias.version,
+            std::fs::read(self.registry.model_file(&iris(), alias.version)).unwrap(),
+        ))
     }
 
     async fn tags(&self, key: &str) -> HashMap<String, String> {
-        let tagging = self.s3.get_object_tagging().bucket(&self.bucket).key(key).send().await.unwrap();
-        tagging.tag_set().iter().map(|t| (t.key().to_string(), t.value().to_string())).collect()
+        let tagging = self
+            .s3
+            .get_object_tagging()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+        tagging
+            .tag_set()
+            .iter()
+            .map(|t| (t.key().to_string(), t.value().to_string()))
+            .collect()
     }
 
     /// Publishes v1 and returns what live is then.
     async fn with_v1_live(&self) -> (u64, Vec<u8>) {
-        let outcome = self.upload("models/iris/model.onnx", &LinearSoftmax::iris(1).to_bytes(), &[]).await;
-        assert!(matches!(outcome, Outcome::Published { version: 1, .. }), "{outcome:?}");
+        let outcome = self
+            .upload(
+                "models/iris/model.onnx",
+                &LinearSoftmax::iris(1).to_bytes(),
+                &[],
+            )
+            .await;
+        assert!(
+            matches!(outcome, Outcome::Published { version: 1, .. }),
+            "{outcome:?}"
+        );
         self.live().unwrap()
     }
 
-    async fn assert_rejected(&self, key: &str, bytes: &[u8], metadata: &[(&str, &str)], reason_contains: &str) {
+    async fn assert_rejected(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        metadata: &[(&str, &str)],
+        reason_contains: &str,
+    ) {
         let before = self.live();
         let versions = self.registry.versions(&iris()).unwrap();
         let outcome = self.upload(key, bytes, metadata).await;
-        let Outcome::Rejected { reason, .. } = &outcome else { panic!("expected a rejection, got {outcome:?}") };
-        assert!(reason.contains(reason_contains), "reason {reason:?} should mention {reason_contains:?}");
+        let Outcome::Rejected { reason, .. } = &outcome else {
+            panic!("expected a rejection, got {outcome:?}")
+        };
+        assert!(
+            reason.contains(reason_contains),
+            "reason {reason:?} should mention {reason_contains:?}"
+        );
         let tags = self.tags(key).await;
-        assert_eq!(tags.get("modelpipe-status").map(String::as_str), Some("rejected"));
+        assert_eq!(
+            tags.get("modelpipe-status").map(String::as_str),
+            Some("rejected")
+        );
         assert!(!tags.get("modelpipe-reason").unwrap().is_empty());
-        assert_eq!(self.live(), before, "the live alias and its file must not change");
-        assert_eq!(self.registry.versions(&iris()).unwrap(), versions, "no version may be added");
+        assert_eq!(
+            self.live(),
+            before,
+            "the live alias and its file must not change"
+        );
+        assert_eq!(
+            self.registry.versions(&iris()).unwrap(),
+            versions,
+            "no version may be added"
+        );
         let rejections = self.registry.rejections(&iris()).unwrap();
         assert_eq!(rejections.last().unwrap().reason, *reason);
         let staging = self.registry.root().join("iris/staging");
-        assert_eq!(std::fs::read_dir(staging).map(|d| d.count()).unwrap_or(0), 0, "staging must be cleaned");
+        assert_eq!(
+            std::fs::read_dir(staging).map(|d| d.count()).unwrap_or(0),
+            0,
+            "staging must be cleaned"
+        );
     }
 }
 
@@ -109,8 +192,21 @@ impl Fixture {
 async fn an_upload_becomes_live_and_is_tagged_published() {
     let f = Fixture::new().await;
     let bytes = LinearSoftmax::iris(1).to_bytes();
-    let outcome = f.upload("models/iris/model.onnx", &bytes, &[("sha256", &sha256_bytes(&bytes))]).await;
-    assert_eq!(outcome, Outcome::Published { model: iris(), version: 1, alias: AliasName::live() });
+    let outcome = f
+        .upload(
+            "models/iris/model.onnx",
+            &bytes,
+            &[("sha256", &sha256_bytes(&bytes))],
+        )
+        .await;
+    assert_eq!(
+        outcome,
+        Outcome::Published {
+            model: iris(),
+            version: 1,
+            alias: AliasName::live()
+        }
+    );
     assert_eq!(f.live(), Some((1, bytes.clone())));
     let manifest = f.registry.manifest(&iris(), 1).unwrap();
     assert_eq!(manifest.sha256, sha256_bytes(&bytes));
@@ -119,10 +215,16 @@ async fn an_upload_becomes_live_and_is_tagged_published() {
     assert!(manifest.source.etag.is_some() && manifest.source.sequencer.is_some());
     assert_eq!(manifest.signature.inputs[0].shape, [-1, 4]);
     let tags = f.tags("models/iris/model.onnx").await;
-    assert_eq!(tags.get("modelpipe-status").map(String::as_str), Some("published"));
+    assert_eq!(
+        tags.get("modelpipe-status").map(String::as_str),
+        Some("published")
+    );
     assert_eq!(tags.get("modelpipe-version").map(String::as_str), Some("1"));
     let history = f.registry.history(&iris()).unwrap();
-    assert_eq!(history.iter().map(|e| (e.from, e.to)).collect::<Vec<_>>(), [(None, 1)]);
+    assert_eq!(
+        history.iter().map(|e| (e.from, e.to)).collect::<Vec<_>>(),
+        [(None, 1)]
+    );
 }
 
 #[tokio::test]
@@ -131,7 +233,14 @@ async fn a_retrained_upload_becomes_the_next_live_version() {
     f.with_v1_live().await;
     let v2 = LinearSoftmax::iris(2).to_bytes();
     let outcome = f.upload("models/iris/model.onnx", &v2, &[]).await;
-    assert_eq!(outcome, Outcome::Published { model: iris(), version: 2, alias: AliasName::live() });
+    assert_eq!(
+        outcome,
+        Outcome::Published {
+            model: iris(),
+            version: 2,
+            alias: AliasName::live()
+        }
+    );
     assert_eq!(f.live(), Some((2, v2)));
 }
 
@@ -148,16 +257,38 @@ async fn an_s3_sha256_checksum_is_verified_against_the_bytes_read() {
         .send()
         .await
         .unwrap();
-    let event = serde_json::from_value(s3_put_event(&f.bucket, key, bytes.len() as u64, "etag", "00A1")).unwrap();
-    assert!(matches!(f.handle(&event).await, Outcome::Published { version: 1, .. }));
+    let event = serde_json::from_value(s3_put_event(
+        &f.bucket,
+        key,
+        bytes.len() as u64,
+        "etag",
+        "00A1",
+    ))
+    .unwrap();
+    assert!(matches!(
+        f.handle(&event).await,
+        Outcome::Published { version: 1, .. }
+    ));
 }
 
 #[tokio::test]
 async fn a_url_encoded_key_with_spaces_is_decoded() {
     let f = Fixture::new().await;
-    let outcome = f.upload("models/iris/my model (v1)+final.onnx", &LinearSoftmax::iris(1).to_bytes(), &[]).await;
-    assert!(matches!(outcome, Outcome::Published { version: 1, .. }), "{outcome:?}");
-    assert_eq!(f.registry.manifest(&iris(), 1).unwrap().source.key, "models/iris/my model (v1)+final.onnx");
+    let outcome = f
+        .upload(
+            "models/iris/my model (v1)+final.onnx",
+            &LinearSoftmax::iris(1).to_bytes(),
+            &[],
+        )
+        .await;
+    assert!(
+        matches!(outcome, Outcome::Published { version: 1, .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        f.registry.manifest(&iris(), 1).unwrap().source.key,
+        "models/iris/my model (v1)+final.onnx"
+    );
 }
 
 #[tokio::test]
@@ -165,7 +296,14 @@ async fn identical_bytes_create_no_new_version() {
     let f = Fixture::new().await;
     let (_, v1) = f.with_v1_live().await;
     let outcome = f.upload("models/iris/copy.onnx", &v1, &[]).await;
-    assert_eq!(outcome, Outcome::Published { model: iris(), version: 1, alias: AliasName::live() });
+    assert_eq!(
+        outcome,
+        Outcome::Published {
+            model: iris(),
+            version: 1,
+            alias: AliasName::live()
+        }
+    );
     assert_eq!(f.registry.versions(&iris()).unwrap(), [1]);
     assert_eq!(f.registry.history(&iris()).unwrap().len(), 1);
 }
@@ -174,20 +312,58 @@ async fn identical_bytes_create_no_new_version() {
 async fn publish_false_registers_without_moving_the_alias() {
     let f = Fixture::new().await;
     let before = f.with_v1_live().await;
-    let outcome = f.upload("models/iris/model.onnx", &LinearSoftmax::iris(2).to_bytes(), &[("publish", "false")]).await;
-    assert_eq!(outcome, Outcome::Registered { model: iris(), version: 2 });
+    let outcome = f
+        .upload(
+            "models/iris/model.onnx",
+            &LinearSoftmax::iris(2).to_bytes(),
+            &[("publish", "false")],
+        )
+        .await;
+    assert_eq!(
+        outcome,
+        Outcome::Registered {
+            model: iris(),
+            version: 2
+        }
+    );
     assert_eq!(f.live(), Some(before));
-    assert_eq!(f.tags("models/iris/model.onnx").await.get("modelpipe-status").map(String::as_str), Some("registered"));
+    assert_eq!(
+        f.tags("models/iris/model.onnx")
+            .await
+            .get("modelpipe-status")
+            .map(String::as_str),
+        Some("registered")
+    );
 }
 
 #[tokio::test]
 async fn alias_metadata_publishes_to_that_alias() {
     let f = Fixture::new().await;
     let before = f.with_v1_live().await;
-    let outcome = f.upload("models/iris/model.onnx", &LinearSoftmax::iris(2).to_bytes(), &[("alias", "canary")]).await;
-    assert_eq!(outcome, Outcome::Published { model: iris(), version: 2, alias: "canary".parse().unwrap() });
+    let outcome = f
+        .upload(
+            "models/iris/model.onnx",
+            &LinearSoftmax::iris(2).to_bytes(),
+            &[("alias", "canary")],
+        )
+        .await;
+    assert_eq!(
+        outcome,
+        Outcome::Published {
+            model: iris(),
+            version: 2,
+            alias: "canary".parse().unwrap()
+        }
+    );
     assert_eq!(f.live(), Some(before));
-    assert_eq!(f.registry.alias(&iris(), &"canary".parse().unwrap()).unwrap().unwrap().version, 2);
+    assert_eq!(
+        f.registry
+            .alias(&iris(), &"canary".parse().unwrap())
+            .unwrap()
+            .unwrap()
+            .version,
+        2
+    );
 }
 
 #[tokio::test]
@@ -196,9 +372,23 @@ async fn an_allowed_signature_change_is_published_and_recorded() {
     f.with_v1_live().await;
     let mut wider = LinearSoftmax::iris(2);
     wider.weights.push(vec![0.1, 0.2, 0.3]);
-    let outcome = f.upload("models/iris/model.onnx", &wider.to_bytes(), &[("allow-signature-change", "true")]).await;
-    assert!(matches!(outcome, Outcome::Published { version: 2, .. }), "{outcome:?}");
-    let change = f.registry.manifest(&iris(), 2).unwrap().signature_change.unwrap();
+    let outcome = f
+        .upload(
+            "models/iris/model.onnx",
+            &wider.to_bytes(),
+            &[("allow-signature-change", "true")],
+        )
+        .await;
+    assert!(
+        matches!(outcome, Outcome::Published { version: 2, .. }),
+        "{outcome:?}"
+    );
+    let change = f
+        .registry
+        .manifest(&iris(), 2)
+        .unwrap()
+        .signature_change
+        .unwrap();
     assert!(change.contains("[-1,5] instead of [-1,4]"), "{change}");
 }
 
@@ -212,19 +402,44 @@ async fn a_contract_with_golden_examples_is_enforced() {
         "examples": [{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": row}],
                       "outputs": [{"name": "probabilities", "data": model.predict(&row)}], "tolerance": 1e-5}]
     });
-    f.s3.put_object().bucket(&f.bucket).key("models/iris/contract.json").body(ByteStream::from(contract.to_string().into_bytes())).send().await.unwrap();
-    let outcome = f.upload("models/iris/model.onnx", &model.to_bytes(), &[]).await;
-    assert!(matches!(outcome, Outcome::Published { version: 1, .. }), "{outcome:?}");
+    f.s3.put_object()
+        .bucket(&f.bucket)
+        .key("models/iris/contract.json")
+        .body(ByteStream::from(contract.to_string().into_bytes()))
+        .send()
+        .await
+        .unwrap();
+    let outcome = f
+        .upload("models/iris/model.onnx", &model.to_bytes(), &[])
+        .await;
+    assert!(
+        matches!(outcome, Outcome::Published { version: 1, .. }),
+        "{outcome:?}"
+    );
     // Other weights give other probabilities: the golden example catches it.
-    f.assert_rejected("models/iris/model.onnx", &LinearSoftmax::iris(2).to_bytes(), &[], "golden example 1").await;
+    f.assert_rejected(
+        "models/iris/model.onnx",
+        &LinearSoftmax::iris(2).to_bytes(),
+        &[],
+        "golden example 1",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn contract_json_uploads_and_foreign_keys_are_ignored() {
     let f = Fixture::new().await;
-    for key in ["models/iris/contract.json", "other/iris/model.onnx", "models/Iris/model.onnx", "models/iris/../x.onnx"] {
+    for key in [
+        "models/iris/contract.json",
+        "other/iris/model.onnx",
+        "models/Iris/model.onnx",
+        "models/iris/../x.onnx",
+    ] {
         let outcome = f.upload(key, b"not a model", &[]).await;
-        assert!(matches!(outcome, Outcome::Ignored { .. }), "{key}: {outcome:?}");
+        assert!(
+            matches!(outcome, Outcome::Ignored { .. }),
+            "{key}: {outcome:?}"
+        );
     }
     assert!(f.registry.models().unwrap().is_empty());
 }
@@ -233,15 +448,24 @@ async fn contract_json_uploads_and_foreign_keys_are_ignored() {
 async fn an_empty_file_is_rejected() {
     let f = Fixture::new().await;
     f.with_v1_live().await;
-    f.assert_rejected("models/iris/model.onnx", b"", &[], "the file is empty").await;
+    f.assert_rejected("models/iris/model.onnx", b"", &[], "the file is empty")
+        .await;
 }
 
 #[tokio::test]
 async fn random_bytes_are_rejected() {
     let f = Fixture::new().await;
     f.with_v1_live().await;
-    let random: Vec<u8> = (0..10_000u32).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
-    f.assert_rejected("models/iris/model.onnx", &random, &[], "not a loadable ONNX model").await;
+    let random: Vec<u8> = (0..10_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+        .collect();
+    f.assert_rejected(
+        "models/iris/model.onnx",
+        &random,
+        &[],
+        "not a loadable ONNX model",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -249,7 +473,13 @@ async fn a_truncated_model_is_rejected() {
     let f = Fixture::new().await;
     f.with_v1_live().await;
     let bytes = LinearSoftmax::iris(2).to_bytes();
-    f.assert_rejected("models/iris/model.onnx", &bytes[..bytes.len() / 2], &[], "not a loadable ONNX model").await;
+    f.assert_rejected(
+        "models/iris/model.onnx",
+        &bytes[..bytes.len() / 2],
+        &[],
+        "not a loadable ONNX model",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -257,7 +487,13 @@ async fn wrong_sha256_metadata_is_rejected() {
     let f = Fixture::new().await;
     f.with_v1_live().await;
     let wrong = sha256_bytes(b"something else");
-    f.assert_rejected("models/iris/model.onnx", &LinearSoftmax::iris(2).to_bytes(), &[("sha256", &wrong)], "does not match the uploaded bytes").await;
+    f.assert_rejected(
+        "models/iris/model.onnx",
+        &LinearSoftmax::iris(2).to_bytes(),
+        &[("sha256", &wrong)],
+        "does not match the uploaded bytes",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -265,7 +501,13 @@ async fn an_upload_over_max_model_bytes_is_rejected() {
     let f = Fixture::with_limit(100).await;
     let small = LinearSoftmax::iris(1);
     assert!(small.to_bytes().len() > 100);
-    f.assert_rejected("models/iris/model.onnx", &small.to_bytes(), &[], "more than MAX_MODEL_BYTES (100)").await;
+    f.assert_rejected(
+        "models/iris/model.onnx",
+        &small.to_bytes(),
+        &[],
+        "more than MAX_MODEL_BYTES (100)",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -274,17 +516,38 @@ async fn a_signature_change_against_live_is_rejected() {
     f.with_v1_live().await;
     let mut wider = LinearSoftmax::iris(2);
     wider.weights.push(vec![0.1, 0.2, 0.3]);
-    f.assert_rejected("models/iris/model.onnx", &wider.to_bytes(), &[], "signature differs from live v1").await;
+    f.assert_rejected(
+        "models/iris/model.onnx",
+        &wider.to_bytes(),
+        &[],
+        "signature differs from live v1",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn a_duplicate_event_is_a_no_op() {
     let f = Fixture::new().await;
-    let event = f.put("models/iris/model.onnx", &LinearSoftmax::iris(1).to_bytes(), &[]).await;
-    assert!(matches!(f.handle(&event).await, Outcome::Published { version: 1, .. }));
+    let event = f
+        .put(
+            "models/iris/model.onnx",
+            &LinearSoftmax::iris(1).to_bytes(),
+            &[],
+        )
+        .await;
+    assert!(matches!(
+        f.handle(&event).await,
+        Outcome::Published { version: 1, .. }
+    ));
     // S3 delivers the same event again.
     let history = f.registry.history(&iris()).unwrap().len();
-    assert_eq!(f.handle(&event).await, Outcome::Duplicate { model: iris(), key: "models/iris/model.onnx".into() });
+    assert_eq!(
+        f.handle(&event).await,
+        Outcome::Duplicate {
+            model: iris(),
+            key: "models/iris/model.onnx".into()
+        }
+    );
     assert_eq!(f.registry.versions(&iris()).unwrap(), [1]);
     assert_eq!(f.registry.history(&iris()).unwrap().len(), history);
 }
@@ -295,9 +558,18 @@ async fn an_older_event_after_a_newer_one_never_becomes_live() {
     let key = "models/iris/model.onnx";
     let older = f.put(key, &LinearSoftmax::iris(1).to_bytes(), &[]).await;
     let newer = f.put(key, &LinearSoftmax::iris(2).to_bytes(), &[]).await;
-    assert!(matches!(f.handle(&newer).await, Outcome::Published { version: 1, .. }));
+    assert!(matches!(
+        f.handle(&newer).await,
+        Outcome::Published { version: 1, .. }
+    ));
     let live = f.live();
-    assert_eq!(f.handle(&older).await, Outcome::Stale { model: iris(), key: key.into() });
+    assert_eq!(
+        f.handle(&older).await,
+        Outcome::Stale {
+            model: iris(),
+            key: key.into()
+        }
+    );
     assert_eq!(f.live(), live);
     assert_eq!(f.registry.versions(&iris()).unwrap(), [1]);
 }
@@ -305,11 +577,28 @@ async fn an_older_event_after_a_newer_one_never_becomes_live() {
 #[tokio::test]
 async fn two_validators_committing_one_model_at_once_get_two_versions() {
     let f = Fixture::new().await;
-    let a = f.put("models/iris/a.onnx", &LinearSoftmax::iris(1).to_bytes(), &[]).await;
-    let b = f.put("models/iris/b.onnx", &LinearSoftmax::iris(2).to_bytes(), &[]).await;
+    let a = f
+        .put(
+            "models/iris/a.onnx",
+            &LinearSoftmax::iris(1).to_bytes(),
+            &[],
+        )
+        .await;
+    let b = f
+        .put(
+            "models/iris/b.onnx",
+            &LinearSoftmax::iris(2).to_bytes(),
+            &[],
+        )
+        .await;
     // A second validator over the same registry directory, as a second Lambda instance would be.
     let config = Config::from_lookup(|_| None).unwrap();
-    let other = Validator::new(Registry::open(f.registry.root()).unwrap(), S3Store::new(f.s3.clone()), LocalPublisher(f.registry.clone()), &config);
+    let other = Validator::new(
+        Registry::open(f.registry.root()).unwrap(),
+        S3Store::new(f.s3.clone()),
+        LocalPublisher(f.registry.clone()),
+        &config,
+    );
     let (ra, rb) = tokio::join!(f.validator.handle_event(&a), other.handle_event(&b));
     let (ra, rb) = (ra.unwrap().remove(0), rb.unwrap().remove(0));
     let mut versions: Vec<u64> = [ra, rb]

@@ -1,0 +1,373 @@
+//! The inference router on a real local HTTP port: Open Inference Protocol routes, answers checked
+//! against probabilities computed here without tract, JSON errors, and hot reload of the alias.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use modelpipe::config::Config;
+use modelpipe::onnx_build::LinearSoftmax;
+use modelpipe::publish::{PublisherRequest, apply};
+use modelpipe::registry::{NewVersion, Registry};
+use modelpipe::serve::{Inference, SwapPolicy, router};
+use modelpipe::{AliasName, ModelName};
+use modelpipe_tests::wait_for;
+use serde_json::{Value, json};
+
+fn iris() -> ModelName {
+    "iris".parse().unwrap()
+}
+
+/// Commits `model` as the next version of iris (the validator's commit, without S3).
+fn commit(registry: &Registry, model: &LinearSoftmax) -> u64 {
+    let staging = registry.stage(&iris()).unwrap();
+    let bytes = model.to_bytes();
+    std::fs::write(staging.model_path(), &bytes).unwrap();
+    let checked =
+        modelpipe::checks::check_model(&staging.model_path(), Default::default()).unwrap();
+    let new = NewVersion {
+        sha256: modelpipe::digest::sha256_bytes(&bytes),
+        size: bytes.len() as u64,
+        source: Default::default(),
+        signature: checked.signature().clone(),
+        signature_change: None,
+    };
+    registry
+        .lock(&iris())
+        .unwrap()
+        .commit(staging, new)
+        .unwrap()
+        .version()
+}
+
+fn publish(registry: &Registry, version: u64) {
+    apply(
+        registry,
+        &PublisherRequest::Publish {
+            model: iris(),
+            version,
+            alias: AliasName::live(),
+            reason: None,
+        },
+        None,
+    )
+    .unwrap();
+}
+
+struct Served {
+    _dir: tempfile::TempDir,
+    registry: Registry,
+    base: String,
+    http: reqwest::Client,
+}
+
+async fn serve(versions: &[LinearSoftmax], env: &[(&str, &str)]) -> Served {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::open(dir.path()).unwrap();
+    for model in versions {
+        let v = commit(&registry, model);
+        publish(&registry, v);
+    }
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let config =
+        Config::from_lookup(|name| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
+            .unwrap();
+    let inference = Arc::new(Inference::new(
+        registry.clone(),
+        &config,
+        SwapPolicy::Background,
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router(inference)).await.unwrap() });
+    Served {
+        _dir: dir,
+        registry,
+        base,
+        http: reqwest::Client::new(),
+    }
+}
+
+impl Served {
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+
+    async fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+
+    async fn infer(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.post(path, body.to_string()).await
+    }
+}
+
+const ROWS: [[f32; 4]; 2] = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]];
+
+fn request(data: Value) -> Value {
+    json!({"id": "r1", "inputs": [{"name": "input", "shape": [2, 4], "datatype": "FP32", "data": data}]})
+}
+
+fn assert_probabilities(answer: &Value, model: &LinearSoftmax) {
+    let output = &answer["outputs"][0];
+    assert_eq!(output["name"], "probabilities");
+    assert_eq!(output["datatype"], "FP32");
+    assert_eq!(output["shape"], json!([2, 3]));
+    let got: Vec<f64> = output["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let want: Vec<f64> = ROWS.iter().flat_map(|row| model.predict(row)).collect();
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() < 1e-5, "got {got:?}, want {want:?}");
+    }
+}
+
+#[tokio::test]
+async fn live_inference_matches_probabilities_computed_independently() {
+    let v1 = LinearSoftmax::iris(1);
+    let s = serve(std::slice::from_ref(&v1), &[]).await;
+    let flat: Vec<f32> = ROWS.iter().flatten().copied().collect();
+    let (status, answer) = s
+        .infer("/v2/models/iris/infer", &request(json!(flat)))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        (
+            answer["model_name"].as_str(),
+            answer["model_version"].as_str(),
+            answer["id"].as_str()
+        ),
+        (Some("iris"), Some("1"), Some("r1"))
+    );
+    assert_probabilities(&answer, &v1);
+    let (status, nested) = s
+        .infer("/v2/models/iris/infer", &request(json!(ROWS)))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(nested["outputs"], answer["outputs"]);
+}
+
+#[tokio::test]
+async fn a_pinned_version_answers_from_that_version() {
+    let (v1, v2) = (LinearSoftmax::iris(1), LinearSoftmax::iris(2));
+    let s = serve(&[v1.clone(), v2.clone()], &[]).await;
+    let (status, answer) = s
+        .infer("/v2/models/iris/versions/1/infer", &request(json!(ROWS)))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["model_version"], "1");
+    assert_probabilities(&answer, &v1);
+    let (_, live) = s
+        .infer("/v2/models/iris/infer", &request(json!(ROWS)))
+        .await;
+    assert_eq!(live["model_version"], "2");
+    assert_probabilities(&live, &v2);
+}
+
+#[tokio::test]
+async fn health_and_metadata_routes_answer() {
+    let s = serve(&[LinearSoftmax::iris(1), LinearSoftmax::iris(2)], &[]).await;
+    assert_eq!(s.get("/v2/health/live").await, (200, json!({"live": true})));
+    assert_eq!(s.get("/v2/health/ready").await.0, 200);
+    assert_eq!(s.get("/v2").await.1["name"], "modelpipe");
+    let (status, meta) = s.get("/v2/models/iris").await;
+    assert_eq!(status, 200);
+    assert_eq!(meta["name"], "iris");
+    assert_eq!(meta["platform"], "onnx");
+    assert_eq!(meta["versions"], json!(["1", "2"]));
+    assert_eq!(
+        meta["inputs"],
+        json!([{"name": "input", "datatype": "FP32", "shape": [-1, 4]}])
+    );
+    assert_eq!(
+        meta["outputs"],
+        json!([{"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]}])
+    );
+    assert_eq!(s.get("/v2/models/iris/ready").await.0, 200);
+    assert_eq!(
+        s.get("/v2/models/iris/versions/1").await.1["versions"],
+        json!(["1"])
+    );
+    assert_eq!(s.get("/v2/models/iris/versions/1/ready").await.0, 200);
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_json_errors_and_the_model_keeps_serving() {
+    let s = serve(&[LinearSoftmax::iris(1)], &[("MAX_REQUEST_BYTES", "4096")]).await;
+    let cases = [
+        (
+            json!({"inputs": [{"name": "input", "shape": [1, 5], "datatype": "FP32", "data": [1, 2, 3, 4, 5]}]}),
+            "shape [1,5], the model expects [-1,4]",
+        ),
+        (
+            json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "INT64", "data": [1, 2, 3, 4]}]}),
+            "datatype INT64, the model expects FP32",
+        ),
+        (
+            json!({"inputs": [{"name": "input", "shape": [2, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}),
+            "4 elements in data, shape [2,4] needs 8",
+        ),
+        (
+            json!({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}),
+            "model has no input 'x'",
+        ),
+        (json!({"inputs": []}), "missing input 'input'"),
+        (
+            json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, "x"]}]}),
+            "element 3",
+        ),
+        (
+            json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}], "outputs": [{"name": "nope"}]}),
+            "no output 'nope'",
+        ),
+        (json!({"nothing": true}), "not a valid inference request"),
+    ];
+    for (body, message) in cases {
+        let (status, answer) = s.infer("/v2/models/iris/infer", &body).await;
+        assert_eq!(status, 400, "{body} -> {answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains(message),
+            "{answer} should say {message}"
+        );
+    }
+    assert_eq!(s.post("/v2/models/iris/infer", "{not json").await.0, 400);
+    let (status, answer) = s.post("/v2/models/iris/infer", vec![b' '; 5000]).await;
+    assert_eq!(status, 413, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("larger than 4096 bytes")
+    );
+    for path in [
+        "/v2/models/nope/infer",
+        "/v2/models/iris/versions/9/infer",
+        "/v2/models/Bad%20Name/infer",
+    ] {
+        let (status, answer) = s.infer(path, &request(json!(ROWS))).await;
+        assert_eq!(status, 404, "{path}: {answer}");
+        assert!(answer["error"].is_string());
+    }
+    assert_eq!(s.get("/v2/models/nope").await.0, 404);
+    assert_eq!(s.get("/v2/nowhere").await.0, 404);
+    assert_eq!(
+        s.infer("/v2/models/iris/infer", &request(json!(ROWS)))
+            .await
+            .0,
+        200
+    );
+}
+
+#[tokio::test]
+async fn an_alias_move_is_served_without_failing_a_request() {
+    let (v1, v2) = (LinearSoftmax::iris(1), LinearSoftmax::iris(2));
+    let s = Arc::new(serve(std::slice::from_ref(&v1), &[("RELOAD_CHECK_MS", "20")]).await);
+    assert_eq!(
+        s.infer("/v2/models/iris/infer", &request(json!(ROWS)))
+            .await
+            .1["model_version"],
+        "1"
+    );
+    let v2_version = commit(&s.registry, &v2);
+    let client = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while seen.last().map(String::as_str) != Some("2") {
+                let (status, answer) = s
+                    .infer("/v2/models/iris/infer", &request(json!(ROWS)))
+                    .await;
+                assert_eq!(status, 200, "{answer}");
+                seen.push(answer["model_version"].as_str().unwrap().to_string());
+                assert!(seen.len() < 5000, "v2 was never served");
+            }
+            seen
+        })
+    };
+    publish(&s.registry, v2_version);
+    let seen = tokio::time::timeout(Duration::from_secs(60), client)
+        .await
+        .unwrap()
+        .unwrap();
+    let first_v2 = seen.iter().position(|v| v == "2").unwrap();
+    assert!(
+        seen[..first_v2].iter().all(|v| v == "1") && seen[first_v2..].iter().all(|v| v == "2"),
+        "{seen:?}"
+    );
+    assert_probabilities(
+        &s.infer("/v2/models/iris/infer", &request(json!(ROWS)))
+            .await
+            .1,
+        &v2,
+    );
+}
+
+#[tokio::test]
+async fn a_version_that_fails_to_load_is_never_swapped_in() {
+    let v1 = LinearSoftmax::iris(1);
+    let s = serve(std::slice::from_ref(&v1), &[("RELOAD_CHECK_MS", "20")]).await;
+    assert_eq!(
+        s.infer("/v2/models/iris/infer", &request(json!(ROWS)))
+            .await
+            .1["model_version"],
+        "1"
+    );
+    let v2 = commit(&s.registry, &LinearSoftmax::iris(2));
+    publish(&s.registry, v2);
+    // Altered on disk after the publisher checked it: the inference side must notice.
+    std::fs::write(
+        s.registry.model_file(&iris(), v2),
+        b"corrupted after publish",
+    )
+    .unwrap();
+    let error = wait_for(
+        "the failed load to show in metadata",
+        Duration::from_secs(30),
+        || async {
+            let (status, answer) = s
+                .infer("/v2/models/iris/infer", &request(json!(ROWS)))
+                .await;
+            assert_eq!(
+                (status, answer["model_version"].as_str()),
+                (200, Some("1")),
+                "{answer}"
+            );
+            let meta = s.get("/v2/models/iris").await.1;
+            meta["load_error"]["error"].as_str().map(str::to_string)
+        },
+    )
+    .await;
+    assert!(error.contains("no longer matches its manifest"), "{error}");
+    let meta = s.get("/v2/models/iris").await.1;
+    assert_eq!(
+        (
+            meta["live_version"].as_str(),
+            meta["loaded_version"].as_str()
+        ),
+        (Some("2"), Some("1"))
+    );
+    assert_probabilities(
+        &s.infer("/v2/models/iris/infer", &request(json!(ROWS)))
+            .await
+            .1,
+        &v1,
+    );
+}
