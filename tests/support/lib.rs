@@ -53,7 +53,12 @@ where
 }
 
 async fn answers(url: &str) -> bool {
-    reqwest::get(url).await.is_ok()
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().expect("http client");
+    client.get(url).send().await.is_ok()
+}
+
+async fn listening(port: u16) -> bool {
+    tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
 }
 
 /// A child process killed (and reaped) on drop.
@@ -131,45 +136,57 @@ pub async fn start_moto() -> Server {
     server
 }
 
-/// `cargo lambda watch` serving this workspace's function binaries, with `env` given to them.
-/// The binaries must be built first (`cargo build --workspace`; .ci/run does it).
-pub async fn start_watch(env: &[(&str, String)]) -> Server {
+/// `cargo lambda watch --only-lambda-apis`: the Lambda runtime and invoke APIs, into which
+/// [`start_function`] plugs this workspace's function binaries.
+///
+/// The binaries come from `target/debug`, built by `cargo build --workspace` (as .ci/run does):
+/// watch's own `cargo run --bin NAME` would rebuild the dependencies with one package's feature
+/// set, which costs minutes on a clean machine.
+pub async fn start_watch() -> Server {
     let port = free_port();
-    let mut command = Command::new(tool("cargo-lambda"));
-    command
-        .args([
-            "lambda",
-            "watch",
-            "--ignore-changes",
-            "-A",
-            "127.0.0.1",
-            "-P",
-            &port.to_string(),
-        ])
+    let child = Command::new(tool("cargo-lambda"))
+        .args(["lambda", "watch", "--only-lambda-apis", "-A", "127.0.0.1", "-P", &port.to_string()])
         .current_dir(workspace_root())
         .stdout(Stdio::null())
-        .stderr(if std::env::var_os("MODELPIPE_TEST_VERBOSE").is_some() {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        });
-    for (name, value) in env {
-        command.env(name, value);
-    }
-    let child = command
+        .stderr(Stdio::null())
         .spawn()
         .expect("cargo-lambda must be installed (pip install cargo-lambda; .ci/run does it)");
     let mut server = Server { child, port };
-    let url = format!("{}/", server.endpoint());
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !answers(&url).await {
+    // With --only-lambda-apis, `GET /` is not answered: a listening port is the ready signal.
+    while !listening(port).await {
         server.assert_alive("cargo lambda watch");
-        assert!(
-            Instant::now() < deadline,
-            "cargo lambda watch did not answer within 60 s"
-        );
+        assert!(Instant::now() < deadline, "cargo lambda watch did not answer within 60 s");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    server
+}
+
+/// Where cargo put this workspace's binaries.
+pub fn binary(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
+    let path = target.join("debug").join(name);
+    assert!(path.exists(), "{} is missing: run `cargo build --workspace` first", path.display());
+    path
+}
+
+/// Starts the function binary `name` against `watch`'s runtime API, as Lambda would.
+pub fn start_function(watch: &Server, name: &str, env: &[(&str, String)]) -> Server {
+    let mut command = Command::new(binary(name));
+    command
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("AWS_LAMBDA_RUNTIME_API", format!("http://127.0.0.1:{}/.rt/{name}", watch.port))
+        .env("AWS_LAMBDA_FUNCTION_NAME", name)
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512")
+        .stdout(Stdio::null())
+        .stderr(if std::env::var_os("MODELPIPE_TEST_VERBOSE").is_some() { Stdio::inherit() } else { Stdio::null() });
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut server = Server { child: command.spawn().expect("start function binary"), port: watch.port };
+    server.assert_alive(name);
     server
 }
 
@@ -220,5 +237,47 @@ pub fn s3_put_event(
                 "object": {"key": encode_event_key(key), "size": size, "eTag": etag, "sequencer": sequencer}
             }
         }]
+    })
+}
+
+/// An API Gateway HTTP API (payload 2.0, `$default` stage) event.
+pub fn http_api_event(method: &str, path: &str, body: Option<&str>) -> serde_json::Value {
+    serde_json::json!({
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": path,
+        "rawQueryString": "",
+        "headers": {"content-type": "application/json", "host": "abc123.execute-api.us-east-1.amazonaws.com"},
+        "requestContext": {
+            "accountId": "123456789012", "apiId": "abc123", "domainName": "abc123.execute-api.us-east-1.amazonaws.com",
+            "domainPrefix": "abc123",
+            "http": {"method": method, "path": path, "protocol": "HTTP/1.1", "sourceIp": "192.0.2.1", "userAgent": "tests"},
+            "requestId": "JKJaXmPLvHcESHA=", "routeKey": "$default", "stage": "$default",
+            "time": "28/Nov/2026:00:00:00 +0000", "timeEpoch": 1795737600000u64
+        },
+        "body": body,
+        "isBase64Encoded": false
+    })
+}
+
+/// An API Gateway REST API (v1, proxy integration) event on stage `prod`.
+pub fn rest_api_event(method: &str, path: &str, body: Option<&str>) -> serde_json::Value {
+    serde_json::json!({
+        "resource": "/{proxy+}",
+        "path": path,
+        "httpMethod": method,
+        "headers": {"Content-Type": "application/json", "Host": "abc123.execute-api.us-east-1.amazonaws.com"},
+        "multiValueHeaders": {"Content-Type": ["application/json"], "Host": ["abc123.execute-api.us-east-1.amazonaws.com"]},
+        "queryStringParameters": null,
+        "multiValueQueryStringParameters": null,
+        "pathParameters": {"proxy": path.trim_start_matches('/')},
+        "stageVariables": null,
+        "requestContext": {
+            "accountId": "123456789012", "resourceId": "abcdef", "stage": "prod", "requestId": "c6af9ac6-7b61-11e6-9a41-93e8deadbeef",
+            "identity": {"sourceIp": "192.0.2.1", "userAgent": "tests"}, "resourcePath": "/{proxy+}", "httpMethod": method,
+            "apiId": "abc123", "protocol": "HTTP/1.1", "path": format!("/prod{path}")
+        },
+        "body": body,
+        "isBase64Encoded": false
     })
 }

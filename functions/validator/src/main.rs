@@ -1,7 +1,7 @@
 //! The validator Lambda: S3 ObjectCreated events in, versions committed and published.
 
 use aws_lambda_events::s3::S3Event;
-use lambda_runtime::{Error, LambdaEvent, service_fn};
+use lambda_runtime::{Diagnostic, Error, LambdaEvent, service_fn};
 use modelpipe::aws::{LambdaPublisher, S3Store, s3_client};
 use modelpipe::config::Config;
 use modelpipe::registry::Registry;
@@ -21,10 +21,11 @@ async fn main() -> Result<(), Error> {
     let validator = Validator::new(registry, S3Store::new(s3_client(&aws)), publisher, &config);
     let validator = &validator;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<S3Event>| async move {
-        validator
-            .handle_event(&event.payload)
-            .await
-            .map_err(Error::from)
+        // An error makes Lambda retry the event; rejections are outcomes, not errors.
+        validator.handle_event(&event.payload).await.map_err(|e| Diagnostic {
+            error_type: "ValidatorError".into(),
+            error_message: e.to_string(),
+        })
     }))
     .await
 }
