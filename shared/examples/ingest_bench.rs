@@ -50,24 +50,61 @@ async fn main() {
         let target = dir.path().join(format!("staged-{round}"));
         let body = tokio::fs::File::open(&source).await.unwrap();
         let started = Instant::now();
-        modelpipe::ingest::stream_to_file(body, &target, u64::MAX).await.unwrap();
+        modelpipe::ingest::stream_to_file(body, &target, u64::MAX)
+            .await
+            .unwrap();
         ours.push(started.elapsed());
         std::fs::remove_file(&target).unwrap();
-        sha256sum.push(timed(|| assert!(Command::new("sha256sum").arg(&source).output().unwrap().status.success())));
+        sha256sum.push(timed(|| {
+            assert!(
+                Command::new("sha256sum")
+                    .arg(&source)
+                    .output()
+                    .unwrap()
+                    .status
+                    .success()
+            )
+        }));
         let copy = dir.path().join("copy");
-        cp.push(timed(|| assert!(Command::new("cp").arg(&source).arg(&copy).status().unwrap().success())));
+        cp.push(timed(|| {
+            assert!(
+                Command::new("cp")
+                    .arg(&source)
+                    .arg(&copy)
+                    .status()
+                    .unwrap()
+                    .success()
+            )
+        }));
         std::fs::remove_file(&copy).unwrap();
     }
     let rate = |d: Duration| bytes / 1e6 / d.as_secs_f64();
     let (ours, sha256sum, cp) = (median(ours), median(sha256sum), median(cp));
     println!("ingest {size_mb} MiB, {rounds} rounds, medians:");
-    println!("  modelpipe stream+hash+write+fsync  {:>7.0} MB/s  ({:?})", rate(ours), ours);
-    println!("  sha256sum                           {:>7.0} MB/s  ({:?})", rate(sha256sum), sha256sum);
-    println!("  cp (no fsync)                       {:>7.0} MB/s  ({:?})", rate(cp), cp);
-    println!("  ratio modelpipe / sha256sum         {:>7.2}x", rate(ours) / rate(sha256sum));
+    println!(
+        "  modelpipe stream+hash+write+fsync  {:>7.0} MB/s  ({:?})",
+        rate(ours),
+        ours
+    );
+    println!(
+        "  sha256sum                           {:>7.0} MB/s  ({:?})",
+        rate(sha256sum),
+        sha256sum
+    );
+    println!(
+        "  cp (no fsync)                       {:>7.0} MB/s  ({:?})",
+        rate(cp),
+        cp
+    );
+    println!(
+        "  ratio modelpipe / sha256sum         {:>7.2}x",
+        rate(ours) / rate(sha256sum)
+    );
 
     let model = dir.path().join("iris.onnx");
     std::fs::write(&model, LinearSoftmax::iris(1).to_bytes()).unwrap();
-    let loads: Vec<Duration> = (0..rounds.max(5)).map(|_| Engine::load(&model).unwrap().load_time).collect();
+    let loads: Vec<Duration> = (0..rounds.max(5))
+        .map(|_| Engine::load(&model).unwrap().load_time)
+        .collect();
     println!("load iris (4→3 linear+softmax): median {:?}", median(loads));
 }

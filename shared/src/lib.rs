@@ -16,6 +16,7 @@ pub mod object_store;
 pub mod onnx_build;
 pub mod publish;
 pub mod registry;
+pub mod s3_event;
 pub mod serve;
 pub mod signature;
 pub mod telemetry;

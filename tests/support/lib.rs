@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use modelpipe::model_name::encode_event_key;
+use modelpipe::s3_event::{CreatedObject, object_created_event};
 
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -53,12 +53,17 @@ where
 }
 
 async fn answers(url: &str) -> bool {
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().expect("http client");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .expect("http client");
     client.get(url).send().await.is_ok()
 }
 
 async fn listening(port: u16) -> bool {
-    tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+    tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_ok()
 }
 
 /// A child process killed (and reaped) on drop.
@@ -145,7 +150,15 @@ pub async fn start_moto() -> Server {
 pub async fn start_watch() -> Server {
     let port = free_port();
     let child = Command::new(tool("cargo-lambda"))
-        .args(["lambda", "watch", "--only-lambda-apis", "-A", "127.0.0.1", "-P", &port.to_string()])
+        .args([
+            "lambda",
+            "watch",
+            "--only-lambda-apis",
+            "-A",
+            "127.0.0.1",
+            "-P",
+            &port.to_string(),
+        ])
         .current_dir(workspace_root())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -156,7 +169,10 @@ pub async fn start_watch() -> Server {
     // With --only-lambda-apis, `GET /` is not answered: a listening port is the ready signal.
     while !listening(port).await {
         server.assert_alive("cargo lambda watch");
-        assert!(Instant::now() < deadline, "cargo lambda watch did not answer within 60 s");
+        assert!(
+            Instant::now() < deadline,
+            "cargo lambda watch did not answer within 60 s"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     server
@@ -164,9 +180,15 @@ pub async fn start_watch() -> Server {
 
 /// Where cargo put this workspace's binaries.
 pub fn binary(name: &str) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
     let path = target.join("debug").join(name);
-    assert!(path.exists(), "{} is missing: run `cargo build --workspace` first", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace` first",
+        path.display()
+    );
     path
 }
 
@@ -176,16 +198,26 @@ pub fn start_function(watch: &Server, name: &str, env: &[(&str, String)]) -> Ser
     command
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("AWS_LAMBDA_RUNTIME_API", format!("http://127.0.0.1:{}/.rt/{name}", watch.port))
+        .env(
+            "AWS_LAMBDA_RUNTIME_API",
+            format!("http://127.0.0.1:{}/.rt/{name}", watch.port),
+        )
         .env("AWS_LAMBDA_FUNCTION_NAME", name)
         .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
         .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512")
         .stdout(Stdio::null())
-        .stderr(if std::env::var_os("MODELPIPE_TEST_VERBOSE").is_some() { Stdio::inherit() } else { Stdio::null() });
+        .stderr(if std::env::var_os("MODELPIPE_TEST_VERBOSE").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        });
     for (key, value) in env {
         command.env(key, value);
     }
-    let mut server = Server { child: command.spawn().expect("start function binary"), port: watch.port };
+    let mut server = Server {
+        child: command.spawn().expect("start function binary"),
+        port: watch.port,
+    };
     server.assert_alive(name);
     server
 }
@@ -220,23 +252,13 @@ pub fn s3_put_event(
     etag: &str,
     sequencer: &str,
 ) -> serde_json::Value {
-    serde_json::json!({
-        "Records": [{
-            "eventVersion": "2.1",
-            "eventSource": "aws:s3",
-            "awsRegion": "us-east-1",
-            "eventTime": "2026-11-28T00:00:00.000Z",
-            "eventName": "ObjectCreated:Put",
-            "userIdentity": {"principalId": "AWS:AIDAEXAMPLE"},
-            "requestParameters": {"sourceIPAddress": "127.0.0.1"},
-            "responseElements": {"x-amz-request-id": "C3D13FE58DE4C810", "x-amz-id-2": "FMyUVURIY8/IgAtTv8xRjskZQpcIZ9KG4V5Wp6S7S/JRWeUWerMUE5JgHvANOjpD"},
-            "s3": {
-                "s3SchemaVersion": "1.0",
-                "configurationId": "modelpipe-uploads",
-                "bucket": {"name": bucket, "ownerIdentity": {"principalId": "A3NL1KOZZKExample"}, "arn": format!("arn:aws:s3:::{bucket}")},
-                "object": {"key": encode_event_key(key), "size": size, "eTag": etag, "sequencer": sequencer}
-            }
-        }]
+    object_created_event(&CreatedObject {
+        event_name: "ObjectCreated:Put",
+        bucket,
+        key,
+        size,
+        etag,
+        sequencer,
     })
 }
 

@@ -9,7 +9,8 @@ use modelpipe::onnx_build::LinearSoftmax;
 use modelpipe::registry::Registry;
 use modelpipe::{AliasName, ModelName};
 use modelpipe_tests::{
-    Server, aws_config, http_api_event, local_aws_env, moto, rest_api_event, s3_put_event, start_function, start_watch, unique_bucket,
+    Server, aws_config, http_api_event, local_aws_env, moto, rest_api_event, s3_put_event,
+    start_function, start_watch, unique_bucket,
 };
 use serde_json::{Value, json};
 
@@ -50,7 +51,17 @@ impl Stack {
         let bucket = unique_bucket("lambda");
         s3.create_bucket().bucket(&bucket).send().await.unwrap();
         let lambda = aws_sdk_lambda::Client::new(&aws_config(&watch.endpoint()).await);
-        Self { _moto: moto_guard, _watch: watch, _functions: functions, _dir: dir, registry, s3, lambda, bucket, sequencer: 0x20 }
+        Self {
+            _moto: moto_guard,
+            _watch: watch,
+            _functions: functions,
+            _dir: dir,
+            registry,
+            s3,
+            lambda,
+            bucket,
+            sequencer: 0x20,
+        }
     }
 
     /// Invokes a function; a function error (watch answers it with HTTP 500) is `Err`.
@@ -73,22 +84,51 @@ impl Stack {
     /// Uploads to moto and invokes the validator with the event S3 would send.
     async fn upload(&mut self, key: &str, bytes: Vec<u8>) -> Value {
         let size = bytes.len() as u64;
-        let put = self.s3.put_object().bucket(&self.bucket).key(key).body(ByteStream::from(bytes)).send().await.unwrap();
+        let put = self
+            .s3
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(ByteStream::from(bytes))
+            .send()
+            .await
+            .unwrap();
         self.sequencer += 1;
-        let event = s3_put_event(&self.bucket, key, size, put.e_tag().unwrap(), &format!("{:018X}", self.sequencer));
-        self.invoke("validator", &event).await.expect("the validator answers")
+        let event = s3_put_event(
+            &self.bucket,
+            key,
+            size,
+            put.e_tag().unwrap(),
+            &format!("{:018X}", self.sequencer),
+        );
+        self.invoke("validator", &event)
+            .await
+            .expect("the validator answers")
     }
 
     /// `POST /v2/models/iris/infer` through an HTTP API event; returns (status, body).
     async fn infer(&self, row: [f32; 4]) -> (u16, Value) {
         let body = json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": row}]}).to_string();
-        let answer = self.invoke("inference", &http_api_event("POST", "/v2/models/iris/infer", Some(&body))).await.unwrap();
+        let answer = self
+            .invoke(
+                "inference",
+                &http_api_event("POST", "/v2/models/iris/infer", Some(&body)),
+            )
+            .await
+            .unwrap();
         let status = answer["statusCode"].as_u64().unwrap() as u16;
-        (status, serde_json::from_str(answer["body"].as_str().unwrap()).unwrap())
+        (
+            status,
+            serde_json::from_str(answer["body"].as_str().unwrap()).unwrap(),
+        )
     }
 
     fn live(&self) -> u64 {
-        self.registry.alias(&"iris".parse::<ModelName>().unwrap(), &AliasName::live()).unwrap().unwrap().version
+        self.registry
+            .alias(&"iris".parse::<ModelName>().unwrap(), &AliasName::live())
+            .unwrap()
+            .unwrap()
+            .version
     }
 }
 
@@ -96,9 +136,17 @@ const ROW: [f32; 4] = [5.9, 3.0, 5.1, 1.8];
 
 fn assert_answer(answer: &Value, version: &str, model: &LinearSoftmax) {
     assert_eq!(answer["model_version"], version, "{answer}");
-    let got: Vec<f64> = answer["outputs"][0]["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let got: Vec<f64> = answer["outputs"][0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
     let want = model.predict(&ROW);
-    assert!(got.iter().zip(&want).all(|(g, w)| (g - w).abs() < 1e-5), "got {got:?}, want {want:?}");
+    assert!(
+        got.iter().zip(&want).all(|(g, w)| (g - w).abs() < 1e-5),
+        "got {got:?}, want {want:?}"
+    );
 }
 
 #[tokio::test]
@@ -106,8 +154,13 @@ async fn an_upload_goes_live_through_the_three_functions_and_rolls_back() {
     let mut stack = Stack::start().await;
     let (v1, v2) = (LinearSoftmax::iris(1), LinearSoftmax::iris(2));
 
-    let outcome = stack.upload("models/iris/first model+v1.onnx", v1.to_bytes()).await;
-    assert_eq!(outcome, json!([{"outcome": "published", "model": "iris", "version": 1, "alias": "live"}]));
+    let outcome = stack
+        .upload("models/iris/first model+v1.onnx", v1.to_bytes())
+        .await;
+    assert_eq!(
+        outcome,
+        json!([{"outcome": "published", "model": "iris", "version": 1, "alias": "live"}])
+    );
     assert_eq!(stack.live(), 1);
     let (status, answer) = stack.infer(ROW).await;
     assert_eq!(status, 200, "{answer}");
@@ -117,40 +170,94 @@ async fn an_upload_goes_live_through_the_three_functions_and_rolls_back() {
     assert_eq!(outcome[0]["version"], 2, "{outcome}");
     assert_answer(&stack.infer(ROW).await.1, "2", &v2);
 
-    let outcome = stack.upload("models/iris/model.onnx", b"definitely not onnx".to_vec()).await;
+    let outcome = stack
+        .upload("models/iris/model.onnx", b"definitely not onnx".to_vec())
+        .await;
     assert_eq!(outcome[0]["outcome"], "rejected", "{outcome}");
-    assert!(outcome[0]["reason"].as_str().unwrap().contains("not a loadable ONNX model"));
+    assert!(
+        outcome[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not a loadable ONNX model")
+    );
     assert_eq!(stack.live(), 2);
     assert_answer(&stack.infer(ROW).await.1, "2", &v2);
 
-    let rollback = stack.invoke("publisher", &json!({"action": "rollback", "model": "iris", "alias": "live"})).await.unwrap();
-    assert_eq!(rollback, json!({"model": "iris", "alias": "live", "version": 1, "previous": 2}));
+    let rollback = stack
+        .invoke(
+            "publisher",
+            &json!({"action": "rollback", "model": "iris", "alias": "live"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        rollback,
+        json!({"model": "iris", "alias": "live", "version": 1, "previous": 2})
+    );
     assert_answer(&stack.infer(ROW).await.1, "1", &v1);
 
-    let refused = stack.invoke("publisher", &json!({"action": "publish", "model": "iris", "version": 9})).await.unwrap_err();
+    let refused = stack
+        .invoke(
+            "publisher",
+            &json!({"action": "publish", "model": "iris", "version": 9}),
+        )
+        .await
+        .unwrap_err();
     assert!(refused.contains("model iris has no version 9"), "{refused}");
-    let refused = stack.invoke("publisher", &json!({"action": "promote", "model": "iris"})).await.unwrap_err();
+    let refused = stack
+        .invoke("publisher", &json!({"action": "promote", "model": "iris"}))
+        .await
+        .unwrap_err();
     assert!(refused.contains("unknown variant `promote`"), "{refused}");
     assert_eq!(stack.live(), 1);
 
-    let history: Vec<(Option<u64>, u64)> = stack.registry.history(&"iris".parse().unwrap()).unwrap().iter().map(|e| (e.from, e.to)).collect();
+    let history: Vec<(Option<u64>, u64)> = stack
+        .registry
+        .history(&"iris".parse().unwrap())
+        .unwrap()
+        .iter()
+        .map(|e| (e.from, e.to))
+        .collect();
     assert_eq!(history, [(None, 1), (Some(1), 2), (Some(2), 1)]);
 }
 
 #[tokio::test]
 async fn the_inference_function_answers_rest_api_events_and_json_errors() {
     let mut stack = Stack::start().await;
-    stack.upload("models/iris/model.onnx", LinearSoftmax::iris(1).to_bytes()).await;
-    let answer = stack.invoke("inference", &rest_api_event("GET", "/v2/models/iris", None)).await.unwrap();
+    stack
+        .upload("models/iris/model.onnx", LinearSoftmax::iris(1).to_bytes())
+        .await;
+    let answer = stack
+        .invoke("inference", &rest_api_event("GET", "/v2/models/iris", None))
+        .await
+        .unwrap();
     assert_eq!(answer["statusCode"], 200, "{answer}");
     let metadata: Value = serde_json::from_str(answer["body"].as_str().unwrap()).unwrap();
-    assert_eq!((metadata["name"].as_str(), metadata["platform"].as_str()), (Some("iris"), Some("onnx")));
+    assert_eq!(
+        (metadata["name"].as_str(), metadata["platform"].as_str()),
+        (Some("iris"), Some("onnx"))
+    );
 
     let bad = json!({"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}).to_string();
-    let answer = stack.invoke("inference", &http_api_event("POST", "/v2/models/iris/infer", Some(&bad))).await.unwrap();
+    let answer = stack
+        .invoke(
+            "inference",
+            &http_api_event("POST", "/v2/models/iris/infer", Some(&bad)),
+        )
+        .await
+        .unwrap();
     assert_eq!(answer["statusCode"], 400, "{answer}");
     let error: Value = serde_json::from_str(answer["body"].as_str().unwrap()).unwrap();
-    assert_eq!(error["error"], "input 'input' has shape [1,3], the model expects [-1,4]");
-    let answer = stack.invoke("inference", &http_api_event("GET", "/v2/models/absent/ready", None)).await.unwrap();
+    assert_eq!(
+        error["error"],
+        "input 'input' has shape [1,3], the model expects [-1,4]"
+    );
+    let answer = stack
+        .invoke(
+            "inference",
+            &http_api_event("GET", "/v2/models/absent/ready", None),
+        )
+        .await
+        .unwrap();
     assert_eq!(answer["statusCode"], 404, "{answer}");
 }

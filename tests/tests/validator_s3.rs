@@ -623,8 +623,15 @@ struct FlakyPublisher {
 }
 
 impl modelpipe::validator::PublishTarget for FlakyPublisher {
-    async fn publish(&self, request: modelpipe::publish::PublisherRequest) -> Result<modelpipe::publish::PublisherResponse, String> {
-        if self.failures.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+    async fn publish(
+        &self,
+        request: modelpipe::publish::PublisherRequest,
+    ) -> Result<modelpipe::publish::PublisherResponse, String> {
+        if self
+            .failures
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
             return Err("publisher unavailable".into());
         }
         self.inner.publish(request).await
@@ -635,17 +642,48 @@ impl modelpipe::validator::PublishTarget for FlakyPublisher {
 async fn a_failed_publish_is_an_error_and_the_retried_event_resumes_it() {
     let f = Fixture::new().await;
     let config = Config::from_lookup(|_| None).unwrap();
-    let flaky = FlakyPublisher { inner: LocalPublisher(f.registry.clone()), failures: 1.into() };
-    let validator = Validator::new(f.registry.clone(), S3Store::new(f.s3.clone()), flaky, &config);
-    let event = f.put("models/iris/model.onnx", &LinearSoftmax::iris(1).to_bytes(), &[]).await;
+    let flaky = FlakyPublisher {
+        inner: LocalPublisher(f.registry.clone()),
+        failures: 1.into(),
+    };
+    let validator = Validator::new(
+        f.registry.clone(),
+        S3Store::new(f.s3.clone()),
+        flaky,
+        &config,
+    );
+    let event = f
+        .put(
+            "models/iris/model.onnx",
+            &LinearSoftmax::iris(1).to_bytes(),
+            &[],
+        )
+        .await;
     let err = validator.handle_event(&event).await.unwrap_err();
     assert!(err.to_string().contains("publisher unavailable"), "{err}");
-    assert_eq!(f.registry.versions(&iris()).unwrap(), [1], "the version is committed");
+    assert_eq!(
+        f.registry.versions(&iris()).unwrap(),
+        [1],
+        "the version is committed"
+    );
     assert_eq!(f.live(), None, "but not live yet");
     // Lambda retries the same event: the committed version is published, not committed again.
     let outcome = validator.handle_event(&event).await.unwrap().remove(0);
-    assert_eq!(outcome, Outcome::Published { model: iris(), version: 1, alias: AliasName::live() });
+    assert_eq!(
+        outcome,
+        Outcome::Published {
+            model: iris(),
+            version: 1,
+            alias: AliasName::live()
+        }
+    );
     assert_eq!(f.registry.versions(&iris()).unwrap(), [1]);
     assert_eq!(f.live().unwrap().0, 1);
-    assert_eq!(f.handle(&event).await, Outcome::Duplicate { model: iris(), key: "models/iris/model.onnx".into() });
+    assert_eq!(
+        f.handle(&event).await,
+        Outcome::Duplicate {
+            model: iris(),
+            key: "models/iris/model.onnx".into()
+        }
+    );
 }

@@ -22,10 +22,13 @@ async fn main() -> Result<(), Error> {
     let validator = &validator;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<S3Event>| async move {
         // An error makes Lambda retry the event; rejections are outcomes, not errors.
-        validator.handle_event(&event.payload).await.map_err(|e| Diagnostic {
-            error_type: "ValidatorError".into(),
-            error_message: e.to_string(),
-        })
+        validator
+            .handle_event(&event.payload)
+            .await
+            .map_err(|e| Diagnostic {
+                error_type: "ValidatorError".into(),
+                error_message: e.to_string(),
+            })
     }))
     .await
 }

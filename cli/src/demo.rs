@@ -1,0 +1,223 @@
+//! `modelctl demo`: the lifecycle end to end on the example models, through the S3 protocol and
+//! the inference API only (rollback through the publisher logic, as `modelctl rollback` does).
+//! Each step checks its outcome; the first that fails ends the demo with its name.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::primitives::ByteStream;
+use serde_json::{Value, json};
+
+use crate::dev::{BUCKET, DevOptions, DevStack, s3_client};
+
+pub const IRIS_V1: &[u8] = include_bytes!("../../examples/models/iris-v1.onnx");
+pub const IRIS_V2: &[u8] = include_bytes!("../../examples/models/iris-v2.onnx");
+const KEY: &str = "models/iris/model.onnx";
+const ROW: [f32; 4] = [5.9, 3.0, 5.1, 1.8];
+
+struct Demo {
+    s3: aws_sdk_s3::Client,
+    http: reqwest::Client,
+    base: String,
+    rows: Vec<(String, String)>,
+}
+
+fn step_failed(step: &str, why: impl std::fmt::Display) -> String {
+    format!("step '{step}' failed: {why}")
+}
+
+impl Demo {
+    async fn upload(&self, step: &str, bytes: &[u8]) -> Result<Instant, String> {
+        let started = Instant::now();
+        self.s3
+            .put_object()
+            .bucket(BUCKET)
+            .key(KEY)
+            .body(ByteStream::from(bytes.to_vec()))
+            .send()
+            .await
+            .map_err(|e| step_failed(step, aws_sdk_s3::error::DisplayErrorContext(e)))?;
+        Ok(started)
+    }
+
+    async fn predict(&self) -> Result<(String, Vec<f64>), String> {
+        let body = json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": ROW}]});
+        let response = self
+            .http
+            .post(format!("{}/v2/models/iris/infer", self.base))
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        let answer: Value = response.json().await.map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            return Err(format!("HTTP {status}: {answer}"));
+        }
+        let probabilities = answer["outputs"][0]["data"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_f64).collect())
+            .unwrap_or_default();
+        Ok((
+            answer["model_version"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            probabilities,
+        ))
+    }
+
+    /// Polls predictions until `version` answers; returns its probabilities.
+    async fn wait_for_version(&self, step: &str, version: &str) -> Result<Vec<f64>, String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok((answered, probabilities)) = self.predict().await
+                && answered == version
+            {
+                return Ok(probabilities);
+            }
+            if Instant::now() > deadline {
+                return Err(step_failed(
+                    step,
+                    format!("v{version} did not answer within 60 s"),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn tags(&self) -> Vec<(String, String)> {
+        match self
+            .s3
+            .get_object_tagging()
+            .bucket(BUCKET)
+            .key(KEY)
+            .send()
+            .await
+        {
+            Ok(tagging) => tagging
+                .tag_set()
+                .iter()
+                .map(|t| (t.key().to_string(), t.value().to_string()))
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    fn record(&mut self, step: &str, result: String) {
+        println!("✔ {step}: {result}");
+        self.rows.push((step.to_string(), result));
+    }
+}
+
+fn fmt_probabilities(p: &[f64]) -> String {
+    let parts: Vec<String> = p.iter().map(|x| format!("{x:.3}")).collect();
+    format!("[{}]", parts.join(", "))
+}
+
+pub async fn run() -> Result<(), String> {
+    let data = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
+    let stack = DevStack::start(DevOptions {
+        data: data.path().to_path_buf(),
+        s3_addr: loopback(0),
+        http_addr: loopback(0),
+        reload_check: Duration::from_millis(100),
+    })
+    .await
+    .map_err(|e| step_failed("start the stack", e))?;
+    println!(
+        "modelpipe demo: S3 endpoint http://{}  inference http://{}  (RELOAD_CHECK_MS=100)\n",
+        stack.s3_addr, stack.http_addr
+    );
+    let mut demo = Demo {
+        s3: s3_client(stack.s3_addr).await,
+        http: reqwest::Client::new(),
+        base: format!("http://{}", stack.http_addr),
+        rows: Vec::new(),
+    };
+    let result = steps(&mut demo, &stack).await;
+    stack.stop().await;
+    result?;
+    println!("\n{:<34} result", "step");
+    for (step, result) in &demo.rows {
+        println!("{step:<34} {result}");
+    }
+    Ok(())
+}
+
+async fn steps(demo: &mut Demo, stack: &DevStack) -> Result<(), String> {
+    let started = demo.upload("upload v1", IRIS_V1).await?;
+    let p = demo.wait_for_version("v1 live", "1").await?;
+    demo.record(
+        "v1 uploaded and live",
+        format!(
+            "{} ms to first answer, p = {}",
+            started.elapsed().as_millis(),
+            fmt_probabilities(&p)
+        ),
+    );
+
+    let started = demo.upload("upload v2", IRIS_V2).await?;
+    let p = demo.wait_for_version("v2 hot-reloaded", "2").await?;
+    demo.record(
+        "v2 hot-reloaded",
+        format!(
+            "{} ms from upload to first v2 answer, p = {}",
+            started.elapsed().as_millis(),
+            fmt_probabilities(&p)
+        ),
+    );
+
+    demo.upload("upload a broken model", &IRIS_V2[..IRIS_V2.len() / 2])
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let reason = loop {
+        let tags = demo.tags().await;
+        let get = |k: &str| {
+            tags.iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        };
+        if get("modelpipe-status").as_deref() == Some("rejected") {
+            break get("modelpipe-reason").unwrap_or_default();
+        }
+        if Instant::now() > deadline {
+            return Err(step_failed(
+                "broken upload rejected",
+                "no rejection tag within 60 s",
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let (version, _) = demo
+        .predict()
+        .await
+        .map_err(|e| step_failed("v2 keeps serving", e))?;
+    if version != "2" {
+        return Err(step_failed(
+            "v2 keeps serving",
+            format!("v{version} answered"),
+        ));
+    }
+    demo.record(
+        "broken upload rejected",
+        format!("v2 keeps serving; reason: {reason}"),
+    );
+
+    let started = Instant::now();
+    let registry = stack.registry.clone();
+    let model: modelpipe::ModelName = "iris".parse().expect("valid name");
+    tokio::task::spawn_blocking(move || {
+        crate::ops::rollback(&registry, model, Default::default(), None)
+    })
+    .await
+    .map_err(|e| step_failed("rollback", e))?
+    .map_err(|e| step_failed("rollback", e))?;
+    demo.wait_for_version("v1 serving again", "1").await?;
+    demo.record(
+        "rolled back to v1",
+        format!("{} ms to first v1 answer", started.elapsed().as_millis()),
+    );
+    Ok(())
+}

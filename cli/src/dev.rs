@@ -1,0 +1,230 @@
+//! `modelctl dev`: the whole pipeline in one process. An S3-protocol endpoint (s3s over files)
+//! that the stock `aws` CLI talks to; each created object handed to the validator as the S3 event
+//! AWS would send, the validator reading it back through aws-sdk-s3 from that endpoint; the
+//! publisher called in-process; the inference router on a local HTTP port.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder as ConnBuilder;
+use modelpipe::aws::S3Store;
+use modelpipe::config::Config;
+use modelpipe::registry::Registry;
+use modelpipe::s3_event::{CreatedObject, object_created_event};
+use modelpipe::serve::{Inference, SwapPolicy, router};
+use modelpipe::validator::{LocalPublisher, Outcome, Validator};
+use s3s::auth::SimpleAuth;
+use s3s::service::S3ServiceBuilder;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info, warn};
+
+use crate::local_s3::{LocalS3, ObjectCreated};
+
+pub const BUCKET: &str = "models";
+pub const ACCESS_KEY: &str = "modelpipe";
+pub const SECRET_KEY: &str = "modelpipe";
+
+pub struct DevOptions {
+    pub data: PathBuf,
+    pub s3_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub reload_check: Duration,
+}
+
+/// A running stack; [`DevStack::stop`] shuts it down and waits for it.
+pub struct DevStack {
+    pub s3_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub registry: Registry,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+pub fn registry_dir(data: &Path) -> PathBuf {
+    data.join("registry")
+}
+
+/// An aws-sdk-s3 client for the local endpoint, with the dev credentials.
+pub async fn s3_client(addr: SocketAddr) -> aws_sdk_s3::Client {
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            ACCESS_KEY,
+            SECRET_KEY,
+            None,
+            None,
+            "modelctl-dev",
+        ))
+        .endpoint_url(format!("http://{addr}"))
+        .load()
+        .await;
+    modelpipe::aws::s3_client(&config)
+}
+
+impl DevStack {
+    pub async fn start(options: DevOptions) -> std::io::Result<Self> {
+        let registry =
+            Registry::open(registry_dir(&options.data)).map_err(std::io::Error::other)?;
+        let objects = options.data.join("s3");
+        std::fs::create_dir_all(objects.join(BUCKET))?;
+        let (created_tx, created_rx) = mpsc::unbounded_channel();
+        let local_s3 = LocalS3::new(&objects, &options.data.join("s3-tags"), created_tx)?;
+        let service = {
+            let mut builder = S3ServiceBuilder::new(local_s3);
+            builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+            builder.build()
+        };
+        let s3_listener = TcpListener::bind(options.s3_addr).await?;
+        let http_listener = TcpListener::bind(options.http_addr).await?;
+        let (s3_addr, http_addr) = (s3_listener.local_addr()?, http_listener.local_addr()?);
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks = Vec::new();
+
+        tasks.push(tokio::spawn(serve_s3(
+            s3_listener,
+            service,
+            stopped.clone(),
+        )));
+
+        let config = Config {
+            reload_check: options.reload_check,
+            ..Config::from_lookup(|_| None).map_err(std::io::Error::other)?
+        };
+        let validator = Validator::new(
+            registry.clone(),
+            S3Store::new(s3_client(s3_addr).await),
+            LocalPublisher(registry.clone()),
+            &config,
+        );
+        tasks.push(tokio::spawn(validate_uploads(
+            validator,
+            created_rx,
+            stopped.clone(),
+        )));
+
+        let inference = Arc::new(Inference::new(
+            registry.clone(),
+            &config,
+            SwapPolicy::Background,
+        ));
+        let mut http_stopped = stopped.clone();
+        tasks.push(tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = http_stopped.wait_for(|s| *s).await;
+            };
+            if let Err(e) = axum::serve(http_listener, router(inference))
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                error!(error = %e, "inference server failed");
+            }
+        }));
+        Ok(Self {
+            s3_addr,
+            http_addr,
+            registry,
+            stop,
+            tasks,
+        })
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+async fn serve_s3(
+    listener: TcpListener,
+    service: s3s::service::S3Service,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let http = ConnBuilder::new(TokioExecutor::new());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let socket = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((socket, _)) => socket,
+                Err(e) => {
+                    warn!(error = %e, "S3 endpoint: accept failed");
+                    continue;
+                }
+            },
+            _ = stopped.wait_for(|s| *s) => break,
+        };
+        let connection = http
+            .serve_connection(TokioIo::new(socket), service.clone())
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+    }
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(Duration::from_secs(5)) => {}
+    }
+}
+
+/// Hands each created object to the validator, one at a time, in the order they were created.
+async fn validate_uploads(
+    validator: Validator<S3Store, LocalPublisher>,
+    mut created: mpsc::UnboundedReceiver<ObjectCreated>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    loop {
+        let object = tokio::select! {
+            object = created.recv() => match object {
+                Some(object) => object,
+                None => break,
+            },
+            _ = stopped.wait_for(|s| *s) => break,
+        };
+        let event = object_created_event(&CreatedObject {
+            event_name: object.event_name,
+            bucket: &object.bucket,
+            key: &object.key,
+            size: object.size,
+            etag: &object.etag,
+            sequencer: &object.sequencer,
+        });
+        let event = match serde_json::from_value(event) {
+            Ok(event) => event,
+            Err(e) => {
+                error!(error = %e, "could not build the S3 event");
+                continue;
+            }
+        };
+        match validator.handle_event(&event).await {
+            Ok(outcomes) => {
+                for outcome in outcomes {
+                    match outcome {
+                        Outcome::Published {
+                            model,
+                            version,
+                            alias,
+                        } => info!("{model}: v{version} published to {alias}"),
+                        Outcome::Registered { model, version } => {
+                            info!("{model}: v{version} registered (no alias moved)")
+                        }
+                        Outcome::Rejected { model, key, reason } => {
+                            error!("{model}: REJECTED {key}: {reason}")
+                        }
+                        Outcome::Ignored { .. }
+                        | Outcome::Duplicate { .. }
+                        | Outcome::Stale { .. } => {}
+                    }
+                }
+            }
+            Err(e) => {
+                error!(key = %object.key, error = %e, "validation failed; upload the object again to retry")
+            }
+        }
+    }
+}

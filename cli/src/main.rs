@@ -1,0 +1,209 @@
+//! modelctl: modelpipe on one machine (`dev`, `demo`) and the registry's operations.
+
+mod demo;
+mod dev;
+mod local_s3;
+mod ops;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use modelpipe::publish::PublisherRequest;
+use modelpipe::{AliasName, ModelName};
+
+#[derive(Parser)]
+#[command(
+    name = "modelctl",
+    version,
+    about = "modelpipe: ONNX models from `aws s3 cp` to live predictions"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole pipeline on this machine: S3 endpoint, validator, publisher, inference API.
+    Dev {
+        /// Where the bucket and the registry live (kept across restarts).
+        #[arg(long, default_value = ".modelpipe")]
+        data: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        s3_addr: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http_addr: SocketAddr,
+        /// How often a request may look for an alias move (RELOAD_CHECK_MS).
+        #[arg(long, env = "RELOAD_CHECK_MS", default_value_t = 1000)]
+        reload_check_ms: u64,
+    },
+    /// Show the lifecycle end to end on the example models, then exit.
+    Demo,
+    /// Run the validator's checks on a model file, offline.
+    Validate {
+        file: PathBuf,
+        #[arg(long)]
+        contract: Option<PathBuf>,
+    },
+    /// Aliases and versions of one model or of all.
+    Status {
+        model: Option<ModelName>,
+        #[command(flatten)]
+        registry: RegistryArg,
+    },
+    /// Every alias move of a model.
+    History {
+        model: ModelName,
+        #[command(flatten)]
+        registry: RegistryArg,
+    },
+    /// Move an alias back to its previous version (or to --to N).
+    Rollback {
+        model: ModelName,
+        #[arg(long, default_value = "live")]
+        alias: AliasName,
+        #[arg(long)]
+        to: Option<u64>,
+        #[command(flatten)]
+        registry: RegistryArg,
+    },
+    /// Point an alias at version N.
+    Promote {
+        model: ModelName,
+        version: u64,
+        #[arg(long, default_value = "live")]
+        alias: AliasName,
+        #[command(flatten)]
+        registry: RegistryArg,
+    },
+}
+
+#[derive(clap::Args)]
+struct RegistryArg {
+    /// The registry directory.
+    #[arg(long, default_value = ".modelpipe/registry")]
+    registry: PathBuf,
+}
+
+fn loopback_only(addr: SocketAddr) -> Result<SocketAddr, String> {
+    if addr.ip().is_loopback() {
+        Ok(addr)
+    } else {
+        Err(format!(
+            "{addr}: modelctl dev binds loopback addresses only"
+        ))
+    }
+}
+
+async fn dev(
+    data: PathBuf,
+    s3_addr: SocketAddr,
+    http_addr: SocketAddr,
+    reload_check_ms: u64,
+) -> Result<(), String> {
+    let options = dev::DevOptions {
+        data: data.clone(),
+        s3_addr: loopback_only(s3_addr)?,
+        http_addr: loopback_only(http_addr)?,
+        reload_check: Duration::from_millis(reload_check_ms),
+    };
+    let stack = dev::DevStack::start(options)
+        .await
+        .map_err(|e| format!("cannot start: {e}"))?;
+    let (s3, http) = (stack.s3_addr, stack.http_addr);
+    println!(
+        "modelpipe dev is running (data in {data}; Ctrl-C to stop)
+
+  S3 endpoint  http://{s3}  bucket '{bucket}', credentials {key}/{key}, region us-east-1
+  inference    http://{http}/v2
+
+Try:
+  export AWS_ACCESS_KEY_ID={key} AWS_SECRET_ACCESS_KEY={key} AWS_DEFAULT_REGION=us-east-1
+  aws --endpoint-url http://{s3} s3 cp model.onnx s3://{bucket}/models/iris/model.onnx
+  aws --endpoint-url http://{s3} s3api get-object-tagging --bucket {bucket} --key models/iris/model.onnx
+  curl http://{http}/v2/models/iris
+  curl -X POST http://{http}/v2/models/iris/infer -H 'content-type: application/json' \\
+       -d '{{\"inputs\":[{{\"name\":\"input\",\"shape\":[1,4],\"datatype\":\"FP32\",\"data\":[5.1,3.5,1.4,0.2]}}]}}'
+  modelctl status --registry {registry}
+",
+        data = data.display(),
+        bucket = dev::BUCKET,
+        key = dev::ACCESS_KEY,
+        registry = dev::registry_dir(&data).display(),
+    );
+    let _ = tokio::signal::ctrl_c().await;
+    println!("stopping…");
+    stack.stop().await;
+    println!("stopped");
+    Ok(())
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| e.to_string())?
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    modelpipe::telemetry::init_local();
+    let result = match cli.command {
+        Command::Dev {
+            data,
+            s3_addr,
+            http_addr,
+            reload_check_ms,
+        } => dev(data, s3_addr, http_addr, reload_check_ms).await,
+        Command::Demo => demo::run().await,
+        Command::Validate { file, contract } => {
+            blocking(move || ops::validate(&file, contract.as_deref())).await
+        }
+        Command::Status { model, registry } => {
+            blocking(move || ops::status(&ops::open(&registry.registry)?, model.as_ref())).await
+        }
+        Command::History { model, registry } => {
+            blocking(move || ops::history(&ops::open(&registry.registry)?, &model)).await
+        }
+        Command::Rollback {
+            model,
+            alias,
+            to,
+            registry,
+        } => {
+            blocking(move || {
+                ops::rollback(&ops::open(&registry.registry)?, model, alias, to).map(drop)
+            })
+            .await
+        }
+        Command::Promote {
+            model,
+            version,
+            alias,
+            registry,
+        } => {
+            blocking(move || {
+                let request = PublisherRequest::SetAlias {
+                    model,
+                    alias,
+                    version,
+                    reason: Some(format!("modelctl promote {version}")),
+                };
+                ops::move_alias(&ops::open(&registry.registry)?, request).map(drop)
+            })
+            .await
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("modelctl: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! `modelctl` as users run it: `dev` as a child process driven by the stock `aws` CLI (single-part
+//! and multipart uploads, object tags) and curl-like HTTP calls, `rollback`/`status`/`history` on
+//! its registry, `demo`, and `validate`.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use modelpipe::onnx_build::LinearSoftmax;
+use modelpipe_tests::{binary, free_port, wait_for};
+use serde_json::{Value, json};
+
+fn modelctl(args: &[&str]) -> Output {
+    Command::new(binary("modelctl"))
+        .args(args)
+        .output()
+        .expect("run modelctl")
+}
+
+fn aws(endpoint: &str, args: &[&str]) -> Output {
+    Command::new("aws")
+        .arg("--endpoint-url")
+        .arg(endpoint)
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", "modelpipe")
+        .env("AWS_SECRET_ACCESS_KEY", "modelpipe")
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .expect("the aws CLI must be installed")
+}
+
+fn upload(endpoint: &str, file: &Path, key: &str) {
+    let out = aws(
+        endpoint,
+        &[
+            "s3",
+            "cp",
+            file.to_str().unwrap(),
+            &format!("s3://models/{key}"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "aws s3 cp failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn tag(endpoint: &str, key: &str, name: &str) -> Option<String> {
+    let out = aws(
+        endpoint,
+        &[
+            "s3api",
+            "get-object-tagging",
+            "--bucket",
+            "models",
+            "--key",
+            key,
+        ],
+    );
+    let tags: Value = serde_json::from_slice(&out.stdout).ok()?;
+    tags["TagSet"]
+        .as_array()?
+        .iter()
+        .find(|t| t["Key"] == name)
+        .and_then(|t| t["Value"].as_str().map(str::to_string))
+}
+
+async fn infer(http: &reqwest::Client, base: &str) -> Option<String> {
+    let body = json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]});
+    let response = http
+        .post(format!("{base}/v2/models/iris/infer"))
+        .json(&body)
+        .send()
+        .await
+        .ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    let answer: Value = response.json().await.ok()?;
+    answer["model_version"].as_str().map(str::to_string)
+}
+
+const WAIT: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn dev_serves_the_lifecycle_to_the_stock_aws_cli() {
+    let data = tempfile::tempdir().unwrap();
+    let (s3_port, http_port) = (free_port(), free_port());
+    let mut child = Command::new(binary("modelctl"))
+        .args([
+            "dev",
+            "--data",
+            data.path().to_str().unwrap(),
+            "--reload-check-ms",
+            "100",
+        ])
+        .args([
+            "--s3-addr",
+            &format!("127.0.0.1:{s3_port}"),
+            "--http-addr",
+            &format!("127.0.0.1:{http_port}"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let endpoint = format!("http://127.0.0.1:{s3_port}");
+    let base = format!("http://127.0.0.1:{http_port}");
+    let http = reqwest::Client::new();
+    wait_for("the inference API", WAIT, || async {
+        http.get(format!("{base}/v2/health/live")).send().await.ok()
+    })
+    .await;
+
+    let files = tempfile::tempdir().unwrap();
+    let write = |name: &str, bytes: &[u8]| {
+        let path = files.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    };
+    upload(
+        &endpoint,
+        &write("v1.onnx", &LinearSoftmax::iris(1).to_bytes()),
+        "models/iris/model.onnx",
+    );
+    wait_for("v1 to answer", WAIT, || async {
+        infer(&http, &base).await.filter(|v| v == "1")
+    })
+    .await;
+    assert_eq!(
+        tag(&endpoint, "models/iris/model.onnx", "modelpipe-status").as_deref(),
+        Some("published")
+    );
+
+    upload(
+        &endpoint,
+        &write("v2.onnx", &LinearSoftmax::iris(2).to_bytes()),
+        "models/iris/model.onnx",
+    );
+    wait_for("v2 to answer", WAIT, || async {
+        infer(&http, &base).await.filter(|v| v == "2")
+    })
+    .await;
+
+    // Over 8 MB: the CLI switches to a multipart upload.
+    let big = LinearSoftmax {
+        input: "x".into(),
+        output: "y".into(),
+        weights: vec![vec![0.001; 2304]; 1024],
+        bias: vec![0.0; 2304],
+        batch: None,
+    };
+    let big_file = write("big.onnx", &big.to_bytes());
+    assert!(std::fs::metadata(&big_file).unwrap().len() > 9_000_000);
+    upload(&endpoint, &big_file, "models/big/model.onnx");
+    let status = wait_for("the multipart upload's outcome", WAIT, || async {
+        tag(&endpoint, "models/big/model.onnx", "modelpipe-status")
+    })
+    .await;
+    assert_eq!(status, "published");
+    let meta: Value = http
+        .get(format!("{base}/v2/models/big"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(meta["inputs"][0]["shape"], json!([-1, 1024]));
+
+    let v2 = LinearSoftmax::iris(2).to_bytes();
+    upload(
+        &endpoint,
+        &write("broken.onnx", &v2[..v2.len() / 2]),
+        "models/iris/model.onnx",
+    );
+    let status = wait_for("the rejection tag", WAIT, || async {
+        tag(&endpoint, "models/iris/model.onnx", "modelpipe-status").filter(|s| s != "published")
+    })
+    .await;
+    assert_eq!(status, "rejected");
+    assert!(
+        tag(&endpoint, "models/iris/model.onnx", "modelpipe-reason")
+            .unwrap()
+            .contains("not a loadable ONNX model")
+    );
+    assert_eq!(infer(&http, &base).await.as_deref(), Some("2"));
+
+    let registry = data.path().join("registry");
+    let registry = registry.to_str().unwrap();
+    let out = modelctl(&["rollback", "iris", "--registry", registry]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("iris:live v2 → v1"));
+    wait_for("v1 again after rollback", WAIT, || async {
+        infer(&http, &base).await.filter(|v| v == "1")
+    })
+    .await;
+
+    let status = modelctl(&["status", "iris", "--registry", registry]);
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("live       → v1"), "{status}");
+    let history = modelctl(&["history", "iris", "--registry", registry]);
+    assert_eq!(String::from_utf8_lossy(&history.stdout).lines().count(), 3);
+
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let exit = child.wait().unwrap();
+    assert!(
+        exit.success(),
+        "modelctl dev should stop cleanly on Ctrl-C: {exit}"
+    );
+}
+
+#[test]
+fn demo_runs_the_lifecycle_and_exits_zero() {
+    let out = modelctl(&["demo"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for step in [
+        "v1 uploaded and live",
+        "v2 hot-reloaded",
+        "broken upload rejected",
+        "rolled back to v1",
+    ] {
+        assert!(
+            stdout.contains(&format!("✔ {step}")),
+            "missing step {step:?} in:\n{stdout}"
+        );
+    }
+}
+
+#[test]
+fn validate_reports_a_good_model_and_refuses_a_bad_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.onnx");
+    std::fs::write(&good, LinearSoftmax::iris(1).to_bytes()).unwrap();
+    let out = modelctl(&["validate", good.to_str().unwrap()]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("input  input FP32 [-1,4]"));
+    let bad = dir.path().join("bad.onnx");
+    std::fs::write(&bad, b"garbage").unwrap();
+    let out = modelctl(&["validate", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("rejected: not a loadable ONNX model"));
+}
