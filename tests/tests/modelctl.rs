@@ -84,28 +84,40 @@ async fn infer(http: &reqwest::Client, base: &str) -> Option<String> {
 
 const WAIT: Duration = Duration::from_secs(60);
 
+/// Kills `modelctl dev` if the test fails before stopping it.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[tokio::test]
 async fn dev_serves_the_lifecycle_to_the_stock_aws_cli() {
     let data = tempfile::tempdir().unwrap();
     let (s3_port, http_port) = (free_port(), free_port());
-    let mut child = Command::new(binary("modelctl"))
-        .args([
-            "dev",
-            "--data",
-            data.path().to_str().unwrap(),
-            "--reload-check-ms",
-            "100",
-        ])
-        .args([
-            "--s3-addr",
-            &format!("127.0.0.1:{s3_port}"),
-            "--http-addr",
-            &format!("127.0.0.1:{http_port}"),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        Command::new(binary("modelctl"))
+            .args([
+                "dev",
+                "--data",
+                data.path().to_str().unwrap(),
+                "--reload-check-ms",
+                "100",
+            ])
+            .args([
+                "--s3-addr",
+                &format!("127.0.0.1:{s3_port}"),
+                "--http-addr",
+                &format!("127.0.0.1:{http_port}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let endpoint = format!("http://127.0.0.1:{s3_port}");
     let base = format!("http://127.0.0.1:{http_port}");
     let http = reqwest::Client::new();
@@ -209,9 +221,9 @@ async fn dev_serves_the_lifecycle_to_the_stock_aws_cli() {
     assert_eq!(String::from_utf8_lossy(&history.stdout).lines().count(), 3);
 
     let _ = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args(["-INT", &child.0.id().to_string()])
         .status();
-    let exit = child.wait().unwrap();
+    let exit = child.0.wait().unwrap();
     assert!(
         exit.success(),
         "modelctl dev should stop cleanly on Ctrl-C: {exit}"
