@@ -90,6 +90,8 @@ pub enum ValidatorError {
     Registry(#[from] RegistryError),
     #[error("reading the upload failed: {0}")]
     Read(std::io::Error),
+    #[error("a validator task failed: {0}")]
+    Task(String),
     #[error("publisher failed for {model} v{version}: {message}")]
     Publish {
         model: ModelName,
@@ -113,28 +115,8 @@ impl UploadOptions {
             Some(a) => a.trim().parse::<AliasName>().map_err(|e| e.to_string())?,
             None => AliasName::live(),
         };
-        let publish = match metadata
-            .get("publish")
-            .map(|p| p.trim().to_ascii_lowercase())
-        {
-            None => true,
-            Some(p) if p == "true" => true,
-            Some(p) if p == "false" => false,
-            Some(p) => return Err(format!("metadata publish={p:?} must be true or false")),
-        };
-        let allow_signature_change = match metadata
-            .get("allow-signature-change")
-            .map(|p| p.trim().to_ascii_lowercase())
-        {
-            None => false,
-            Some(p) if p == "true" => true,
-            Some(p) if p == "false" => false,
-            Some(p) => {
-                return Err(format!(
-                    "metadata allow-signature-change={p:?} must be true or false"
-                ));
-            }
-        };
+        let publish = flag(metadata, "publish", true)?;
+        let allow_signature_change = flag(metadata, "allow-signature-change", false)?;
         let expected_sha256 = match metadata
             .get("sha256")
             .map(|s| s.trim().to_ascii_lowercase())
@@ -151,6 +133,24 @@ impl UploadOptions {
             allow_signature_change,
             expected_sha256,
         })
+    }
+}
+
+/// A `true`/`false` metadata value, `default` when absent.
+fn flag(
+    metadata: &std::collections::HashMap<String, String>,
+    name: &str,
+    default: bool,
+) -> Result<bool, String> {
+    match metadata
+        .get(name)
+        .map(|v| v.trim().to_ascii_lowercase())
+        .as_deref()
+    {
+        None => Ok(default),
+        Some("true") => Ok(true),
+        Some("false") => Ok(false),
+        Some(other) => Err(format!("metadata {name}={other:?} must be true or false")),
     }
 }
 
@@ -370,7 +370,7 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
             check_model(&path, expect)
         })
         .await
-        .map_err(|e| ValidatorError::Read(std::io::Error::other(e.to_string())))?;
+        .map_err(|e| ValidatorError::Task(e.to_string()))?;
         let checked = match checked {
             Ok(checked) => checked,
             Err(e) => return reject(e.to_string(), Some(sha256)).await,
@@ -418,7 +418,7 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
             Ok(Some(record))
         })
         .await
-        .map_err(|e| ValidatorError::Read(std::io::Error::other(e.to_string())))??;
+        .map_err(|e| ValidatorError::Task(e.to_string()))??;
         let Some(record) = committed else {
             info!(model = %model, key = %key, "older event: a newer upload of this key finished first");
             return Ok(Outcome::Stale { model, key });
@@ -519,7 +519,7 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
             })
         })
         .await
-        .map_err(|e| ValidatorError::Read(std::io::Error::other(e.to_string())))??;
+        .map_err(|e| ValidatorError::Task(e.to_string()))??;
         self.tag(
             object,
             &[

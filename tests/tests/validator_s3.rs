@@ -687,3 +687,24 @@ async fn a_failed_publish_is_an_error_and_the_retried_event_resumes_it() {
         }
     );
 }
+
+#[tokio::test]
+async fn unreadable_upload_options_are_rejected() {
+    let f = Fixture::new().await;
+    f.with_v1_live().await;
+    let bytes = LinearSoftmax::iris(2).to_bytes();
+    f.assert_rejected(
+        "models/iris/model.onnx",
+        &bytes,
+        &[("publish", "maybe")],
+        "publish=\"maybe\" must be true or false",
+    )
+    .await;
+    f.assert_rejected(
+        "models/iris/model.onnx",
+        &bytes,
+        &[("alias", "Live!")],
+        "alias name",
+    )
+    .await;
+}
