@@ -30,16 +30,11 @@ fn aws(endpoint: &str, args: &[&str]) -> Output {
         .expect("the aws CLI must be installed")
 }
 
-fn upload(endpoint: &str, file: &Path, key: &str) {
-    let out = aws(
-        endpoint,
-        &[
-            "s3",
-            "cp",
-            file.to_str().unwrap(),
-            &format!("s3://models/{key}"),
-        ],
-    );
+fn upload(endpoint: &str, file: &Path, key: &str, extra: &[&str]) {
+    let target = format!("s3://models/{key}");
+    let mut args = vec!["s3", "cp", file.to_str().unwrap(), target.as_str()];
+    args.extend_from_slice(extra);
+    let out = aws(endpoint, &args);
     assert!(
         out.status.success(),
         "aws s3 cp failed: {}",
@@ -136,6 +131,7 @@ async fn dev_serves_the_lifecycle_to_the_stock_aws_cli() {
         &endpoint,
         &write("v1.onnx", &LinearSoftmax::iris(1).to_bytes()),
         "models/iris/model.onnx",
+        &[],
     );
     wait_for("v1 to answer", WAIT, || async {
         infer(&http, &base).await.filter(|v| v == "1")
@@ -146,10 +142,20 @@ async fn dev_serves_the_lifecycle_to_the_stock_aws_cli() {
         Some("published")
     );
 
+    // With an S3 SHA-256 checksum and the sha256 metadata: both are checked against the bytes.
+    let v2_bytes = LinearSoftmax::iris(2).to_bytes();
+    let metadata = format!("sha256={}", modelpipe::digest::sha256_bytes(&v2_bytes));
+    let checked = [
+        "--checksum-algorithm",
+        "SHA256",
+        "--metadata",
+        metadata.as_str(),
+    ];
     upload(
         &endpoint,
-        &write("v2.onnx", &LinearSoftmax::iris(2).to_bytes()),
+        &write("v2.onnx", &v2_bytes),
         "models/iris/model.onnx",
+        &checked,
     );
     wait_for("v2 to answer", WAIT, || async {
         infer(&http, &base).await.filter(|v| v == "2")
@@ -166,7 +172,7 @@ async fn dev_serves_the_lifecycle_to_the_stock_aws_cli() {
     };
     let big_file = write("big.onnx", &big.to_bytes());
     assert!(std::fs::metadata(&big_file).unwrap().len() > 9_000_000);
-    upload(&endpoint, &big_file, "models/big/model.onnx");
+    upload(&endpoint, &big_file, "models/big/model.onnx", &[]);
     let status = wait_for("the multipart upload's outcome", WAIT, || async {
         tag(&endpoint, "models/big/model.onnx", "modelpipe-status")
     })
@@ -187,6 +193,7 @@ async fn dev_serves_the_lifecycle_to_the_stock_aws_cli() {
         &endpoint,
         &write("broken.onnx", &v2[..v2.len() / 2]),
         "models/iris/model.onnx",
+        &[],
     );
     let status = wait_for("the rejection tag", WAIT, || async {
         tag(&endpoint, "models/iris/model.onnx", "modelpipe-status").filter(|s| s != "published")
