@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::engine::Engine;
-use crate::serve::protocol::{RequestInput, decode_input, encode_output};
+use crate::serve::protocol::{RequestInput, decode_input, encode_output, leaves};
 use crate::signature::{Signature, TensorSpec};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -127,9 +127,9 @@ impl Example {
 
 fn compare(name: &str, actual: &Value, expected: &Value, tolerance: f64) -> Result<(), String> {
     let mut want = Vec::new();
-    flatten(expected, &mut want);
+    leaves(expected, &mut want);
     let mut got = Vec::new();
-    flatten(actual, &mut got);
+    leaves(actual, &mut got);
     if want.len() != got.len() {
         return Err(format!(
             "output '{name}' has {} elements, expected {}",
@@ -149,11 +149,4 @@ fn compare(name: &str, actual: &Value, expected: &Value, tolerance: f64) -> Resu
         }
     }
     Ok(())
-}
-
-fn flatten<'a>(value: &'a Value, out: &mut Vec<&'a Value>) {
-    match value {
-        Value::Array(items) => items.iter().for_each(|v| flatten(v, out)),
-        leaf => out.push(leaf),
-    }
 }

@@ -103,7 +103,7 @@ fn a_signature_change_against_live_is_refused_unless_allowed() {
     );
 }
 
-fn contract_for(model: &LinearSoftmax, expected: Vec<f64>, tolerance: f64) -> Contract {
+fn contract_for(expected: Vec<f64>, tolerance: f64) -> Contract {
     let row = [5.1f32, 3.5, 1.4, 0.2];
     let json = serde_json::json!({
         "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}],
@@ -114,7 +114,6 @@ fn contract_for(model: &LinearSoftmax, expected: Vec<f64>, tolerance: f64) -> Co
             "tolerance": tolerance
         }]
     });
-    let _ = model;
     Contract::parse(json.to_string().as_bytes()).unwrap()
 }
 
@@ -124,7 +123,7 @@ fn golden_examples_pass_within_tolerance_and_fail_outside_it() {
     let model = LinearSoftmax::iris(1);
     let path = write(&dir, "m.onnx", &model.to_bytes());
     let expected = model.predict(&[5.1, 3.5, 1.4, 0.2]);
-    let good = contract_for(&model, expected.clone(), 1e-5);
+    let good = contract_for(expected.clone(), 1e-5);
     check_model(
         &path,
         Expectations {
@@ -134,7 +133,7 @@ fn golden_examples_pass_within_tolerance_and_fail_outside_it() {
     )
     .unwrap();
     let shifted: Vec<f64> = expected.iter().map(|p| p + 0.01).collect();
-    let bad = contract_for(&model, shifted, 1e-3);
+    let bad = contract_for(shifted, 1e-3);
     let err = check_model(
         &path,
         Expectations {

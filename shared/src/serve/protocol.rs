@@ -143,7 +143,7 @@ macro_rules! with_element {
 }
 
 /// Flattens `data` (flat or nested, row-major) into its leaves.
-fn leaves<'a>(data: &'a Value, out: &mut Vec<&'a Value>) {
+pub(crate) fn leaves<'a>(data: &'a Value, out: &mut Vec<&'a Value>) {
     match data {
         Value::Array(items) => items.iter().for_each(|item| leaves(item, out)),
         leaf => out.push(leaf),
