@@ -90,10 +90,13 @@ impl DevStack {
             stopped.clone(),
         )));
 
+        // MODEL_CACHE_BYTES, PRELOAD_MODELS, MAX_REQUEST_BYTES, MAX_MODEL_BYTES work as in Lambda.
         let config = Config {
+            model_root: registry_dir(&options.data),
             reload_check: options.reload_check,
-            ..Config::from_lookup(|_| None).map_err(std::io::Error::other)?
+            ..Config::from_env().map_err(std::io::Error::other)?
         };
+        modelpipe::engine::use_threads(None);
         let validator = Validator::new(
             registry.clone(),
             S3Store::new(s3_client(s3_addr).await),
@@ -111,6 +114,10 @@ impl DevStack {
             &config,
             SwapPolicy::Background,
         ));
+        if let Err(e) = inference.preload().await {
+            // Unlike in Lambda, the models may not be uploaded yet: they load on first request.
+            warn!(error = %e, "PRELOAD_MODELS: not preloaded");
+        }
         let mut http_stopped = stopped.clone();
         tasks.push(tokio::spawn(async move {
             let shutdown = async move {

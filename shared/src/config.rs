@@ -19,7 +19,8 @@ pub struct Config {
     pub reload_check: Duration,
     /// `PRELOAD_MODELS`: models loaded during init.
     pub preload_models: Vec<ModelName>,
-    /// `MODEL_CACHE_BYTES`: budget for models loaded on demand (unbounded when unset).
+    /// `MODEL_CACHE_BYTES`: budget for models loaded on demand. Unset: half the function's
+    /// memory in Lambda (`AWS_LAMBDA_FUNCTION_MEMORY_SIZE`), unbounded elsewhere.
     pub model_cache_bytes: Option<u64>,
     /// `MAX_REQUEST_BYTES` [10 MiB, API Gateway's limit]: larger inference bodies get 413.
     pub max_request_bytes: usize,
@@ -94,7 +95,13 @@ impl Config {
             preload_models,
             model_cache_bytes: match get("MODEL_CACHE_BYTES") {
                 Some(v) if !v.is_empty() => Some(parse("MODEL_CACHE_BYTES", Some(v), 0)?),
-                _ => None,
+                _ => match get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE") {
+                    Some(mb) => Some(
+                        parse::<u64>("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", Some(mb), 0)? * 1024 * 1024
+                            / 2,
+                    ),
+                    None => None,
+                },
             },
             max_request_bytes: parse(
                 "MAX_REQUEST_BYTES",
@@ -117,6 +124,22 @@ mod tests {
         assert_eq!(config.max_model_bytes, 2147483648);
         assert_eq!(config.reload_check, Duration::from_millis(1000));
         assert!(config.preload_models.is_empty());
+        assert_eq!(config.model_cache_bytes, None);
+    }
+
+    #[test]
+    fn the_model_cache_defaults_to_half_the_lambda_memory() {
+        let in_lambda = |cache: Option<&str>| {
+            Config::from_lookup(|n| match n {
+                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE" => Some("2048".into()),
+                "MODEL_CACHE_BYTES" => cache.map(str::to_string),
+                _ => None,
+            })
+            .unwrap()
+            .model_cache_bytes
+        };
+        assert_eq!(in_lambda(None), Some(1024 * 1024 * 1024));
+        assert_eq!(in_lambda(Some("5000")), Some(5000));
     }
 
     #[test]

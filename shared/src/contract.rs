@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::engine::Engine;
-use crate::serve::protocol::{RequestInput, decode_input, encode_output, leaves};
+use crate::serve::tensors::{InputTensor, TensorData, decode_input, json_data, leaves};
 use crate::signature::{Signature, TensorSpec};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -93,14 +93,13 @@ impl Example {
                     .iter()
                     .find(|i| i.name == spec.name)
                     .ok_or_else(|| format!("gives no input '{}'", spec.name))?;
-                let request = RequestInput {
-                    name: given.name.clone(),
-                    shape: given.shape.clone(),
-                    datatype: given.datatype.clone(),
-                    parameters: None,
-                    data: given.data.clone(),
+                let input = InputTensor {
+                    name: &given.name,
+                    datatype: &given.datatype,
+                    shape: &given.shape,
+                    data: TensorData::Json(&given.data),
                 };
-                decode_input(&request, spec)
+                decode_input(&input, spec)
             })
             .collect::<Result<Vec<_>, _>>()?;
         let outputs = engine.run(inputs).map_err(|e| e.to_string())?;
@@ -110,16 +109,19 @@ impl Example {
                 .iter()
                 .position(|o| o.name == expected.name)
                 .ok_or_else(|| format!("the model has no output '{}'", expected.name))?;
-            let actual = encode_output(&expected.name, &outputs[position])?;
+            let actual = &outputs[position];
             if let Some(shape) = &expected.shape
-                && shape != &actual.shape
+                && shape.as_slice() != actual.shape()
             {
                 return Err(format!(
                     "output '{}' has shape {:?}, expected {:?}",
-                    expected.name, actual.shape, shape
+                    expected.name,
+                    actual.shape(),
+                    shape
                 ));
             }
-            compare(&expected.name, &actual.data, &expected.data, self.tolerance)?;
+            let data = json_data(&expected.name, actual)?;
+            compare(&expected.name, &data, &expected.data, self.tolerance)?;
         }
         Ok(())
     }

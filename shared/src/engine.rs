@@ -54,6 +54,23 @@ fn guarded<T>(
     }
 }
 
+/// Lets tract spread matmuls and element-wise work over `threads` threads (one thread is
+/// tract's default). Lambda gives a function more vCPUs as its memory grows; `None` uses them all.
+/// Returns the thread count in effect.
+pub fn use_threads(threads: Option<usize>) -> usize {
+    let threads = threads
+        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+        .unwrap_or(1)
+        .max(1);
+    let executor = if threads > 1 {
+        tract_linalg::multithread::Executor::multithread(threads)
+    } else {
+        tract_linalg::multithread::Executor::SingleThread
+    };
+    tract_linalg::multithread::set_default_executor(executor);
+    threads
+}
+
 impl Engine {
     /// Parses, types, optimises and plans the model at `path`.
     pub fn load(path: &Path) -> Result<Self, EngineError> {

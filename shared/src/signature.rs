@@ -88,9 +88,9 @@ impl TensorSpec {
 }
 
 /// Formats a shape as `[1,-1,4]`.
-pub struct Shape<'a>(pub &'a [i64]);
+pub struct Shape<'a, D = i64>(pub &'a [D]);
 
-impl fmt::Display for Shape<'_> {
+impl<D: fmt::Display> fmt::Display for Shape<'_, D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("[")?;
         for (i, dim) in self.0.iter().enumerate() {

@@ -24,8 +24,10 @@ async fn run() -> Result<(), Error> {
     modelpipe::telemetry::init_lambda();
     let config = Config::from_env()?;
     let registry = Registry::open(&config.model_root)?;
+    let threads = modelpipe::engine::use_threads(None);
+    tracing::info!(threads, "tract threads");
     // Lambda freezes the process between invocations: the request that notices a move loads it.
     let inference = Arc::new(Inference::new(registry, &config, SwapPolicy::Blocking));
-    inference.preload(&config.preload_models).await?;
+    inference.preload().await?;
     lambda_http::run(router(inference)).await
 }

@@ -1,30 +1,34 @@
-//! Hot reload of one model's alias: the version behind `live` held in an `ArcSwap`, the alias
-//! re-read on the request path at most every `RELOAD_CHECK_MS`, the new version loaded, verified
-//! and warmed before it replaces the old one, one load at a time, a failed load never swapped in
-//! (the old version keeps serving and the failure is kept for metadata).
+//! Hot reload of one model's alias. The slot holds the number of the version serving requests;
+//! the alias is re-read on the request path at most every `RELOAD_CHECK_MS`; a new version is
+//! loaded, verified and warmed through the cache while the old one keeps serving, then the
+//! number is swapped atomically and the old version dropped from the cache (freed when its last
+//! request ends). One load per model at a time, so at most one extra version is resident during
+//! a swap; a failed load is never swapped in, is kept for metadata, and is not retried for
+//! [`RETRY_BACKOFF`](super::cache::RETRY_BACKOFF).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwapOption;
 use tracing::{info, warn};
 
+use super::cache::ModelCache;
 use super::loaded::{LoadError, LoadedModel};
 use crate::model_name::{AliasName, ModelName};
-use crate::registry::Registry;
 
 /// Who pays for loading a new version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SwapPolicy {
     /// The request that notices the move loads it and answers from it (Lambda: the process is
-    /// frozen between invocations, so a background load would stall until the next one).
+    /// frozen between invocations, so a background load would only progress while requests
+    /// run; see docs/hot-swap.md).
     Blocking,
     /// A background task loads it while requests keep being served by the old version (a
-    /// long-running local server).
+    /// long-running server).
     Background,
 }
 
-/// A load that failed, kept so metadata can show it and retries back off.
+/// A load that failed, kept so metadata can show it.
 #[derive(Debug, Clone)]
 pub struct LoadFailure {
     pub version: u64,
@@ -32,13 +36,13 @@ pub struct LoadFailure {
     pub at: Instant,
 }
 
-/// How long a version that failed to load is left alone before it is tried again.
-pub const RETRY_BACKOFF: Duration = Duration::from_secs(10);
-
 pub struct LiveModel {
     model: ModelName,
     alias: AliasName,
-    current: ArcSwapOption<LoadedModel>,
+    /// A preloaded model: its versions are kept in the cache, outside the budget.
+    keep: bool,
+    /// The version serving requests; 0 until the first load (versions start at 1).
+    version: AtomicU64,
     next_check: Mutex<Instant>,
     loading: Arc<tokio::sync::Mutex<()>>,
     failure: Mutex<Option<LoadFailure>>,
@@ -53,104 +57,109 @@ pub enum LiveError {
 }
 
 impl LiveModel {
-    pub fn new(model: ModelName) -> Self {
+    pub fn new(model: ModelName, keep: bool) -> Self {
         Self {
             model,
             alias: AliasName::live(),
-            current: ArcSwapOption::empty(),
+            keep,
+            version: AtomicU64::new(0),
             next_check: Mutex::new(Instant::now()),
             loading: Arc::new(tokio::sync::Mutex::new(())),
             failure: Mutex::new(None),
         }
     }
 
-    pub fn current(&self) -> Option<Arc<LoadedModel>> {
-        self.current.load_full()
+    /// The version serving requests, once one has been loaded.
+    pub fn version(&self) -> Option<u64> {
+        Some(self.version.load(Ordering::Acquire)).filter(|&v| v != 0)
     }
 
     pub fn failure(&self) -> Option<LoadFailure> {
         self.failure.lock().expect("failure lock").clone()
     }
 
+    fn not_ready(&self, error: impl ToString) -> LiveError {
+        LiveError::NotReady {
+            model: self.model.clone(),
+            error: error.to_string(),
+        }
+    }
+
     /// The version to serve this request with, after noticing an alias move if a check is due.
     pub async fn get(
         self: &Arc<Self>,
-        registry: &Registry,
+        cache: &Arc<ModelCache>,
         every: Duration,
         policy: SwapPolicy,
     ) -> Result<Arc<LoadedModel>, LiveError> {
-        let Some(current) = self.current() else {
-            return self.first_load(registry, every).await;
+        let Some(version) = self.version() else {
+            return self.first_load(cache, every).await;
         };
         if self.check_due(every) {
-            match registry.alias(&self.model, &self.alias) {
-                Ok(Some(alias))
-                    if alias.version != current.version() && !self.backing_off(alias.version) =>
-                {
-                    match policy {
-                        SwapPolicy::Blocking => {
-                            if let Ok(guard) = self.loading.clone().try_lock_owned() {
-                                self.load_and_swap(registry, alias.version).await;
-                                drop(guard);
-                            }
-                        }
-                        SwapPolicy::Background => {
-                            if let Ok(guard) = self.loading.clone().try_lock_owned() {
-                                let (this, registry) = (self.clone(), registry.clone());
-                                tokio::spawn(async move {
-                                    this.load_and_swap(&registry, alias.version).await;
-                                    drop(guard);
-                                });
-                            }
-                        }
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    warn!(model = %self.model, error = %e, "cannot read the alias; serving the loaded version")
-                }
+            self.notice_move(cache, version, policy).await;
+        }
+        let version = self.version().unwrap_or(version);
+        if let Some(loaded) = cache.get(&self.model, version) {
+            return Ok(loaded);
+        }
+        // Evicted while no request used it: this request loads it again (one load for all).
+        let loaded = cache
+            .load(&self.model, version, self.keep)
+            .await
+            .map_err(|e| self.not_ready(e))?;
+        cache.trim();
+        Ok(loaded)
+    }
+
+    async fn notice_move(self: &Arc<Self>, cache: &Arc<ModelCache>, current: u64, policy: SwapPolicy) {
+        let target = match cache.registry().alias(&self.model, &self.alias) {
+            Ok(Some(alias)) => alias.version,
+            Ok(None) => return,
+            Err(e) => {
+                warn!(model = %self.model, error = %e, "cannot read the alias; serving the loaded version");
+                return;
+            }
+        };
+        if target == current || cache.recent_failure(&self.model, target).is_some() {
+            return;
+        }
+        let Ok(guard) = self.loading.clone().try_lock_owned() else {
+            return; // a load is already running
+        };
+        match policy {
+            // A failed load is logged and kept for metadata by `swap_to`; the old version serves.
+            SwapPolicy::Blocking => {
+                let _ = self.swap_to(cache, target).await;
+                drop(guard);
+            }
+            SwapPolicy::Background => {
+                let (this, cache) = (self.clone(), cache.clone());
+                tokio::spawn(async move {
+                    let _ = this.swap_to(&cache, target).await;
+                    drop(guard);
+                });
             }
         }
-        Ok(self.current().unwrap_or(current))
     }
 
     async fn first_load(
         self: &Arc<Self>,
-        registry: &Registry,
+        cache: &Arc<ModelCache>,
         every: Duration,
     ) -> Result<Arc<LoadedModel>, LiveError> {
-        let _guard = self.loading.lock().await;
-        if let Some(current) = self.current() {
-            return Ok(current);
+        let guard = self.loading.lock().await;
+        if self.version().is_some() {
+            drop(guard);
+            return Box::pin(self.get(cache, every, SwapPolicy::Blocking)).await;
         }
-        let alias = match registry.alias(&self.model, &self.alias) {
-            Ok(Some(alias)) => alias,
+        let version = match cache.registry().alias(&self.model, &self.alias) {
+            Ok(Some(alias)) => alias.version,
             Ok(None) => return Err(LiveError::NotFound(self.model.clone())),
-            Err(e) => {
-                return Err(LiveError::NotReady {
-                    model: self.model.clone(),
-                    error: e.to_string(),
-                });
-            }
+            Err(e) => return Err(self.not_ready(e)),
         };
-        if let Some(failure) = self
-            .failure()
-            .filter(|f| f.version == alias.version && f.at.elapsed() < RETRY_BACKOFF)
-        {
-            return Err(LiveError::NotReady {
-                model: self.model.clone(),
-                error: failure.error,
-            });
-        }
         *self.next_check.lock().expect("check lock") = Instant::now() + every;
-        self.load_and_swap(registry, alias.version).await;
-        self.current().ok_or_else(|| LiveError::NotReady {
-            model: self.model.clone(),
-            error: self
-                .failure()
-                .map(|f| f.error)
-                .unwrap_or_else(|| "load failed".into()),
-        })
+        let loaded = self.swap_to(cache, version).await.map_err(|e| self.not_ready(e))?;
+        Ok(loaded)
     }
 
     /// Claims the next alias check if one is due.
@@ -164,24 +173,23 @@ impl LiveModel {
         true
     }
 
-    fn backing_off(&self, version: u64) -> bool {
-        self.failure()
-            .is_some_and(|f| f.version == version && f.at.elapsed() < RETRY_BACKOFF)
-    }
-
-    /// Loads `version` off the async threads and swaps it in on success. Call with `loading` held.
-    async fn load_and_swap(&self, registry: &Registry, version: u64) {
-        let (registry, model) = (registry.clone(), self.model.clone());
-        let loaded =
-            tokio::task::spawn_blocking(move || LoadedModel::load(&registry, &model, version))
-                .await
-                .unwrap_or_else(|e| Err(LoadError::Registry(format!("load task failed: {e}"))));
-        match loaded {
+    /// Loads `version` and makes it the one serving; the previous one leaves the cache. Call
+    /// with `loading` held.
+    async fn swap_to(
+        &self,
+        cache: &ModelCache,
+        version: u64,
+    ) -> Result<Arc<LoadedModel>, LoadError> {
+        match cache.load(&self.model, version, self.keep).await {
             Ok(loaded) => {
-                let previous = self.current().map(|c| c.version());
-                info!(model = %self.model, from = ?previous, to = version, ms = loaded.load_time.as_millis() as u64, "inference reloaded");
-                self.current.store(Some(Arc::new(loaded)));
+                let previous = self.version.swap(version, Ordering::AcqRel);
+                if previous != 0 && previous != version {
+                    cache.remove(&self.model, previous);
+                    info!(model = %self.model, from = previous, to = version, ms = loaded.load_time.as_millis() as u64, "inference swapped to the new live version");
+                }
                 *self.failure.lock().expect("failure lock") = None;
+                cache.trim();
+                Ok(loaded)
             }
             Err(e) => {
                 warn!(model = %self.model, version, error = %e, "load failed; the previous version keeps serving");
@@ -190,6 +198,7 @@ impl LiveModel {
                     error: e.to_string(),
                     at: Instant::now(),
                 });
+                Err(e)
             }
         }
     }

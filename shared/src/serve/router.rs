@@ -7,12 +7,13 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 
-use super::protocol::{InferRequest, InferResponse, decode_input, encode_output};
+use super::protocol::{self, HEADER_CONTENT_LENGTH, Output, ParsedRequest};
+use super::tensors::decode_input;
 use super::{Inference, LiveError, LoadError, LoadedModel};
 use crate::model_name::ModelName;
 use crate::registry::RegistryError;
@@ -104,7 +105,9 @@ pub fn router(inference: Arc<Inference>) -> axum::Router {
 }
 
 async fn server_metadata() -> Json<Value> {
-    Json(json!({ "name": "modelpipe", "version": env!("CARGO_PKG_VERSION"), "extensions": [] }))
+    Json(
+        json!({ "name": "modelpipe", "version": env!("CARGO_PKG_VERSION"), "extensions": ["binary_tensor_data"] }),
+    )
 }
 
 fn model_name(raw: &str) -> ApiResult<ModelName> {
@@ -144,11 +147,11 @@ async fn model_metadata(
         .collect();
     let mut body = metadata(&model, versions, &manifest.signature);
     body["live_version"] = json!(alias.version.to_string());
-    let (loaded, failure) = inference.live_status(&model);
-    if let Some(loaded) = loaded {
-        body["loaded_version"] = json!(loaded.version().to_string());
+    let status = inference.live_status(&model);
+    if let Some(loaded) = status.loaded {
+        body["loaded_version"] = json!(loaded.to_string());
     }
-    if let Some(failure) = failure {
+    if let Some(failure) = status.failure {
         body["load_error"] =
             json!({ "version": failure.version.to_string(), "error": failure.error });
     }
@@ -229,13 +232,13 @@ async fn infer_version(
     infer(loaded, request).await
 }
 
-/// Reads and parses the body, refusing one over the limit before reading it when its length is
-/// declared, and as soon as it passes the limit otherwise.
+/// Reads the body, refusing one over the limit before reading it when its length is declared,
+/// and as soon as it passes the limit otherwise; then splits it into JSON and binary data.
 async fn read_request(
     inference: &Inference,
     headers: &HeaderMap,
     body: Body,
-) -> ApiResult<InferRequest> {
+) -> ApiResult<ParsedRequest> {
     let limit = inference.max_request_bytes;
     let too_large = || {
         ApiError::new(
@@ -249,19 +252,29 @@ async fn read_request(
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
+    if let Some(encoding) = headers
+        .get(header::CONTENT_ENCODING)
+        .filter(|v| v.as_bytes() != b"identity")
+    {
+        return Err(ApiError::bad_request(format!(
+            "Content-Encoding {encoding:?} is not supported; send the body uncompressed"
+        )));
+    }
     let bytes = axum::body::to_bytes(body, limit)
         .await
         .map_err(|_| too_large())?;
-    serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::bad_request(format!(
-            "request body is not a valid inference request: {e}"
-        ))
-    })
+    let header_length = match headers.get(HEADER_CONTENT_LENGTH) {
+        None => None,
+        Some(value) => Some(value.to_str().map_err(|_| {
+            ApiError::bad_request("header Inference-Header-Content-Length is not text")
+        })?),
+    };
+    protocol::parse(bytes, header_length).map_err(ApiError::bad_request)
 }
 
-async fn infer(loaded: Arc<LoadedModel>, request: InferRequest) -> ApiResult<Response> {
+async fn infer(loaded: Arc<LoadedModel>, parsed: ParsedRequest) -> ApiResult<Response> {
     let signature = loaded.engine.signature();
-    for input in &request.inputs {
+    for input in parsed.inputs() {
         if !signature.inputs.iter().any(|spec| spec.name == input.name) {
             return Err(ApiError::bad_request(format!(
                 "model has no input '{}'",
@@ -273,30 +286,17 @@ async fn infer(loaded: Arc<LoadedModel>, request: InferRequest) -> ApiResult<Res
         .inputs
         .iter()
         .map(|spec| {
-            let input = request
-                .inputs
-                .iter()
+            let input = parsed
+                .inputs()
                 .find(|i| i.name == spec.name)
                 .ok_or_else(|| format!("missing input '{}'", spec.name))?;
-            decode_input(input, spec)
+            decode_input(&input, spec)
         })
         .collect::<Result<Vec<_>, String>>()
         .map_err(ApiError::bad_request)?;
-    let wanted: Vec<usize> = match &request.outputs {
-        None => (0..signature.outputs.len()).collect(),
-        Some(requested) => requested
-            .iter()
-            .map(|r| {
-                signature
-                    .outputs
-                    .iter()
-                    .position(|o| o.name == r.name)
-                    .ok_or_else(|| {
-                        ApiError::bad_request(format!("model has no output '{}'", r.name))
-                    })
-            })
-            .collect::<ApiResult<_>>()?,
-    };
+    let wanted = parsed
+        .wanted_outputs(signature)
+        .map_err(ApiError::bad_request)?;
     let model = loaded.clone();
     let outputs = tokio::task::spawn_blocking(move || model.engine.run(tensors))
         .await
@@ -309,16 +309,37 @@ async fn infer(loaded: Arc<LoadedModel>, request: InferRequest) -> ApiResult<Res
         // The inputs matched the signature, so a failure here is the request's values (e.g. an
         // index out of range): a client error.
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let outputs = wanted
-        .into_iter()
-        .map(|i| encode_output(&signature.outputs[i].name, &outputs[i]))
-        .collect::<Result<Vec<_>, String>>()
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
-    let response = InferResponse {
-        model_name: loaded.manifest.model.to_string(),
-        model_version: loaded.version().to_string(),
-        id: request.id,
-        outputs,
-    };
-    Ok(Json(response).into_response())
+    let selected: Vec<Output> = wanted
+        .iter()
+        .map(|w| Output {
+            name: &signature.outputs[w.index].name,
+            tensor: &outputs[w.index],
+            binary: w.binary,
+        })
+        .collect();
+    let body = protocol::encode_response(
+        loaded.manifest.model.as_str(),
+        loaded.version(),
+        parsed.request.id.clone(),
+        &selected,
+    )
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    let mut response = Response::new(Body::from(body.bytes));
+    let headers = response.headers_mut();
+    match body.json_length {
+        Some(length) => {
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            headers.insert(HEADER_CONTENT_LENGTH, HeaderValue::from(length));
+        }
+        None => {
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
+    }
+    Ok(response)
 }
