@@ -11,8 +11,8 @@ work=$(mktemp -d)
 dev_pid=""
 trap 'kill $dev_pid 2>/dev/null; rm -rf "$work"' EXIT
 cargo build -q --workspace
-cargo run -q -p modelpipe --example linear_model -- "$work/a.onnx" 1536 2304 1
-cargo run -q -p modelpipe --example linear_model -- "$work/b.onnx" 1536 2304 2
+target/debug/write_model linear:1536,2304 "$work/a.onnx" 1
+target/debug/write_model linear:1536,2304 "$work/b.onnx" 2
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 s3=$(port); http=$(port)
 RUST_LOG=warn target/debug/modelctl dev --data "$work/data" --s3-addr "127.0.0.1:$s3" --http-addr "127.0.0.1:$http" \

@@ -111,8 +111,16 @@ impl Engine {
                     .iter()
                     .map(|&d| if d < 0 { 1 } else { d as usize })
                     .collect();
-                let dt = datum_type(spec.datatype);
-                guarded(EngineError::Run, || Tensor::zero_dt(dt, &shape))
+                let elements = shape.iter().product();
+                Ok(match spec.datatype {
+                    // Neither has a numeric zero in tract; "" and false stand in for it.
+                    DataType::Bytes => tensor_of(&shape, vec![String::new(); elements]),
+                    DataType::Bool => tensor_of(&shape, vec![false; elements]),
+                    other => {
+                        let dt = datum_type(other);
+                        guarded(EngineError::Run, || Tensor::zero_dt(dt, &shape))?
+                    }
+                })
             })
             .collect()
     }
@@ -131,6 +139,12 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+fn tensor_of<T: Datum>(shape: &[usize], elements: Vec<T>) -> Tensor {
+    tract_ndarray::ArrayD::from_shape_vec(shape, elements)
+        .expect("as many elements as the shape holds")
+        .into()
 }
 
 /// True unless a float tensor holds a NaN or an infinity.

@@ -216,3 +216,113 @@ impl ModelCache {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::onnx_build::LinearSoftmax;
+    use crate::registry::NewVersion;
+
+    fn name(s: &str) -> ModelName {
+        s.parse().unwrap()
+    }
+
+    /// A registry holding one real model (a version 1) under each of `models`; returns its size.
+    fn registry_with(models: &[&str]) -> (tempfile::TempDir, Registry, u64) {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::open(dir.path()).unwrap();
+        let bytes = LinearSoftmax::iris(1).to_bytes();
+        for model in models {
+            let staging = registry.stage(&name(model)).unwrap();
+            std::fs::write(staging.model_path(), &bytes).unwrap();
+            let new = NewVersion {
+                sha256: crate::digest::sha256_bytes(&bytes),
+                size: bytes.len() as u64,
+                source: Default::default(),
+                signature: Default::default(),
+                signature_change: None,
+            };
+            registry
+                .lock(&name(model))
+                .unwrap()
+                .commit(staging, new)
+                .unwrap();
+        }
+        (dir, registry, bytes.len() as u64)
+    }
+
+    fn resident(cache: &ModelCache) -> Vec<String> {
+        let mut names: Vec<String> = cache.resident().iter().map(|r| r.model.to_string()).collect();
+        names.sort();
+        names
+    }
+
+    async fn load_and_trim(cache: &ModelCache, model: &str) {
+        cache.load(&name(model), 1, false).await.unwrap();
+        cache.trim();
+    }
+
+    #[tokio::test]
+    async fn the_least_recently_used_version_is_evicted_first() {
+        let (_dir, registry, size) = registry_with(&["a", "b", "c"]);
+        let cache = ModelCache::new(registry, Some(2 * size));
+        load_and_trim(&cache, "a").await;
+        load_and_trim(&cache, "b").await;
+        assert!(cache.get(&name("a"), 1).is_some());
+        load_and_trim(&cache, "c").await;
+        assert_eq!(resident(&cache), ["a", "c"]);
+    }
+
+    #[tokio::test]
+    async fn a_version_a_request_is_using_is_never_evicted() {
+        let (_dir, registry, size) = registry_with(&["a", "b", "c"]);
+        let cache = ModelCache::new(registry, Some(size));
+        let in_use = cache.load(&name("a"), 1, false).await.unwrap();
+        load_and_trim(&cache, "b").await;
+        assert_eq!(resident(&cache), ["a"], "b is evicted, a is in use");
+        drop(in_use);
+        load_and_trim(&cache, "c").await;
+        assert_eq!(resident(&cache), ["c"]);
+    }
+
+    #[tokio::test]
+    async fn preloaded_versions_are_kept_outside_the_budget() {
+        let (_dir, registry, _) = registry_with(&["a", "b"]);
+        let cache = ModelCache::new(registry, Some(0));
+        cache.load(&name("a"), 1, true).await.unwrap();
+        load_and_trim(&cache, "b").await;
+        assert_eq!(resident(&cache), ["a"]);
+        assert!(cache.resident()[0].kept);
+    }
+
+    #[tokio::test]
+    async fn concurrent_first_requests_share_one_load() {
+        let (_dir, registry, _) = registry_with(&["a"]);
+        let cache = Arc::new(ModelCache::new(registry, None));
+        let loads: Vec<_> = (0..8)
+            .map(|_| {
+                let cache = cache.clone();
+                tokio::spawn(async move { cache.load(&name("a"), 1, false).await.unwrap() })
+            })
+            .collect();
+        let mut loaded = Vec::new();
+        for load in loads {
+            loaded.push(load.await.unwrap());
+        }
+        assert!(loaded.iter().all(|m| Arc::ptr_eq(m, &loaded[0])));
+    }
+
+    #[tokio::test]
+    async fn a_failed_load_is_not_retried_during_the_backoff() {
+        let (_dir, registry, _) = registry_with(&["a"]);
+        let file = registry.model_file(&name("a"), 1);
+        let good = std::fs::read(&file).unwrap();
+        std::fs::write(&file, b"damaged").unwrap();
+        let cache = ModelCache::new(registry, None);
+        let first = cache.load(&name("a"), 1, false).await.unwrap_err();
+        assert!(first.to_string().contains("no longer matches"), "{first}");
+        std::fs::write(&file, good).unwrap();
+        assert!(cache.load(&name("a"), 1, false).await.is_err());
+        assert!(cache.recent_failure(&name("a"), 1).is_some());
+    }
+}
