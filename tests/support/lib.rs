@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use modelpipe::s3_event::{CreatedObject, object_created_event};
 
+pub mod serving;
+
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

@@ -4,53 +4,22 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use modelpipe::config::Config;
+use modelpipe::ModelName;
 use modelpipe::onnx_build::LinearSoftmax;
-use modelpipe::publish::{PublisherRequest, apply};
-use modelpipe::registry::{NewVersion, Registry};
-use modelpipe::serve::{Inference, SwapPolicy, router};
-use modelpipe::{AliasName, ModelName};
-use modelpipe_tests::wait_for;
+use modelpipe::registry::Registry;
+use modelpipe_tests::{serving, wait_for};
 use serde_json::{Value, json};
 
 fn iris() -> ModelName {
     "iris".parse().unwrap()
 }
 
-/// Commits `model` as the next version of iris (the validator's commit, without S3).
 fn commit(registry: &Registry, model: &LinearSoftmax) -> u64 {
-    let staging = registry.stage(&iris()).unwrap();
-    let bytes = model.to_bytes();
-    std::fs::write(staging.model_path(), &bytes).unwrap();
-    let checked =
-        modelpipe::checks::check_model(&staging.model_path(), Default::default()).unwrap();
-    let new = NewVersion {
-        sha256: modelpipe::digest::sha256_bytes(&bytes),
-        size: bytes.len() as u64,
-        source: Default::default(),
-        signature: checked.signature().clone(),
-        signature_change: None,
-    };
-    registry
-        .lock(&iris())
-        .unwrap()
-        .commit(staging, new)
-        .unwrap()
-        .version()
+    serving::commit(registry, &iris(), &model.to_bytes())
 }
 
 fn publish(registry: &Registry, version: u64) {
-    apply(
-        registry,
-        &PublisherRequest::Publish {
-            model: iris(),
-            version,
-            alias: AliasName::live(),
-            reason: None,
-        },
-        None,
-    )
-    .unwrap();
+    serving::publish(registry, &iris(), version)
 }
 
 struct Served {
@@ -67,21 +36,7 @@ async fn serve(versions: &[LinearSoftmax], env: &[(&str, &str)]) -> Served {
         let v = commit(&registry, model);
         publish(&registry, v);
     }
-    let env: Vec<(String, String)> = env
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let config =
-        Config::from_lookup(|name| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
-            .unwrap();
-    let inference = Arc::new(Inference::new(
-        registry.clone(),
-        &config,
-        SwapPolicy::Background,
-    ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router(inference)).await.unwrap() });
+    let base = serving::serve(&registry, env).await;
     Served {
         _dir: dir,
         registry,

@@ -1,0 +1,67 @@
+//! A registry filled with real models and the inference router serving it on a local port, as
+//! `modelctl dev` serves it, for tests that talk HTTP to it.
+
+use std::sync::Arc;
+
+use modelpipe::config::Config;
+use modelpipe::publish::{PublisherRequest, apply};
+use modelpipe::registry::{NewVersion, Registry};
+use modelpipe::serve::{Inference, SwapPolicy, router};
+use modelpipe::{AliasName, ModelName};
+
+/// Commits `bytes` as the next version of `model` (the validator's commit, without S3).
+pub fn commit(registry: &Registry, model: &ModelName, bytes: &[u8]) -> u64 {
+    let staging = registry.stage(model).unwrap();
+    std::fs::write(staging.model_path(), bytes).unwrap();
+    let checked =
+        modelpipe::checks::check_model(&staging.model_path(), Default::default()).unwrap();
+    let new = NewVersion {
+        sha256: modelpipe::digest::sha256_bytes(bytes),
+        size: bytes.len() as u64,
+        source: Default::default(),
+        signature: checked.signature().clone(),
+        signature_change: None,
+    };
+    registry
+        .lock(model)
+        .unwrap()
+        .commit(staging, new)
+        .unwrap()
+        .version()
+}
+
+/// Moves `live` of `model` to `version`, as the publisher does.
+pub fn publish(registry: &Registry, model: &ModelName, version: u64) {
+    apply(
+        registry,
+        &PublisherRequest::Publish {
+            model: model.clone(),
+            version,
+            alias: AliasName::live(),
+            reason: None,
+        },
+        None,
+    )
+    .unwrap();
+}
+
+/// Serves `registry` on a free local port with the configuration `env` gives; returns the base
+/// URL. The server runs until the test's runtime ends.
+pub async fn serve(registry: &Registry, env: &[(&str, &str)]) -> String {
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let config =
+        Config::from_lookup(|name| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
+            .unwrap();
+    let inference = Arc::new(Inference::new(
+        registry.clone(),
+        &config,
+        SwapPolicy::Background,
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router(inference)).await.unwrap() });
+    base
+}

@@ -1,0 +1,39 @@
+//! Runs tests/python/test_tritonclient.py: the stock Python `tritonclient[http]` against the
+//! inference server, JSON and binary tensors, answers checked against onnxruntime on the same
+//! model files. The registry and server are set up here; the Python suite's verdict is the test's.
+
+use modelpipe::ModelName;
+use modelpipe::onnx_build::{Identity, LinearSoftmax, Mlp};
+use modelpipe::registry::Registry;
+use modelpipe_tests::{serving, tool, workspace_root};
+
+fn name(s: &str) -> ModelName {
+    s.parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tritonclient_suite_passes_against_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::open(dir.path()).unwrap();
+    let models = [
+        ("iris", LinearSoftmax::iris(1).to_bytes()),
+        ("iris", LinearSoftmax::iris(2).to_bytes()),
+        ("mlp", Mlp::new(&[4, 64, 64, 3], 3).to_bytes()),
+        ("identity", Identity::all_types(3).to_bytes()),
+    ];
+    for (model, bytes) in &models {
+        let version = serving::commit(&registry, &name(model), bytes);
+        serving::publish(&registry, &name(model), version);
+    }
+    let base = serving::serve(&registry, &[]).await;
+    let output = tokio::process::Command::new(tool("python"))
+        .arg(workspace_root().join("tests/python/test_tritonclient.py"))
+        .env("MODELPIPE_URL", base.trim_start_matches("http://"))
+        .env("MODELPIPE_REGISTRY", dir.path())
+        .output()
+        .await
+        .expect("run python (scripts/setup.sh installs it in .venv)");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "tritonclient suite failed:\n{stderr}");
+    assert!(stderr.contains("OK"), "{stderr}");
+}
