@@ -326,3 +326,47 @@ async fn a_version_that_fails_to_load_is_never_swapped_in() {
         &v1,
     );
 }
+
+/// The versions of `model` in memory, as its metadata reports them.
+async fn resident(s: &Served, model: &str) -> Vec<String> {
+    let (status, meta) = s.get(&format!("/v2/models/{model}")).await;
+    assert_eq!(status, 200, "{meta}");
+    serde_json::from_value(meta["resident_versions"].clone()).unwrap()
+}
+
+#[tokio::test]
+async fn a_small_model_cache_evicts_the_least_recently_used_model() {
+    let bytes = LinearSoftmax::iris(1).to_bytes();
+    let budget = (2 * bytes.len()).to_string();
+    let s = serve(&[], &[("MODEL_CACHE_BYTES", &budget)]).await;
+    for model in ["a", "b", "c"] {
+        let name: ModelName = model.parse().unwrap();
+        let version = serving::commit(&s.registry, &name, &bytes);
+        serving::publish(&s.registry, &name, version);
+    }
+    let infer = |model: &'static str| {
+        let s = &s;
+        async move {
+            let (status, answer) = s
+                .infer(&format!("/v2/models/{model}/infer"), &request(json!(ROWS)))
+                .await;
+            assert_eq!(status, 200, "{answer}");
+        }
+    };
+    infer("a").await;
+    infer("b").await;
+    infer("a").await; // b is now the least recently used
+    infer("c").await;
+    assert_eq!(
+        (resident(&s, "a").await, resident(&s, "b").await, resident(&s, "c").await),
+        (vec!["1".to_string()], vec![], vec!["1".to_string()])
+    );
+    // An evicted model loads again on its next request; pinned versions share the cache.
+    let (status, answer) = s
+        .infer("/v2/models/b/versions/1/infer", &request(json!(ROWS)))
+        .await;
+    assert_eq!((status, answer["model_version"].as_str()), (200, Some("1")));
+    infer("b").await;
+    assert_eq!(resident(&s, "b").await, ["1"]);
+    assert_eq!(resident(&s, "a").await, Vec::<String>::new(), "a was least recently used");
+}

@@ -4,6 +4,8 @@
 //! watch; the inference binary answering API Gateway HTTP API and REST API events.
 
 use aws_sdk_lambda::primitives::Blob;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use aws_sdk_s3::primitives::ByteStream;
 use modelpipe::onnx_build::LinearSoftmax;
 use modelpipe::registry::Registry;
@@ -260,4 +262,64 @@ async fn the_inference_function_answers_rest_api_events_and_json_errors() {
         .await
         .unwrap();
     assert_eq!(answer["statusCode"], 404, "{answer}");
+}
+
+/// An inference body in the binary tensor data extension: JSON, then the input's f32 bytes.
+fn binary_infer_body(rows: &[[f32; 4]]) -> (Vec<u8>, usize) {
+    let header = json!({
+        "inputs": [{"name": "input", "shape": [rows.len(), 4], "datatype": "FP32", "parameters": {"binary_data_size": rows.len() * 16}}],
+        "parameters": {"binary_data_output": true}
+    });
+    let mut body = serde_json::to_vec(&header).unwrap();
+    let json_length = body.len();
+    body.extend(rows.iter().flatten().flat_map(|f| f.to_le_bytes()));
+    (body, json_length)
+}
+
+/// Checks a binary answer from an API Gateway response event against the model's own maths.
+fn assert_binary_answer(answer: &Value, headers: &Value, rows: &[[f32; 4]], model: &LinearSoftmax) {
+    assert_eq!(answer["statusCode"], 200, "{answer}");
+    assert_eq!(answer["isBase64Encoded"], true, "{answer}");
+    let body = BASE64.decode(answer["body"].as_str().unwrap()).unwrap();
+    let json_length: usize = headers.as_str().unwrap().parse().unwrap();
+    let header: Value = serde_json::from_slice(&body[..json_length]).unwrap();
+    assert_eq!(header["outputs"][0]["parameters"]["binary_data_size"], rows.len() * 12);
+    let got: Vec<f32> = body[json_length..]
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    let want: Vec<f64> = rows.iter().flat_map(|r| model.predict(r)).collect();
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(&want) {
+        assert!((*g as f64 - w).abs() < 1e-5, "got {got:?}, want {want:?}");
+    }
+}
+
+#[tokio::test]
+async fn binary_tensors_travel_base64_through_http_and_rest_api_events() {
+    let mut stack = Stack::start().await;
+    let model = LinearSoftmax::iris(1);
+    stack.upload("models/iris/model.onnx", model.to_bytes()).await;
+    let rows = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]];
+    let (body, json_length) = binary_infer_body(&rows);
+    let encoded = BASE64.encode(&body);
+
+    let mut v2 = http_api_event("POST", "/v2/models/iris/infer", Some(&encoded));
+    v2["isBase64Encoded"] = json!(true);
+    v2["headers"]["content-type"] = json!("application/octet-stream");
+    v2["headers"]["inference-header-content-length"] = json!(json_length.to_string());
+    let answer = stack.invoke("inference", &v2).await.unwrap();
+    assert_binary_answer(&answer, &answer["headers"]["inference-header-content-length"], &rows, &model);
+
+    let mut v1 = rest_api_event("POST", "/v2/models/iris/infer", Some(&encoded));
+    v1["isBase64Encoded"] = json!(true);
+    v1["headers"]["Inference-Header-Content-Length"] = json!(json_length.to_string());
+    v1["multiValueHeaders"]["Inference-Header-Content-Length"] = json!([json_length.to_string()]);
+    let answer = stack.invoke("inference", &v1).await.unwrap();
+    assert_binary_answer(
+        &answer,
+        &answer["multiValueHeaders"]["inference-header-content-length"][0],
+        &rows,
+        &model,
+    );
 }

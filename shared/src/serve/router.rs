@@ -147,6 +147,15 @@ async fn model_metadata(
         .collect();
     let mut body = metadata(&model, versions, &manifest.signature);
     body["live_version"] = json!(alias.version.to_string());
+    let mut resident: Vec<u64> = inference
+        .cache()
+        .resident()
+        .into_iter()
+        .filter(|r| r.model == model)
+        .map(|r| r.version)
+        .collect();
+    resident.sort_unstable();
+    body["resident_versions"] = json!(resident.iter().map(u64::to_string).collect::<Vec<_>>());
     let status = inference.live_status(&model);
     if let Some(loaded) = status.loaded {
         body["loaded_version"] = json!(loaded.to_string());
