@@ -96,7 +96,6 @@ impl DevStack {
             reload_check: options.reload_check,
             ..Config::from_env().map_err(std::io::Error::other)?
         };
-        modelpipe::engine::use_threads(None);
         let validator = Validator::new(
             registry.clone(),
             S3Store::new(s3_client(s3_addr).await),

@@ -24,6 +24,8 @@ async fn run() -> Result<(), Error> {
     modelpipe::telemetry::init_lambda();
     let config = Config::from_env()?;
     let registry = Registry::open(&config.model_root)?;
+    // One request at a time per environment: its run can have every vCPU (with concurrent
+    // requests, as in `modelctl dev`, they already keep the cores busy; see BENCHMARKS.md).
     let threads = modelpipe::engine::use_threads(None);
     tracing::info!(threads, "tract threads");
     // Lambda freezes the process between invocations: the request that notices a move loads it.

@@ -306,15 +306,19 @@ async fn infer(loaded: Arc<LoadedModel>, parsed: ParsedRequest) -> ApiResult<Res
     let wanted = parsed
         .wanted_outputs(signature)
         .map_err(ApiError::bad_request)?;
-    let model = loaded.clone();
-    let outputs = tokio::task::spawn_blocking(move || model.engine.run(tensors))
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("inference task failed: {e}"),
-            )
-        })?
+    let outputs = if loaded.runs_quickly(&tensors) {
+        loaded.engine.run(tensors)
+    } else {
+        let model = loaded.clone();
+        tokio::task::spawn_blocking(move || model.engine.run(tensors))
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("inference task failed: {e}"),
+                )
+            })?
+    }
         // The inputs matched the signature, so a failure here is the request's values (e.g. an
         // index out of range): a client error.
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
