@@ -20,36 +20,12 @@ use modelpipe::ModelName;
 use modelpipe::config::Config;
 use modelpipe::engine::{Engine, use_threads};
 use modelpipe::onnx_build::{Mlp, mobilenet_v2};
-use modelpipe::publish::{PublisherRequest, apply};
-use modelpipe::registry::{NewVersion, Registry};
+use modelpipe::registry::Registry;
 use modelpipe::serve::{Inference, SwapPolicy, router};
+use modelpipe_tests::serving::{commit, publish};
 use serde_json::json;
 use tower::ServiceExt;
 use tract_onnx::prelude::{Tensor, tract_ndarray};
-
-fn commit(registry: &Registry, model: &ModelName, bytes: &[u8]) -> u64 {
-    let staging = registry.stage(model).unwrap();
-    std::fs::write(staging.model_path(), bytes).unwrap();
-    let checked = modelpipe::checks::check_model(&staging.model_path(), Default::default()).unwrap();
-    let new = NewVersion {
-        sha256: modelpipe::digest::sha256_bytes(bytes),
-        size: bytes.len() as u64,
-        source: Default::default(),
-        signature: checked.signature().clone(),
-        signature_change: None,
-    };
-    registry.lock(model).unwrap().commit(staging, new).unwrap().version()
-}
-
-fn publish(registry: &Registry, model: &ModelName, version: u64) {
-    let request = PublisherRequest::Publish {
-        model: model.clone(),
-        version,
-        alias: Default::default(),
-        reason: None,
-    };
-    apply(registry, &request, None).unwrap();
-}
 
 fn config(env: &[(&str, &str)]) -> Config {
     Config::from_lookup(|n| env.iter().find(|(k, _)| *k == n).map(|(_, v)| v.to_string())).unwrap()
