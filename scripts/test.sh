@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The project's test command: builds the workspace (the end-to-end tests run the function binaries
-# from target/debug) and runs every test. Needs moto_server and cargo-lambda, from .venv (made by
-# .ci/run or scripts/setup.sh) or PATH.
+# from target/debug), runs every Rust test, then the CDK app's tests (offline synth, assertions,
+# cfn-lint). Needs what scripts/setup.sh installs (.venv, infra/node_modules).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --workspace --locked
-cargo nextest run --workspace --locked --no-fail-fast "$@"
+status=0
+cargo nextest run --workspace --locked --no-fail-fast "$@" || status=$?
+(cd infra && npm test) || status=$?
+exit $status

@@ -74,11 +74,17 @@ impl Config {
         if !models_prefix.is_empty() && !models_prefix.ends_with('/') {
             models_prefix.push('/');
         }
+        let model_root = get("MODEL_ROOT").filter(|v| !v.is_empty());
+        if let Some(root) = model_root.as_ref().filter(|r| r.starts_with("s3://")) {
+            return Err(ConfigError {
+                name: "MODEL_ROOT",
+                value: root.clone(),
+                why: "the S3-hosted registry is not supported by this build yet; use a directory (EFS)".into(),
+            });
+        }
         Ok(Self {
             model_root: PathBuf::from(
-                get("MODEL_ROOT")
-                    .filter(|v| !v.is_empty())
-                    .unwrap_or_else(|| "/mnt/models".into()),
+                model_root.unwrap_or_else(|| "/mnt/models".into()),
             ),
             models_prefix,
             max_model_bytes: parse(
@@ -153,5 +159,8 @@ mod tests {
         let err = Config::from_lookup(|n| (n == "PRELOAD_MODELS").then(|| "iris,Bad".into()))
             .unwrap_err();
         assert!(err.to_string().contains("PRELOAD_MODELS"));
+        let err = Config::from_lookup(|n| (n == "MODEL_ROOT").then(|| "s3://b/registry".into()))
+            .unwrap_err();
+        assert!(err.to_string().contains("not supported by this build yet"), "{err}");
     }
 }

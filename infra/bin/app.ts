@@ -1,0 +1,43 @@
+// The CDK app. Options come from context (`cdk deploy -c key=value`):
+//   artifacts        folder of cargo lambda build output [../target/lambda]
+//   registry         efs | s3 [efs]
+//   inferenceMemory  MB [2048]; preloadModels (comma list); modelCacheBytes; reloadCheckMs [1000]
+//   inferenceImage   true: ship inference as a container image built from infra/docker/
+//   bakeRegistry     with inferenceImage: a registry folder (relative to the repository) baked in
+// No account or region is set here, so `cdk synth` works offline; `cdk deploy` uses your profile's.
+
+import * as path from 'node:path';
+import { App } from 'aws-cdk-lib';
+import { ModelpipeStack, RegistryStorage } from '../lib/modelpipe-stack';
+
+const app = new App();
+const context = (key: string): string | undefined => {
+  const value = app.node.tryGetContext(key);
+  return value === undefined || value === '' ? undefined : String(value);
+};
+const number = (key: string): number | undefined => {
+  const value = context(key);
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0) throw new Error(`context ${key}=${value} is not a whole number`);
+  return n;
+};
+const registry = context('registry') ?? 'efs';
+if (registry !== 'efs' && registry !== 's3') throw new Error(`context registry=${registry}: use efs or s3`);
+const repository = path.resolve(__dirname, '..', '..');
+
+new ModelpipeStack(app, 'Modelpipe', {
+  description: 'modelpipe: ONNX models from an S3 upload to live predictions on Lambda',
+  artifacts: path.resolve(context('artifacts') ?? path.join(repository, 'target', 'lambda')),
+  registry: registry as RegistryStorage,
+  inference: {
+    memoryMb: number('inferenceMemory'),
+    preloadModels: context('preloadModels')?.split(',').map((m) => m.trim()).filter(Boolean),
+    modelCacheBytes: number('modelCacheBytes'),
+    reloadCheckMs: number('reloadCheckMs'),
+    image:
+      context('inferenceImage') === 'true'
+        ? { context: repository, bakedRegistry: context('bakeRegistry') }
+        : undefined,
+  },
+});

@@ -1,0 +1,19 @@
+# The inference function as a Lambda container image (CDK builds it at deploy time with the
+# repository root as context: `cdk deploy -c inferenceImage=true [-c bakeRegistry=DIR]`).
+# Built on Amazon Linux 2023 so the binary links against the glibc Lambda runs.
+
+FROM public.ecr.aws/amazonlinux/amazonlinux:2023 AS build
+RUN dnf install -y gcc gcc-c++ make cmake tar gzip && dnf clean all
+RUN curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --default-toolchain 1.95
+ENV PATH=/root/.cargo/bin:$PATH
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked --bin inference
+
+FROM public.ecr.aws/lambda/provided:al2023
+# A registry folder baked in at build time (served read-only from /opt/registry), or none.
+ARG BAKED_REGISTRY=infra/docker/no-models
+COPY ${BAKED_REGISTRY} /opt/registry
+COPY --from=build /src/target/release/inference ${LAMBDA_RUNTIME_DIR}/bootstrap
+ENV MODEL_ROOT=/mnt/models
+CMD ["bootstrap"]

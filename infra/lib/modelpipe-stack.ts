@@ -1,0 +1,280 @@
+// The whole pipeline in one stack: upload bucket → validator → publisher, the registry (EFS, or
+// S3-hosted), and the inference function behind an HTTP API. Each function gets only the access
+// its job needs; the tests in test/ hold the stack to that.
+
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Annotations, CfnOutput, Duration, RemovalPolicy, Stack, StackProps } from 'aws-cdk-lib';
+import * as apigw from 'aws-cdk-lib/aws-apigatewayv2';
+import { HttpLambdaIntegration } from 'aws-cdk-lib/aws-apigatewayv2-integrations';
+import * as ec2 from 'aws-cdk-lib/aws-ec2';
+import * as efs from 'aws-cdk-lib/aws-efs';
+import * as iam from 'aws-cdk-lib/aws-iam';
+import * as lambda from 'aws-cdk-lib/aws-lambda';
+import * as destinations from 'aws-cdk-lib/aws-lambda-destinations';
+import * as logs from 'aws-cdk-lib/aws-logs';
+import * as s3 from 'aws-cdk-lib/aws-s3';
+import * as s3n from 'aws-cdk-lib/aws-s3-notifications';
+import * as sqs from 'aws-cdk-lib/aws-sqs';
+import { Construct } from 'constructs';
+
+/** Where the registry lives. */
+export type RegistryStorage = 'efs' | 's3';
+
+export interface InferenceImage {
+  /** Docker build context (the repository root for infra/docker/inference.Dockerfile). */
+  readonly context: string;
+  /** Dockerfile, relative to the context. */
+  readonly file?: string;
+  /**
+   * A registry folder inside the context to bake into the image at /opt/registry: inference then
+   * serves it read-only, without EFS (aliases are fixed at build time; no hot swap).
+   */
+  readonly bakedRegistry?: string;
+}
+
+export interface InferenceOptions {
+  /** Memory in MB [2048]; Lambda gives a second vCPU from 1,769 MB, which tract uses. */
+  readonly memoryMb?: number;
+  /** PRELOAD_MODELS: loaded during init, outside the handler. */
+  readonly preloadModels?: string[];
+  /** MODEL_CACHE_BYTES [half the function's memory]. */
+  readonly modelCacheBytes?: number;
+  /** RELOAD_CHECK_MS [1000]. */
+  readonly reloadCheckMs?: number;
+  /** Ship inference as a container image instead of a zip. */
+  readonly image?: InferenceImage;
+}
+
+export interface ModelpipeStackProps extends StackProps {
+  /**
+   * Folder holding `validator/`, `publisher/` and `inference/`, each with the `bootstrap`
+   * binary or `bootstrap.zip` (`cargo lambda build --release --output-format zip` writes
+   * target/lambda/<name>/bootstrap.zip).
+   */
+  readonly artifacts: string;
+  /** Where the registry lives ['efs']. 's3' needs no VPC: MODEL_ROOT=s3://<bucket>/registry. */
+  readonly registry?: RegistryStorage;
+  readonly inference?: InferenceOptions;
+}
+
+const MOUNT_PATH = '/mnt/models';
+const MODELS_PREFIX = 'models/';
+
+function functionCode(artifacts: string, name: string): lambda.Code {
+  const folder = path.join(artifacts, name);
+  const zip = path.join(folder, 'bootstrap.zip');
+  if (fs.existsSync(zip)) return lambda.Code.fromAsset(zip);
+  if (fs.existsSync(path.join(folder, 'bootstrap'))) return lambda.Code.fromAsset(folder);
+  throw new Error(
+    `${folder} has neither bootstrap.zip nor bootstrap: run \`cargo lambda build --release --output-format zip\` first`,
+  );
+}
+
+/** An EFS mount whose policies the caller chooses (the base class's constructor is protected). */
+class ReadOnlyMount extends lambda.FileSystem {
+  constructor(config: lambda.FileSystemConfig) {
+    super(config);
+  }
+}
+
+export class ModelpipeStack extends Stack {
+  readonly bucket: s3.Bucket;
+  readonly validator: lambda.Function;
+  readonly publisher: lambda.Function;
+  readonly inference: lambda.Function;
+  readonly api: apigw.HttpApi;
+
+  constructor(scope: Construct, id: string, props: ModelpipeStackProps) {
+    super(scope, id, props);
+    const storage = props.registry ?? 'efs';
+    const options = props.inference ?? {};
+
+    this.bucket = new s3.Bucket(this, 'Uploads', {
+      versioned: true,
+      encryption: s3.BucketEncryption.S3_MANAGED,
+      blockPublicAccess: s3.BlockPublicAccess.BLOCK_ALL,
+      enforceSSL: true,
+      removalPolicy: RemovalPolicy.RETAIN,
+    });
+
+    // The registry: an EFS access point mounted by all three, or a prefix of an S3 bucket.
+    let vpc: ec2.Vpc | undefined;
+    let accessPoint: efs.AccessPoint | undefined;
+    let registryBucket: s3.Bucket | undefined;
+    let modelRoot: string;
+    if (storage === 'efs') {
+      vpc = new ec2.Vpc(this, 'Vpc', {
+        maxAzs: 2,
+        natGateways: 0,
+        subnetConfiguration: [{ name: 'isolated', subnetType: ec2.SubnetType.PRIVATE_ISOLATED }],
+      });
+      vpc.addGatewayEndpoint('S3', { service: ec2.GatewayVpcEndpointAwsService.S3 });
+      // The validator invokes the publisher from an isolated subnet.
+      vpc.addInterfaceEndpoint('Lambda', { service: ec2.InterfaceVpcEndpointAwsService.LAMBDA });
+      const fileSystem = new efs.FileSystem(this, 'Registry', {
+        vpc,
+        encrypted: true,
+        removalPolicy: RemovalPolicy.RETAIN,
+      });
+      accessPoint = fileSystem.addAccessPoint('Models', {
+        path: '/models',
+        createAcl: { ownerUid: '1000', ownerGid: '1000', permissions: '750' },
+        posixUser: { uid: '1000', gid: '1000' },
+      });
+      modelRoot = MOUNT_PATH;
+    } else {
+      registryBucket = new s3.Bucket(this, 'RegistryBucket', {
+        encryption: s3.BucketEncryption.S3_MANAGED,
+        blockPublicAccess: s3.BlockPublicAccess.BLOCK_ALL,
+        enforceSSL: true,
+        removalPolicy: RemovalPolicy.RETAIN,
+      });
+      modelRoot = `s3://${registryBucket.bucketName}/registry`;
+    }
+
+    const mount = (mode: 'read-write' | 'read-only'): lambda.FileSystem | undefined => {
+      if (!accessPoint) return undefined;
+      if (mode === 'read-write') return lambda.FileSystem.fromEfsAccessPoint(accessPoint, MOUNT_PATH);
+      // fromEfsAccessPoint also grants ClientWrite; a reader gets ClientMount alone.
+      return new ReadOnlyMount({
+        localMountPath: MOUNT_PATH,
+        arn: accessPoint.accessPointArn,
+        dependency: [accessPoint.fileSystem.mountTargetsAvailable],
+        connections: accessPoint.fileSystem.connections,
+        policies: [
+          new iam.PolicyStatement({
+            actions: ['elasticfilesystem:ClientMount'],
+            resources: ['*'],
+            conditions: { StringEquals: { 'elasticfilesystem:AccessPointArn': accessPoint.accessPointArn } },
+          }),
+        ],
+      });
+    };
+    const inVpc = vpc ? { vpc, vpcSubnets: { subnetType: ec2.SubnetType.PRIVATE_ISOLATED } } : {};
+    const logGroup = (name: string) =>
+      new logs.LogGroup(this, `${name}Logs`, {
+        retention: logs.RetentionDays.ONE_MONTH,
+        removalPolicy: RemovalPolicy.DESTROY,
+      });
+    const common = {
+      runtime: lambda.Runtime.PROVIDED_AL2023,
+      architecture: lambda.Architecture.X86_64,
+      handler: 'bootstrap',
+    };
+
+    this.publisher = new lambda.Function(this, 'Publisher', {
+      ...common,
+      ...inVpc,
+      description: 'modelpipe publisher: moves an alias to a version and records the move',
+      code: functionCode(props.artifacts, 'publisher'),
+      memorySize: 512,
+      timeout: Duration.minutes(2),
+      filesystem: mount('read-write'),
+      logGroup: logGroup('Publisher'),
+      environment: { MODEL_ROOT: modelRoot, RUST_LOG: 'info' },
+    });
+
+    const failedUploads = new sqs.Queue(this, 'FailedUploads', {
+      retentionPeriod: Duration.days(14),
+      encryption: sqs.QueueEncryption.SQS_MANAGED,
+      enforceSSL: true,
+    });
+    this.validator = new lambda.Function(this, 'Validator', {
+      ...common,
+      ...inVpc,
+      description: 'modelpipe validator: streams an upload to staging, checks it, commits a version',
+      code: functionCode(props.artifacts, 'validator'),
+      memorySize: 2048,
+      timeout: Duration.minutes(15),
+      filesystem: mount('read-write'),
+      logGroup: logGroup('Validator'),
+      // An event that still fails after Lambda's retries lands here instead of vanishing.
+      onFailure: new destinations.SqsDestination(failedUploads),
+      retryAttempts: 2,
+      environment: {
+        MODEL_ROOT: modelRoot,
+        MODELS_PREFIX,
+        PUBLISHER_FUNCTION: this.publisher.functionName,
+        RUST_LOG: 'info',
+      },
+    });
+    this.validator.addToRolePolicy(
+      new iam.PolicyStatement({
+        actions: ['s3:GetObject', 's3:GetObjectTagging', 's3:PutObjectTagging'],
+        resources: [this.bucket.arnForObjects(`${MODELS_PREFIX}*`)],
+      }),
+    );
+    this.publisher.grantInvoke(this.validator);
+    this.bucket.addEventNotification(
+      s3.EventType.OBJECT_CREATED,
+      new s3n.LambdaDestination(this.validator),
+      { prefix: MODELS_PREFIX, suffix: '.onnx' },
+    );
+
+    const memoryMb = options.memoryMb ?? 2048;
+    const baked = options.image?.bakedRegistry !== undefined;
+    const inferenceEnv: Record<string, string> = {
+      MODEL_ROOT: baked ? '/opt/registry' : modelRoot,
+      RELOAD_CHECK_MS: String(options.reloadCheckMs ?? 1000),
+      RUST_LOG: 'info',
+    };
+    if (options.preloadModels?.length) inferenceEnv.PRELOAD_MODELS = options.preloadModels.join(',');
+    if (options.modelCacheBytes !== undefined) inferenceEnv.MODEL_CACHE_BYTES = String(options.modelCacheBytes);
+    const inferenceProps = {
+      ...(baked ? {} : inVpc),
+      description: 'modelpipe inference: Open Inference Protocol v2 over tract',
+      memorySize: memoryMb,
+      // API Gateway answers 503 after 30 s anyway.
+      timeout: Duration.seconds(30),
+      filesystem: baked ? undefined : mount('read-only'),
+      logGroup: logGroup('Inference'),
+      environment: inferenceEnv,
+    };
+    if (options.image) {
+      this.inference = new lambda.DockerImageFunction(this, 'Inference', {
+        ...inferenceProps,
+        architecture: lambda.Architecture.X86_64,
+        code: lambda.DockerImageCode.fromImageAsset(options.image.context, {
+          file: options.image.file ?? 'infra/docker/inference.Dockerfile',
+          buildArgs: options.image.bakedRegistry ? { BAKED_REGISTRY: options.image.bakedRegistry } : {},
+          exclude: ['target', '**/node_modules', '.venv', '.git', '.modelpipe', 'infra/cdk.out'],
+        }),
+      });
+    } else {
+      this.inference = new lambda.Function(this, 'Inference', {
+        ...common,
+        ...inferenceProps,
+        code: functionCode(props.artifacts, 'inference'),
+      });
+    }
+    // API Gateway calls a published version through the alias, so a deploy moves traffic at once.
+    const live = new lambda.Alias(this, 'InferenceLive', {
+      aliasName: 'live',
+      version: this.inference.currentVersion,
+    });
+
+    if (registryBucket) {
+      registryBucket.grantReadWrite(this.validator, 'registry/*');
+      registryBucket.grantReadWrite(this.publisher, 'registry/*');
+      registryBucket.grantRead(this.inference, 'registry/*');
+    }
+
+    this.api = new apigw.HttpApi(this, 'Api', {
+      description: 'modelpipe: Open Inference Protocol v2',
+      defaultIntegration: new HttpLambdaIntegration('Inference', live, {
+        payloadFormatVersion: apigw.PayloadFormatVersion.VERSION_2_0,
+      }),
+    });
+
+    // The functions' security groups allow all egress already; the EFS rule CDK adds is redundant.
+    Annotations.of(this).acknowledgeWarning('@aws-cdk/aws-ec2:ipv4IgnoreEgressRule');
+
+    new CfnOutput(this, 'BucketName', { value: this.bucket.bucketName, description: 'aws s3 cp model.onnx s3://<this>/models/<model>/model.onnx' });
+    new CfnOutput(this, 'ApiUrl', { value: this.api.apiEndpoint, description: 'Open Inference Protocol v2 base URL (append /v2/...)' });
+    new CfnOutput(this, 'ValidatorFunction', { value: this.validator.functionName });
+    new CfnOutput(this, 'PublisherFunction', { value: this.publisher.functionName, description: 'modelctl --publisher-function <this>' });
+    new CfnOutput(this, 'InferenceFunction', { value: this.inference.functionName });
+    new CfnOutput(this, 'FailedUploadsQueue', { value: failedUploads.queueUrl, description: 'S3 events the validator could not handle after retries' });
+  }
+}

@@ -1,0 +1,53 @@
+// The other storage options: inference as a container image (optionally with models baked in)
+// and the S3-hosted registry. They must synthesize; the image is built at deploy time.
+
+import assert from 'node:assert/strict';
+import * as path from 'node:path';
+import { test } from 'node:test';
+import { actions, fixtures, functionProps, statements, synth } from './helpers';
+
+const image = { context: path.join(fixtures, 'image'), file: 'Dockerfile' };
+
+test('inference as a container image keeps the EFS mount and the alias', () => {
+  const template = synth({ inference: { image } });
+  const props = functionProps(template, 'Inference');
+  assert.equal(props.PackageType, 'Image');
+  assert.ok(props.Code.ImageUri);
+  assert.equal(props.FileSystemConfigs[0].LocalMountPath, '/mnt/models');
+  assert.ok(!actions(template, 'Inference').includes('elasticfilesystem:ClientWrite'));
+  template.hasResourceProperties('AWS::Lambda::Alias', { Name: 'live' });
+});
+
+test('an image with a baked registry serves it without EFS or VPC', () => {
+  const template = synth({ inference: { image: { ...image, bakedRegistry: 'registry' } } });
+  const props = functionProps(template, 'Inference');
+  assert.equal(props.PackageType, 'Image');
+  assert.equal(props.FileSystemConfigs, undefined);
+  assert.equal(props.VpcConfig, undefined);
+  assert.equal(props.Environment.Variables.MODEL_ROOT, '/opt/registry');
+  assert.ok(!actions(template, 'Inference').some((a) => a.startsWith('elasticfilesystem:')));
+});
+
+test('an S3-hosted registry needs no VPC or EFS, and inference may only read it', () => {
+  const template = synth({ registry: 's3' });
+  template.resourceCountIs('AWS::EC2::VPC', 0);
+  template.resourceCountIs('AWS::EFS::FileSystem', 0);
+  for (const name of ['Validator', 'Publisher', 'Inference']) {
+    const root = JSON.stringify(functionProps(template, name).Environment.Variables.MODEL_ROOT);
+    assert.match(root, /s3:\/\//, name);
+    assert.match(root, /RegistryBucket/, name);
+  }
+  const inference = actions(template, 'Inference');
+  assert.ok(inference.includes('s3:GetObject*'), `${inference}`);
+  assert.deepEqual(inference.filter((a) => a.startsWith('s3:Put') || a.startsWith('s3:Delete')), []);
+  assert.ok(actions(template, 'Publisher').some((a) => a.startsWith('s3:Put')));
+  // The publisher's S3 access is the registry bucket's, not the upload bucket's.
+  for (const s of statements(template, 'Publisher').filter((s) => JSON.stringify(s.Action).includes('s3:'))) {
+    assert.match(JSON.stringify(s.Resource), /RegistryBucket/);
+    assert.doesNotMatch(JSON.stringify(s.Resource), /Uploads/);
+  }
+});
+
+test('missing function artifacts are a clear error at synth time', () => {
+  assert.throws(() => synth({ artifacts: path.join(fixtures, 'nowhere') }), /cargo lambda build --release --output-format zip/);
+});
