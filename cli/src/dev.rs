@@ -113,10 +113,7 @@ impl DevStack {
             &config,
             SwapPolicy::Background,
         ));
-        if let Err(e) = inference.preload().await {
-            // Unlike in Lambda, the models may not be uploaded yet: they load on first request.
-            warn!(error = %e, "PRELOAD_MODELS: not preloaded");
-        }
+        inference.preload().await;
         let mut http_stopped = stopped.clone();
         tasks.push(tokio::spawn(async move {
             let shutdown = async move {

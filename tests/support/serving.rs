@@ -46,7 +46,8 @@ pub fn publish(registry: &Registry, model: &ModelName, version: u64) {
 }
 
 /// Serves `registry` on a free local port with the configuration `env` gives; returns the base
-/// URL. The server runs until the test's runtime ends.
+/// URL. `PRELOAD_MODELS` are loaded first, as in Lambda's init. The server runs until the test's
+/// runtime ends.
 pub async fn serve(registry: &Registry, env: &[(&str, &str)]) -> String {
     let env: Vec<(String, String)> = env
         .iter()
@@ -60,6 +61,7 @@ pub async fn serve(registry: &Registry, env: &[(&str, &str)]) -> String {
         &config,
         SwapPolicy::Background,
     ));
+    inference.preload().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router(inference)).await.unwrap() });

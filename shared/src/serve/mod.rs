@@ -107,12 +107,17 @@ impl Inference {
         Ok(loaded)
     }
 
-    /// Loads each model's live version now (the Lambda init phase, outside the handler).
-    pub async fn preload(&self) -> Result<(), LiveError> {
+    /// Loads each model's live version now (the Lambda init phase, outside the handler). A
+    /// model that cannot be loaded yet (not uploaded, or its load failed) is logged and left to
+    /// load on its first request: one missing model must not take the others down with init.
+    pub async fn preload(&self) {
         for model in &self.preload {
-            let loaded = self.live(model).await?;
-            tracing::info!(model = %model, version = loaded.version(), ms = loaded.load_time.as_millis() as u64, "preloaded");
+            match self.live(model).await {
+                Ok(loaded) => {
+                    tracing::info!(model = %model, version = loaded.version(), ms = loaded.load_time.as_millis() as u64, "preloaded")
+                }
+                Err(e) => tracing::warn!(model = %model, error = %e, "PRELOAD_MODELS: not preloaded"),
+            }
         }
-        Ok(())
     }
 }
