@@ -93,7 +93,7 @@ impl LiveModel {
         policy: SwapPolicy,
     ) -> Result<Arc<LoadedModel>, LiveError> {
         let Some(version) = self.version() else {
-            return self.first_load(cache, every).await;
+            return self.first_load(cache, every, policy).await;
         };
         if self.check_due(every) {
             self.notice_move(cache, version, policy).await;
@@ -146,11 +146,13 @@ impl LiveModel {
         self: &Arc<Self>,
         cache: &Arc<ModelCache>,
         every: Duration,
+        policy: SwapPolicy,
     ) -> Result<Arc<LoadedModel>, LiveError> {
         let guard = self.loading.lock().await;
         if self.version().is_some() {
+            // Another request loaded it while this one waited.
             drop(guard);
-            return Box::pin(self.get(cache, every, SwapPolicy::Blocking)).await;
+            return Box::pin(self.get(cache, every, policy)).await;
         }
         let version = match cache.registry().alias(&self.model, &self.alias) {
             Ok(Some(alias)) => alias.version,
