@@ -83,9 +83,7 @@ impl Config {
             });
         }
         Ok(Self {
-            model_root: PathBuf::from(
-                model_root.unwrap_or_else(|| "/mnt/models".into()),
-            ),
+            model_root: PathBuf::from(model_root.unwrap_or_else(|| "/mnt/models".into())),
             models_prefix,
             max_model_bytes: parse(
                 "MAX_MODEL_BYTES",
@@ -161,6 +159,9 @@ mod tests {
         assert!(err.to_string().contains("PRELOAD_MODELS"));
         let err = Config::from_lookup(|n| (n == "MODEL_ROOT").then(|| "s3://b/registry".into()))
             .unwrap_err();
-        assert!(err.to_string().contains("not supported by this build yet"), "{err}");
+        assert!(
+            err.to_string().contains("not supported by this build yet"),
+            "{err}"
+        );
     }
 }

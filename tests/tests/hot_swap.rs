@@ -34,12 +34,7 @@ fn row() -> Vec<f32> {
     (0..WIDTHS[0]).map(|i| (i as f32 * 0.37).sin()).collect()
 }
 
-async fn client(
-    id: usize,
-    url: String,
-    stop: Arc<AtomicBool>,
-    answers: Arc<Mutex<Vec<Answer>>>,
-) {
+async fn client(id: usize, url: String, stop: Arc<AtomicBool>, answers: Arc<Mutex<Vec<Answer>>>) {
     let http = reqwest::Client::new();
     let body = json!({"inputs": [{"name": "input", "shape": [1, WIDTHS[0]], "datatype": "FP32", "data": row()}]});
     while !stop.load(Ordering::Relaxed) {
@@ -48,12 +43,22 @@ async fn client(
         let status = response.status().as_u16();
         let answer: Value = response.json().await.unwrap();
         let ended = Instant::now();
-        let version = answer["model_version"].as_str().and_then(|v| v.parse().ok()).unwrap_or(0);
+        let version = answer["model_version"]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         let logits = answer["outputs"][0]["data"]
             .as_array()
             .map(|d| d.iter().filter_map(Value::as_f64).collect())
             .unwrap_or_default();
-        answers.lock().unwrap().push(Answer { client: id, started, ended, status, version, logits });
+        answers.lock().unwrap().push(Answer {
+            client: id,
+            started,
+            ended,
+            status,
+            version,
+            logits,
+        });
     }
 }
 
@@ -63,7 +68,10 @@ async fn twenty_swaps_under_eight_clients_fail_no_request_and_only_move_forward(
     let registry = Registry::open(dir.path()).unwrap();
     let name: ModelName = "mlp".parse().unwrap();
     for version in 1..=VERSIONS {
-        assert_eq!(serving::commit(&registry, &name, &model(version).to_bytes()), version);
+        assert_eq!(
+            serving::commit(&registry, &name, &model(version).to_bytes()),
+            version
+        );
     }
     let mut published_at = vec![Instant::now(); VERSIONS as usize + 1];
     serving::publish(&registry, &name, 1);
@@ -75,7 +83,15 @@ async fn twenty_swaps_under_eight_clients_fail_no_request_and_only_move_forward(
     let clients: Vec<_> = (0..CLIENTS)
         .map(|id| tokio::spawn(client(id, url.clone(), stop.clone(), answers.clone())))
         .collect();
-    let highest_served = || answers.lock().unwrap().iter().map(|a| a.version).max().unwrap_or(0);
+    let highest_served = || {
+        answers
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|a| a.version)
+            .max()
+            .unwrap_or(0)
+    };
     wait_for("v1 to answer", Duration::from_secs(30), || async {
         (highest_served() >= 1).then_some(())
     })
@@ -83,9 +99,11 @@ async fn twenty_swaps_under_eight_clients_fail_no_request_and_only_move_forward(
     for version in 2..=VERSIONS {
         published_at[version as usize] = Instant::now();
         serving::publish(&registry, &name, version);
-        wait_for(&format!("v{version} to answer"), Duration::from_secs(30), || async {
-            (highest_served() >= version).then_some(())
-        })
+        wait_for(
+            &format!("v{version} to answer"),
+            Duration::from_secs(30),
+            || async { (highest_served() >= version).then_some(()) },
+        )
         .await;
     }
     stop.store(true, Ordering::Relaxed);
@@ -94,15 +112,32 @@ async fn twenty_swaps_under_eight_clients_fail_no_request_and_only_move_forward(
     }
 
     let answers = answers.lock().unwrap();
-    let expected: Vec<Vec<f64>> = (0..=VERSIONS).map(|v| model(v.max(1)).predict(&row())).collect();
-    assert!(answers.len() > 200, "only {} requests were made", answers.len());
+    let expected: Vec<Vec<f64>> = (0..=VERSIONS)
+        .map(|v| model(v.max(1)).predict(&row()))
+        .collect();
+    assert!(
+        answers.len() > 200,
+        "only {} requests were made",
+        answers.len()
+    );
     for a in answers.iter() {
         assert_eq!(a.status, 200, "a request failed during the swaps");
-        assert!((1..=VERSIONS).contains(&a.version), "unknown version {}", a.version);
+        assert!(
+            (1..=VERSIONS).contains(&a.version),
+            "unknown version {}",
+            a.version
+        );
         let want = &expected[a.version as usize];
         let close = a.logits.len() == want.len()
-            && a.logits.iter().zip(want).all(|(g, w)| (g - w).abs() <= 1e-4 * (1.0 + w.abs()));
-        assert!(close, "v{} answered {:?}, its logits are {want:?}", a.version, a.logits);
+            && a.logits
+                .iter()
+                .zip(want)
+                .all(|(g, w)| (g - w).abs() <= 1e-4 * (1.0 + w.abs()));
+        assert!(
+            close,
+            "v{} answered {:?}, its logits are {want:?}",
+            a.version, a.logits
+        );
         assert!(
             published_at[a.version as usize] <= a.ended,
             "v{} answered a request that ended before it was published",
@@ -110,8 +145,15 @@ async fn twenty_swaps_under_eight_clients_fail_no_request_and_only_move_forward(
         );
     }
     for id in 0..CLIENTS {
-        let versions: Vec<u64> = answers.iter().filter(|a| a.client == id).map(|a| a.version).collect();
-        assert!(versions.windows(2).all(|w| w[0] <= w[1]), "client {id} went back: {versions:?}");
+        let versions: Vec<u64> = answers
+            .iter()
+            .filter(|a| a.client == id)
+            .map(|a| a.version)
+            .collect();
+        assert!(
+            versions.windows(2).all(|w| w[0] <= w[1]),
+            "client {id} went back: {versions:?}"
+        );
     }
     // Across clients: a request that started after another ended never gets an older version.
     let mut by_end: Vec<&Answer> = answers.iter().collect();
@@ -126,9 +168,17 @@ async fn twenty_swaps_under_eight_clients_fail_no_request_and_only_move_forward(
         let before = newest_ended.partition_point(|(ended, _)| *ended < a.started);
         if before > 0 {
             let seen = newest_ended[before - 1].1;
-            assert!(a.version >= seen, "a request started after v{seen} had answered, and got v{}", a.version);
+            assert!(
+                a.version >= seen,
+                "a request started after v{seen} had answered, and got v{}",
+                a.version
+            );
         }
     }
     let served: std::collections::BTreeSet<u64> = answers.iter().map(|a| a.version).collect();
-    assert_eq!(served.len() as u64, VERSIONS, "every version served: {served:?}");
+    assert_eq!(
+        served.len() as u64,
+        VERSIONS,
+        "every version served: {served:?}"
+    );
 }

@@ -358,7 +358,11 @@ async fn a_small_model_cache_evicts_the_least_recently_used_model() {
     infer("a").await; // b is now the least recently used
     infer("c").await;
     assert_eq!(
-        (resident(&s, "a").await, resident(&s, "b").await, resident(&s, "c").await),
+        (
+            resident(&s, "a").await,
+            resident(&s, "b").await,
+            resident(&s, "c").await
+        ),
         (vec!["1".to_string()], vec![], vec!["1".to_string()])
     );
     // An evicted model loads again on its next request; pinned versions share the cache.
@@ -368,20 +372,33 @@ async fn a_small_model_cache_evicts_the_least_recently_used_model() {
     assert_eq!((status, answer["model_version"].as_str()), (200, Some("1")));
     infer("b").await;
     assert_eq!(resident(&s, "b").await, ["1"]);
-    assert_eq!(resident(&s, "a").await, Vec::<String>::new(), "a was least recently used");
+    assert_eq!(
+        resident(&s, "a").await,
+        Vec::<String>::new(),
+        "a was least recently used"
+    );
 }
 
 #[tokio::test]
 async fn preloaded_models_are_in_memory_before_any_request_and_a_missing_one_breaks_nothing() {
     let s = serve(
         &[LinearSoftmax::iris(1)],
-        &[("PRELOAD_MODELS", "iris,absent"), ("MODEL_CACHE_BYTES", "0")],
+        &[
+            ("PRELOAD_MODELS", "iris,absent"),
+            ("MODEL_CACHE_BYTES", "0"),
+        ],
     )
     .await;
     let (_, meta) = s.get("/v2/models/iris").await;
     assert_eq!(meta["loaded_version"], "1", "{meta}");
-    assert_eq!(resident(&s, "iris").await, ["1"], "kept despite a zero cache budget");
+    assert_eq!(
+        resident(&s, "iris").await,
+        ["1"],
+        "kept despite a zero cache budget"
+    );
     assert_eq!(s.get("/v2/models/absent").await.0, 404);
-    let (status, answer) = s.infer("/v2/models/iris/infer", &request(json!(ROWS))).await;
+    let (status, answer) = s
+        .infer("/v2/models/iris/infer", &request(json!(ROWS)))
+        .await;
     assert_eq!(status, 200, "{answer}");
 }

@@ -4,9 +4,9 @@
 //! watch; the inference binary answering API Gateway HTTP API and REST API events.
 
 use aws_sdk_lambda::primitives::Blob;
+use aws_sdk_s3::primitives::ByteStream;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use aws_sdk_s3::primitives::ByteStream;
 use modelpipe::onnx_build::LinearSoftmax;
 use modelpipe::registry::Registry;
 use modelpipe::{AliasName, ModelName};
@@ -283,7 +283,10 @@ fn assert_binary_answer(answer: &Value, headers: &Value, rows: &[[f32; 4]], mode
     let body = BASE64.decode(answer["body"].as_str().unwrap()).unwrap();
     let json_length: usize = headers.as_str().unwrap().parse().unwrap();
     let header: Value = serde_json::from_slice(&body[..json_length]).unwrap();
-    assert_eq!(header["outputs"][0]["parameters"]["binary_data_size"], rows.len() * 12);
+    assert_eq!(
+        header["outputs"][0]["parameters"]["binary_data_size"],
+        rows.len() * 12
+    );
     let got: Vec<f32> = body[json_length..]
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
@@ -299,7 +302,9 @@ fn assert_binary_answer(answer: &Value, headers: &Value, rows: &[[f32; 4]], mode
 async fn binary_tensors_travel_base64_through_http_and_rest_api_events() {
     let mut stack = Stack::start().await;
     let model = LinearSoftmax::iris(1);
-    stack.upload("models/iris/model.onnx", model.to_bytes()).await;
+    stack
+        .upload("models/iris/model.onnx", model.to_bytes())
+        .await;
     let rows = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]];
     let (body, json_length) = binary_infer_body(&rows);
     let encoded = BASE64.encode(&body);
@@ -309,7 +314,12 @@ async fn binary_tensors_travel_base64_through_http_and_rest_api_events() {
     v2["headers"]["content-type"] = json!("application/octet-stream");
     v2["headers"]["inference-header-content-length"] = json!(json_length.to_string());
     let answer = stack.invoke("inference", &v2).await.unwrap();
-    assert_binary_answer(&answer, &answer["headers"]["inference-header-content-length"], &rows, &model);
+    assert_binary_answer(
+        &answer,
+        &answer["headers"]["inference-header-content-length"],
+        &rows,
+        &model,
+    );
 
     let mut v1 = rest_api_event("POST", "/v2/models/iris/infer", Some(&encoded));
     v1["isBase64Encoded"] = json!(true);

@@ -34,6 +34,9 @@ async fn tritonclient_suite_passes_against_the_server() {
         .await
         .expect("run python (scripts/setup.sh installs it in .venv)");
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "tritonclient suite failed:\n{stderr}");
+    assert!(
+        output.status.success(),
+        "tritonclient suite failed:\n{stderr}"
+    );
     assert!(stderr.contains("OK"), "{stderr}");
 }

@@ -28,7 +28,12 @@ use tower::ServiceExt;
 use tract_onnx::prelude::{Tensor, tract_ndarray};
 
 fn config(env: &[(&str, &str)]) -> Config {
-    Config::from_lookup(|n| env.iter().find(|(k, _)| *k == n).map(|(_, v)| v.to_string())).unwrap()
+    Config::from_lookup(|n| {
+        env.iter()
+            .find(|(k, _)| *k == n)
+            .map(|(_, v)| v.to_string())
+    })
+    .unwrap()
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -75,11 +80,16 @@ async fn overhead(name: &str, bytes: Vec<u8>, shape: &[usize], rounds: usize) {
     let model: ModelName = name.parse().unwrap();
     let v = commit(&registry, &model, &bytes);
     publish(&registry, &model, v);
-    let app = router(Arc::new(Inference::new(registry.clone(), &config(&[]), SwapPolicy::Background)));
+    let app = router(Arc::new(Inference::new(
+        registry.clone(),
+        &config(&[]),
+        SwapPolicy::Background,
+    )));
     let engine = Engine::load(&registry.model_file(&model, v)).unwrap();
     let count: usize = shape.iter().product();
     let values: Vec<f32> = (0..count).map(|i| ((i % 255) as f32) / 255.0).collect();
-    let tensor = Tensor::from(tract_ndarray::ArrayD::from_shape_vec(shape, values.clone()).unwrap());
+    let tensor =
+        Tensor::from(tract_ndarray::ArrayD::from_shape_vec(shape, values.clone()).unwrap());
     let uri = format!("/v2/models/{name}/infer");
     let bodies = [body(shape, &values, false), body(shape, &values, true)];
     let (mut raw, mut json_t, mut binary_t) = (Vec::new(), Vec::new(), Vec::new());
@@ -99,7 +109,9 @@ async fn overhead(name: &str, bytes: Vec<u8>, shape: &[usize], rounds: usize) {
                 for _ in 0..iterations {
                     let response = app.clone().oneshot(request(&uri, req)).await.unwrap();
                     assert!(response.status().is_success());
-                    axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+                    axum::body::to_bytes(response.into_body(), usize::MAX)
+                        .await
+                        .unwrap();
                 }
                 t.elapsed() / iterations as u32
             }
@@ -116,7 +128,11 @@ async fn overhead(name: &str, bytes: Vec<u8>, shape: &[usize], rounds: usize) {
     let over = |h: Duration| (h.as_secs_f64() / raw.as_secs_f64() - 1.0) * 100.0;
     println!(
         "overhead {name} {shape:?}: tract {:.4} ms | handler JSON {:.4} ms (+{:.1} %) | handler binary {:.4} ms (+{:.1} %)",
-        ms(raw), ms(json_t), over(json_t), ms(binary_t), over(binary_t)
+        ms(raw),
+        ms(json_t),
+        over(json_t),
+        ms(binary_t),
+        over(binary_t)
     );
 }
 
@@ -141,7 +157,9 @@ fn threads(bytes: &[u8], shape: &[usize], rounds: usize) {
     let (one, all) = (median(one), median(all));
     println!(
         "threads mobilenet: 1 thread {:.2} ms | {cores} threads {:.2} ms ({:.2}x)",
-        ms(one), ms(all), one.as_secs_f64() / all.as_secs_f64()
+        ms(one),
+        ms(all),
+        one.as_secs_f64() / all.as_secs_f64()
     );
 }
 
@@ -150,11 +168,20 @@ async fn swaps(seconds: u64, clients: usize, swap_every: Duration) {
     let dir = tempfile::tempdir().unwrap();
     let registry = Registry::open(dir.path()).unwrap();
     let model: ModelName = "cnn".parse().unwrap();
-    let versions: Vec<u64> = (1..=2).map(|seed| commit(&registry, &model, &mobilenet_v2(seed))).collect();
+    let versions: Vec<u64> = (1..=2)
+        .map(|seed| commit(&registry, &model, &mobilenet_v2(seed)))
+        .collect();
     publish(&registry, &model, versions[0]);
-    let inference = Arc::new(Inference::new(registry.clone(), &config(&[("RELOAD_CHECK_MS", "50")]), SwapPolicy::Background));
+    let inference = Arc::new(Inference::new(
+        registry.clone(),
+        &config(&[("RELOAD_CHECK_MS", "50")]),
+        SwapPolicy::Background,
+    ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/v2/models/cnn/infer", listener.local_addr().unwrap());
+    let url = format!(
+        "http://{}/v2/models/cnn/infer",
+        listener.local_addr().unwrap()
+    );
     tokio::spawn(async move { axum::serve(listener, router(inference)).await.unwrap() });
     let values: Vec<f32> = (0..3 * 224 * 224).map(|i| (i % 7) as f32 / 7.0).collect();
     let (payload, length) = body(&[1, 3, 224, 224], &values, true);
@@ -170,13 +197,19 @@ async fn swaps(seconds: u64, clients: usize, swap_every: Duration) {
         let stop = Arc::new(AtomicBool::new(false));
         let tasks: Vec<_> = (0..clients)
             .map(|_| {
-                let (stop, http, url, payload) = (stop.clone(), http.clone(), url.clone(), payload.clone());
+                let (stop, http, url, payload) =
+                    (stop.clone(), http.clone(), url.clone(), payload.clone());
                 tokio::spawn(async move {
                     let mut latencies = Vec::new();
                     while !stop.load(Ordering::Relaxed) {
                         let t = Instant::now();
-                        let r = http.post(&url).header("inference-header-content-length", length.unwrap())
-                            .body(payload.clone()).send().await.unwrap();
+                        let r = http
+                            .post(&url)
+                            .header("inference-header-content-length", length.unwrap())
+                            .body(payload.clone())
+                            .send()
+                            .await
+                            .unwrap();
                         assert!(r.status().is_success());
                         r.bytes().await.unwrap();
                         latencies.push(t.elapsed());
@@ -211,7 +244,13 @@ async fn swaps(seconds: u64, clients: usize, swap_every: Duration) {
     let (w50, w99) = (percentile(&swapping, 0.5), percentile(&swapping, 0.99));
     println!(
         "swaps mobilenet, {clients} clients, HTTP binary: steady p50 {:.1} ms p99 {:.1} ms ({} requests) | {swaps} swaps: p50 {:.1} ms p99 {:.1} ms ({} requests) | p99 ratio {:.2}",
-        ms(s50), ms(s99), steady.len(), ms(w50), ms(w99), swapping.len(), w99.as_secs_f64() / s99.as_secs_f64()
+        ms(s50),
+        ms(s99),
+        steady.len(),
+        ms(w50),
+        ms(w99),
+        swapping.len(),
+        w99.as_secs_f64() / s99.as_secs_f64()
     );
 }
 
@@ -220,16 +259,25 @@ async fn blocking_cost(name: &str, versions: [Vec<u8>; 2], shape: &[usize]) {
     let dir = tempfile::tempdir().unwrap();
     let registry = Registry::open(dir.path()).unwrap();
     let model: ModelName = name.parse().unwrap();
-    let v: Vec<u64> = versions.iter().map(|b| commit(&registry, &model, b)).collect();
+    let v: Vec<u64> = versions
+        .iter()
+        .map(|b| commit(&registry, &model, b))
+        .collect();
     publish(&registry, &model, v[0]);
-    let app = router(Arc::new(Inference::new(registry.clone(), &config(&[("RELOAD_CHECK_MS", "0")]), SwapPolicy::Blocking)));
+    let app = router(Arc::new(Inference::new(
+        registry.clone(),
+        &config(&[("RELOAD_CHECK_MS", "0")]),
+        SwapPolicy::Blocking,
+    )));
     let count: usize = shape.iter().product();
     let b = body(shape, &vec![0.5; count], true);
     let uri = format!("/v2/models/{name}/infer");
     let call = || async {
         let t = Instant::now();
         let response = app.clone().oneshot(request(&uri, &b)).await.unwrap();
-        axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
         t.elapsed()
     };
     call().await;
@@ -241,7 +289,8 @@ async fn blocking_cost(name: &str, versions: [Vec<u8>; 2], shape: &[usize]) {
     }
     println!(
         "blocking swap {name}: steady request {:.2} ms | request that notices the move {:.1} ms",
-        ms(median(steady)), ms(median(noticing))
+        ms(median(steady)),
+        ms(median(noticing))
     );
 }
 
@@ -260,9 +309,15 @@ async fn memory() {
     let dir = tempfile::tempdir().unwrap();
     let registry = Registry::open(dir.path()).unwrap();
     let model: ModelName = "cnn".parse().unwrap();
-    let v: Vec<u64> = (1..=2).map(|seed| commit(&registry, &model, &mobilenet_v2(seed))).collect();
+    let v: Vec<u64> = (1..=2)
+        .map(|seed| commit(&registry, &model, &mobilenet_v2(seed)))
+        .collect();
     publish(&registry, &model, v[0]);
-    let inference = Arc::new(Inference::new(registry.clone(), &config(&[("RELOAD_CHECK_MS", "0")]), SwapPolicy::Blocking));
+    let inference = Arc::new(Inference::new(
+        registry.clone(),
+        &config(&[("RELOAD_CHECK_MS", "0")]),
+        SwapPolicy::Blocking,
+    ));
     modelpipe::serve::loaded::release_freed_memory();
     let before = rss_kib("VmRSS:");
     inference.live(&model).await.unwrap();
@@ -274,26 +329,52 @@ async fn memory() {
     drop(swapped);
     let peak = rss_kib("VmHWM:");
     let after = rss_kib("VmRSS:");
-    let (one, peak, after) = (one.saturating_sub(before), peak.saturating_sub(before), after.saturating_sub(before));
+    let (one, peak, after) = (
+        one.saturating_sub(before),
+        peak.saturating_sub(before),
+        after.saturating_sub(before),
+    );
     let mb = |kib: u64| kib as f64 / 1024.0;
     println!(
         "memory mobilenet (14 MB file), RSS over the {:.1} MB before any load: one model +{:.1} MB | peak during a swap +{:.1} MB ({:.2}x one model) | after the swap +{:.1} MB",
-        mb(before), mb(one), mb(peak), peak as f64 / one as f64, mb(after)
+        mb(before),
+        mb(one),
+        mb(peak),
+        peak as f64 / one as f64,
+        mb(after)
     );
 }
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    let seconds: u64 = std::env::args().nth(1).map_or(10, |s| s.parse().expect("seconds"));
+    let seconds: u64 = std::env::args()
+        .nth(1)
+        .map_or(10, |s| s.parse().expect("seconds"));
     memory().await;
     let mlp = Mlp::new(&[4, 64, 64, 3], 1).to_bytes();
     overhead("mlp", mlp.clone(), &[1, 4], 7).await;
     overhead("mlp", mlp, &[64, 4], 7).await;
     overhead("mobilenet", mobilenet_v2(1), &[1, 3, 224, 224], 7).await;
     threads(&mobilenet_v2(1), &[1, 3, 224, 224], 7);
-    blocking_cost("mlp", [Mlp::new(&[4, 64, 64, 3], 1).to_bytes(), Mlp::new(&[4, 64, 64, 3], 2).to_bytes()], &[1, 4]).await;
-    blocking_cost("mobilenet", [mobilenet_v2(1), mobilenet_v2(2)], &[1, 3, 224, 224]).await;
-    for threads in [1, std::thread::available_parallelism().map_or(1, |n| n.get())] {
+    blocking_cost(
+        "mlp",
+        [
+            Mlp::new(&[4, 64, 64, 3], 1).to_bytes(),
+            Mlp::new(&[4, 64, 64, 3], 2).to_bytes(),
+        ],
+        &[1, 4],
+    )
+    .await;
+    blocking_cost(
+        "mobilenet",
+        [mobilenet_v2(1), mobilenet_v2(2)],
+        &[1, 3, 224, 224],
+    )
+    .await;
+    for threads in [
+        1,
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+    ] {
         use_threads(Some(threads));
         println!("(tract on {threads} thread(s))");
         swaps(seconds, 4, Duration::from_millis(1000)).await;

@@ -12,7 +12,10 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn new(widths: &[usize], seed: u32) -> Self {
-        assert!(widths.len() >= 2, "an MLP needs an input and an output width");
+        assert!(
+            widths.len() >= 2,
+            "an MLP needs an input and an output width"
+        );
         Self {
             widths: widths.to_vec(),
             seed,
@@ -38,7 +41,12 @@ impl Mlp {
         for (i, (w, b)) in layers.iter().enumerate() {
             let (n_in, n_out) = (self.widths[i], self.widths[i + 1]);
             let mut y: Vec<f64> = (0..n_out)
-                .map(|o| b[o] as f64 + (0..n_in).map(|k| x[k] * w[k * n_out + o] as f64).sum::<f64>())
+                .map(|o| {
+                    b[o] as f64
+                        + (0..n_in)
+                            .map(|k| x[k] * w[k * n_out + o] as f64)
+                            .sum::<f64>()
+                })
                 .collect();
             if i + 1 < layers.len() {
                 y.iter_mut().for_each(|v| *v = v.max(0.0));
@@ -57,7 +65,11 @@ impl Mlp {
         for (i, (w, b)) in layers.into_iter().enumerate() {
             let (n_in, n_out) = (self.widths[i] as i64, self.widths[i + 1] as i64);
             let last = i + 2 == self.widths.len();
-            let gemm_out = if last { "logits".to_string() } else { format!("h{i}") };
+            let gemm_out = if last {
+                "logits".to_string()
+            } else {
+                format!("h{i}")
+            };
             node_list.push(node(
                 "Gemm",
                 &[&current, &format!("W{i}"), &format!("B{i}")],

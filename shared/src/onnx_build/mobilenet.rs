@@ -4,8 +4,8 @@
 //! weights cannot be downloaded here; the cost of running it does not depend on their values.
 
 use super::{
-    Dim, GraphProto, NodeProto, TensorProto, Weights, float_tensor, int_attribute,
-    ints_attribute, model_bytes, node, value_info,
+    Dim, GraphProto, NodeProto, TensorProto, Weights, float_tensor, int_attribute, ints_attribute,
+    model_bytes, node, value_info,
 };
 
 /// `(expansion, channels, repeats, stride)` of each stage, as in the MobileNetV2 paper.
@@ -51,8 +51,11 @@ impl Builder {
             &[c_out as i64, (c_in / group) as i64, k, k],
             self.weights.take(c_out * fan_in, scale),
         ));
-        self.initializers
-            .push(float_tensor(&b, &[c_out as i64], self.weights.take(c_out, 0.05)));
+        self.initializers.push(float_tensor(
+            &b,
+            &[c_out as i64],
+            self.weights.take(c_out, 0.05),
+        ));
         let pad = k / 2;
         self.nodes.push(node(
             "Conv",
@@ -108,7 +111,8 @@ pub fn mobilenet_v2(seed: u32) -> Vec<u8> {
         }
     }
     x = b.conv(&x, (channels, 1280), 1, 1, 1, true);
-    b.nodes.push(node("GlobalAveragePool", &[&x], &["pooled"], vec![]));
+    b.nodes
+        .push(node("GlobalAveragePool", &[&x], &["pooled"], vec![]));
     b.nodes.push(node(
         "Flatten",
         &["pooled"],
@@ -137,7 +141,10 @@ pub fn mobilenet_v2(seed: u32) -> Vec<u8> {
             "input",
             [1, 3, 224, 224].map(Dim::DimValue).to_vec(),
         )],
-        output: vec![value_info("logits", vec![Dim::DimValue(1), Dim::DimValue(1000)])],
+        output: vec![value_info(
+            "logits",
+            vec![Dim::DimValue(1), Dim::DimValue(1000)],
+        )],
         ..Default::default()
     };
     model_bytes(graph)

@@ -55,7 +55,12 @@ fn model_bytes(graph: GraphProto) -> Vec<u8> {
     .encode_to_vec()
 }
 
-pub(crate) fn node(op: &str, inputs: &[&str], outputs: &[&str], attribute: Vec<AttributeProto>) -> NodeProto {
+pub(crate) fn node(
+    op: &str,
+    inputs: &[&str],
+    outputs: &[&str],
+    attribute: Vec<AttributeProto>,
+) -> NodeProto {
     NodeProto {
         op_type: op.into(),
         name: format!("{op}_{}", outputs[0]),

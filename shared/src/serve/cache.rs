@@ -252,7 +252,11 @@ mod tests {
     }
 
     fn resident(cache: &ModelCache) -> Vec<String> {
-        let mut names: Vec<String> = cache.resident().iter().map(|r| r.model.to_string()).collect();
+        let mut names: Vec<String> = cache
+            .resident()
+            .iter()
+            .map(|r| r.model.to_string())
+            .collect();
         names.sort();
         names
     }

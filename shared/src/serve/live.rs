@@ -111,7 +111,12 @@ impl LiveModel {
         Ok(loaded)
     }
 
-    async fn notice_move(self: &Arc<Self>, cache: &Arc<ModelCache>, current: u64, policy: SwapPolicy) {
+    async fn notice_move(
+        self: &Arc<Self>,
+        cache: &Arc<ModelCache>,
+        current: u64,
+        policy: SwapPolicy,
+    ) {
         let target = match cache.registry().alias(&self.model, &self.alias) {
             Ok(Some(alias)) => alias.version,
             Ok(None) => return,
@@ -160,7 +165,10 @@ impl LiveModel {
             Err(e) => return Err(self.not_ready(e)),
         };
         *self.next_check.lock().expect("check lock") = Instant::now() + every;
-        let loaded = self.swap_to(cache, version).await.map_err(|e| self.not_ready(e))?;
+        let loaded = self
+            .swap_to(cache, version)
+            .await
+            .map_err(|e| self.not_ready(e))?;
         Ok(loaded)
     }
 

@@ -89,9 +89,7 @@ impl Inference {
             return LiveStatus::default();
         };
         LiveStatus {
-            loaded: slot
-                .version()
-                .filter(|&v| self.cache.is_resident(model, v)),
+            loaded: slot.version().filter(|&v| self.cache.is_resident(model, v)),
             failure: slot.failure(),
         }
     }
@@ -116,7 +114,9 @@ impl Inference {
                 Ok(loaded) => {
                     tracing::info!(model = %model, version = loaded.version(), ms = loaded.load_time.as_millis() as u64, "preloaded")
                 }
-                Err(e) => tracing::warn!(model = %model, error = %e, "PRELOAD_MODELS: not preloaded"),
+                Err(e) => {
+                    tracing::warn!(model = %model, error = %e, "PRELOAD_MODELS: not preloaded")
+                }
             }
         }
     }

@@ -63,7 +63,10 @@ const UNSUPPORTED: [(&str, &str); 2] = [
 ];
 
 fn refuse_unsupported(what: &str, parameters: &Map<String, Value>) -> Result<(), String> {
-    match UNSUPPORTED.iter().find(|(key, _)| parameters.contains_key(*key)) {
+    match UNSUPPORTED
+        .iter()
+        .find(|(key, _)| parameters.contains_key(*key))
+    {
         Some((key, feature)) => Err(format!(
             "{what} asks for '{key}': modelpipe does not support {feature}"
         )),
@@ -328,9 +331,7 @@ mod tests {
 
     #[test]
     fn framing_errors_are_refused_with_the_reason() {
-        let input = |size: u64| {
-            json!({"inputs": [{"name": "a", "shape": [2], "datatype": "UINT8", "parameters": {"binary_data_size": size}}]})
-        };
+        let input = |size: u64| json!({"inputs": [{"name": "a", "shape": [2], "datatype": "UINT8", "parameters": {"binary_data_size": size}}]});
         let cases = [
             (input(3), vec![1, 2], "runs past the end of the body"),
             (
@@ -386,17 +387,31 @@ mod tests {
         assert_eq!(
             all_binary.unwrap(),
             [
-                WantedOutput { index: 0, binary: true },
-                WantedOutput { index: 1, binary: true }
+                WantedOutput {
+                    index: 0,
+                    binary: true
+                },
+                WantedOutput {
+                    index: 1,
+                    binary: true
+                }
             ]
         );
-        let mixed = wanted(json!({"inputs": [], "parameters": {"binary_data_output": true},
-            "outputs": [{"name": "z", "parameters": {"binary_data": false}}, {"name": "y"}]}));
+        let mixed = wanted(
+            json!({"inputs": [], "parameters": {"binary_data_output": true},
+            "outputs": [{"name": "z", "parameters": {"binary_data": false}}, {"name": "y"}]}),
+        );
         assert_eq!(
             mixed.unwrap(),
             [
-                WantedOutput { index: 1, binary: false },
-                WantedOutput { index: 0, binary: true }
+                WantedOutput {
+                    index: 1,
+                    binary: false
+                },
+                WantedOutput {
+                    index: 0,
+                    binary: true
+                }
             ]
         );
         let unknown = wanted(json!({"inputs": [], "outputs": [{"name": "w"}]}));
@@ -412,8 +427,16 @@ mod tests {
             3,
             Some("r".into()),
             &[
-                Output { name: "y", tensor: &y, binary: true },
-                Output { name: "z", tensor: &z, binary: false },
+                Output {
+                    name: "y",
+                    tensor: &y,
+                    binary: true,
+                },
+                Output {
+                    name: "z",
+                    tensor: &z,
+                    binary: false,
+                },
             ],
         )
         .unwrap();
@@ -432,7 +455,11 @@ mod tests {
             "m",
             3,
             None,
-            &[Output { name: "z", tensor: &z, binary: false }],
+            &[Output {
+                name: "z",
+                tensor: &z,
+                binary: false,
+            }],
         )
         .unwrap();
         assert_eq!(plain.json_length, None);

@@ -319,9 +319,9 @@ async fn infer(loaded: Arc<LoadedModel>, parsed: ParsedRequest) -> ApiResult<Res
                 )
             })?
     }
-        // The inputs matched the signature, so a failure here is the request's values (e.g. an
-        // index out of range): a client error.
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    // The inputs matched the signature, so a failure here is the request's values (e.g. an
+    // index out of range): a client error.
+    .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let selected: Vec<Output> = wanted
         .iter()
         .map(|w| Output {

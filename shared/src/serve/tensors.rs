@@ -428,8 +428,8 @@ mod tests {
         let mut out = Vec::new();
         append_binary("x", &t, &mut out).unwrap();
         assert_eq!(out, raw);
-        let err = decode_input(&input("BYTES", &[3], TensorData::Binary(&raw[..9])), &s)
-            .unwrap_err();
+        let err =
+            decode_input(&input("BYTES", &[3], TensorData::Binary(&raw[..9])), &s).unwrap_err();
         assert!(err.contains("BYTES element 1 is truncated"), "{err}");
         let err = decode_input(&input("BYTES", &[2], TensorData::Binary(&raw)), &s).unwrap_err();
         assert!(err.contains("3 BYTES elements"), "{err}");
@@ -479,7 +479,11 @@ mod tests {
     fn mismatches_are_named() {
         let zeros = json!([0, 0, 0, 0]);
         fn decode(datatype: &str, shape: &[i64], data: TensorData) -> String {
-            decode_input(&input(datatype, shape, data), &spec(DataType::Fp32, &[-1, 4])).unwrap_err()
+            decode_input(
+                &input(datatype, shape, data),
+                &spec(DataType::Fp32, &[-1, 4]),
+            )
+            .unwrap_err()
         }
         assert_eq!(
             decode("FP64", &[1, 4], TensorData::Json(&zeros)),
@@ -499,8 +503,7 @@ mod tests {
         );
         assert!(decode("FLOAT", &[1, 4], TensorData::Json(&zeros)).contains("unknown datatype"));
         assert!(
-            decode("FP32", &[1, 4], TensorData::Json(&json!([0, "a", 0, 0])))
-                .contains("element 1")
+            decode("FP32", &[1, 4], TensorData::Json(&json!([0, "a", 0, 0]))).contains("element 1")
         );
     }
 }
