@@ -73,13 +73,40 @@ fn request(uri: &str, body: &(Vec<u8>, Option<usize>)) -> Request<Body> {
     builder.body(Body::from(body.0.clone())).unwrap()
 }
 
-/// 1 and 2: overhead of the handler over tract, and tract's thread count.
-async fn overhead(name: &str, bytes: Vec<u8>, shape: &[usize], rounds: usize) {
+/// A temporary registry holding `models` as versions 1, 2, ... of `name`, the first one live.
+struct Fixture {
+    _dir: tempfile::TempDir,
+    registry: Registry,
+    model: ModelName,
+    versions: Vec<u64>,
+}
+
+fn fixture(name: &str, models: &[Vec<u8>]) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let registry = Registry::open(dir.path()).unwrap();
     let model: ModelName = name.parse().unwrap();
-    let v = commit(&registry, &model, &bytes);
-    publish(&registry, &model, v);
+    let versions: Vec<u64> = models
+        .iter()
+        .map(|b| commit(&registry, &model, b))
+        .collect();
+    publish(&registry, &model, versions[0]);
+    Fixture {
+        _dir: dir,
+        registry,
+        model,
+        versions,
+    }
+}
+
+/// 1 and 2: overhead of the handler over tract, and tract's thread count.
+async fn overhead(name: &str, bytes: Vec<u8>, shape: &[usize], rounds: usize) {
+    let Fixture {
+        _dir,
+        registry,
+        model,
+        versions,
+    } = fixture(name, &[bytes]);
+    let v = versions[0];
     let app = router(Arc::new(Inference::new(
         registry.clone(),
         &config(&[]),
@@ -165,13 +192,12 @@ fn threads(bytes: &[u8], shape: &[usize], rounds: usize) {
 
 /// 3: latency over HTTP with `clients` concurrent clients, steady, then while swapping.
 async fn swaps(seconds: u64, clients: usize, swap_every: Duration) {
-    let dir = tempfile::tempdir().unwrap();
-    let registry = Registry::open(dir.path()).unwrap();
-    let model: ModelName = "cnn".parse().unwrap();
-    let versions: Vec<u64> = (1..=2)
-        .map(|seed| commit(&registry, &model, &mobilenet_v2(seed)))
-        .collect();
-    publish(&registry, &model, versions[0]);
+    let Fixture {
+        _dir,
+        registry,
+        model,
+        versions,
+    } = fixture("cnn", &[mobilenet_v2(1), mobilenet_v2(2)]);
     let inference = Arc::new(Inference::new(
         registry.clone(),
         &config(&[("RELOAD_CHECK_MS", "50")]),
@@ -256,14 +282,12 @@ async fn swaps(seconds: u64, clients: usize, swap_every: Duration) {
 
 /// 4: the request that notices a move under the blocking (Lambda) policy, vs a steady one.
 async fn blocking_cost(name: &str, versions: [Vec<u8>; 2], shape: &[usize]) {
-    let dir = tempfile::tempdir().unwrap();
-    let registry = Registry::open(dir.path()).unwrap();
-    let model: ModelName = name.parse().unwrap();
-    let v: Vec<u64> = versions
-        .iter()
-        .map(|b| commit(&registry, &model, b))
-        .collect();
-    publish(&registry, &model, v[0]);
+    let Fixture {
+        _dir,
+        registry,
+        model,
+        versions: v,
+    } = fixture(name, &versions);
     let app = router(Arc::new(Inference::new(
         registry.clone(),
         &config(&[("RELOAD_CHECK_MS", "0")]),
@@ -306,13 +330,12 @@ fn rss_kib(field: &str) -> u64 {
 
 /// 5: resident memory with one model, and its peak while a second version is loaded and swapped in.
 async fn memory() {
-    let dir = tempfile::tempdir().unwrap();
-    let registry = Registry::open(dir.path()).unwrap();
-    let model: ModelName = "cnn".parse().unwrap();
-    let v: Vec<u64> = (1..=2)
-        .map(|seed| commit(&registry, &model, &mobilenet_v2(seed)))
-        .collect();
-    publish(&registry, &model, v[0]);
+    let Fixture {
+        _dir,
+        registry,
+        model,
+        versions: v,
+    } = fixture("cnn", &[mobilenet_v2(1), mobilenet_v2(2)]);
     let inference = Arc::new(Inference::new(
         registry.clone(),
         &config(&[("RELOAD_CHECK_MS", "0")]),

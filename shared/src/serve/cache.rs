@@ -56,7 +56,6 @@ pub struct ModelCache {
 pub struct Resident {
     pub model: ModelName,
     pub version: u64,
-    pub bytes: u64,
     pub kept: bool,
 }
 
@@ -205,13 +204,11 @@ impl ModelCache {
         let slots = self.slots.lock().expect("cache lock");
         slots
             .iter()
-            .filter_map(|((model, version), slot)| {
-                slot.model.get().map(|loaded| Resident {
-                    model: model.clone(),
-                    version: *version,
-                    bytes: loaded.manifest.size,
-                    kept: slot.kept.load(Ordering::Relaxed),
-                })
+            .filter(|(_, slot)| slot.model.get().is_some())
+            .map(|((model, version), slot)| Resident {
+                model: model.clone(),
+                version: *version,
+                kept: slot.kept.load(Ordering::Relaxed),
             })
             .collect()
     }

@@ -28,12 +28,11 @@ pub enum SwapPolicy {
     Background,
 }
 
-/// A load that failed, kept so metadata can show it.
+/// A load that failed, kept so metadata can show it until a load succeeds.
 #[derive(Debug, Clone)]
 pub struct LoadFailure {
     pub version: u64,
     pub error: String,
-    pub at: Instant,
 }
 
 pub struct LiveModel {
@@ -206,7 +205,6 @@ impl LiveModel {
                 *self.failure.lock().expect("failure lock") = Some(LoadFailure {
                     version,
                     error: e.to_string(),
-                    at: Instant::now(),
                 });
                 Err(e)
             }
