@@ -92,7 +92,7 @@ impl DevStack {
 
         // MODEL_CACHE_BYTES, PRELOAD_MODELS, MAX_REQUEST_BYTES, MAX_MODEL_BYTES work as in Lambda.
         let config = Config {
-            model_root: registry_dir(&options.data),
+            model_root: modelpipe::registry::Location::Dir(registry_dir(&options.data)),
             reload_check: options.reload_check,
             ..Config::from_env().map_err(std::io::Error::other)?
         };

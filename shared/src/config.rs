@@ -1,14 +1,16 @@
 //! The environment variables of the contract, read once at start-up with their defaults.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::model_name::ModelName;
+use crate::registry::{FileCacheConfig, Location, Registry, RegistryError};
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// `MODEL_ROOT` [/mnt/models]: the registry directory.
-    pub model_root: PathBuf,
+    /// `MODEL_ROOT` [/mnt/models]: the registry, a directory or `s3://bucket/prefix`.
+    pub model_root: Location,
+    /// `MODEL_FILE_CACHE_BYTES` [80 % of /tmp]: local copies of an S3 registry's model files.
+    pub model_files: FileCacheConfig,
     /// `MODELS_PREFIX` [models/]: where uploads are watched in the bucket.
     pub models_prefix: String,
     /// `MAX_MODEL_BYTES` [2 GiB]: larger uploads are refused before being read.
@@ -35,6 +37,11 @@ pub struct ConfigError {
 }
 
 impl Config {
+    /// The registry at `MODEL_ROOT`.
+    pub fn open_registry(&self) -> Result<Registry, RegistryError> {
+        Registry::open_at(&self.model_root, &self.model_files)
+    }
+
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
@@ -74,16 +81,15 @@ impl Config {
         if !models_prefix.is_empty() && !models_prefix.ends_with('/') {
             models_prefix.push('/');
         }
-        let model_root = get("MODEL_ROOT").filter(|v| !v.is_empty());
-        if let Some(root) = model_root.as_ref().filter(|r| r.starts_with("s3://")) {
-            return Err(ConfigError {
-                name: "MODEL_ROOT",
-                value: root.clone(),
-                why: "the S3-hosted registry is not supported by this build yet; use a directory (EFS)".into(),
-            });
-        }
         Ok(Self {
-            model_root: PathBuf::from(model_root.unwrap_or_else(|| "/mnt/models".into())),
+            model_root: parse("MODEL_ROOT", get("MODEL_ROOT"), Location::Dir("/mnt/models".into()))?,
+            model_files: FileCacheConfig {
+                bytes: match get("MODEL_FILE_CACHE_BYTES") {
+                    Some(v) if !v.is_empty() => Some(parse("MODEL_FILE_CACHE_BYTES", Some(v), 0)?),
+                    _ => None,
+                },
+                ..FileCacheConfig::default()
+            },
             models_prefix,
             max_model_bytes: parse(
                 "MAX_MODEL_BYTES",
@@ -123,7 +129,7 @@ mod tests {
     #[test]
     fn defaults_match_the_contract() {
         let config = Config::from_lookup(|_| None).unwrap();
-        assert_eq!(config.model_root, PathBuf::from("/mnt/models"));
+        assert_eq!(config.model_root, Location::Dir("/mnt/models".into()));
         assert_eq!(config.models_prefix, "models/");
         assert_eq!(config.max_model_bytes, 2147483648);
         assert_eq!(config.reload_check, Duration::from_millis(1000));
@@ -157,11 +163,7 @@ mod tests {
         let err = Config::from_lookup(|n| (n == "PRELOAD_MODELS").then(|| "iris,Bad".into()))
             .unwrap_err();
         assert!(err.to_string().contains("PRELOAD_MODELS"));
-        let err = Config::from_lookup(|n| (n == "MODEL_ROOT").then(|| "s3://b/registry".into()))
-            .unwrap_err();
-        assert!(
-            err.to_string().contains("not supported by this build yet"),
-            "{err}"
-        );
+        let err = Config::from_lookup(|n| (n == "MODEL_ROOT").then(|| "s3://".into())).unwrap_err();
+        assert!(err.to_string().contains("no bucket name"), "{err}");
     }
 }

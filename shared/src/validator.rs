@@ -298,7 +298,7 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
                 Err(IngestError::Read(e)) => return Err(ValidatorError::Read(e)),
                 Err(IngestError::Write(e)) => {
                     return Err(RegistryError::Io {
-                        path: staging.model_path(),
+                        location: staging.model_path().display().to_string(),
                         source: e,
                     }
                     .into());

@@ -289,7 +289,7 @@ async fn a_version_that_fails_to_load_is_never_swapped_in() {
     publish(&s.registry, v2);
     // Altered on disk after the publisher checked it: the inference side must notice.
     std::fs::write(
-        s.registry.model_file(&iris(), v2),
+        s.registry.model_file(&iris(), v2).unwrap(),
         b"corrupted after publish",
     )
     .unwrap();

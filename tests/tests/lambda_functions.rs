@@ -8,7 +8,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use modelpipe::onnx_build::LinearSoftmax;
-use modelpipe::registry::Registry;
+use modelpipe::registry::{FileCacheConfig, Registry};
 use modelpipe::{AliasName, ModelName};
 use modelpipe_tests::{
     Server, aws_config, http_api_event, local_aws_env, moto, rest_api_event, s3_put_event,
@@ -29,17 +29,39 @@ struct Stack {
 }
 
 impl Stack {
+    /// The functions over a registry directory (EFS in AWS).
     async fn start() -> Self {
+        Self::start_with(false).await
+    }
+
+    /// The functions over `MODEL_ROOT=s3://<bucket>/registry` (`on_s3`) or a directory.
+    async fn start_with(on_s3: bool) -> Self {
         let (moto_endpoint, moto_guard) = moto().await;
         let watch = start_watch().await;
         let dir = tempfile::tempdir().unwrap();
-        let registry = Registry::open(dir.path().join("registry")).unwrap();
+        let s3 = modelpipe::aws::s3_client(&aws_config(&moto_endpoint).await);
+        let bucket = unique_bucket("lambda");
+        s3.create_bucket().bucket(&bucket).send().await.unwrap();
+        let registry = if on_s3 {
+            let files = FileCacheConfig {
+                dir: dir.path().join("test-copies"),
+                bytes: None,
+            };
+            let sdk = aws_config(&moto_endpoint).await;
+            Registry::open_s3(&bucket, "registry", &files, Some(sdk)).unwrap()
+        } else {
+            Registry::open(dir.path().join("registry")).unwrap()
+        };
         let mut env = local_aws_env();
-        env.push(("MODEL_ROOT", registry.root().display().to_string()));
+        env.extend([
+            ("MODEL_ROOT", registry.location().to_string()),
+            ("AWS_ENDPOINT_URL_S3", moto_endpoint.clone()),
+            // Staging and the S3 registry's local copies, as Lambda's /tmp.
+            ("TMPDIR", dir.path().display().to_string()),
+        ]);
         let mut validator_env = env.clone();
         validator_env.extend([
             ("PUBLISHER_FUNCTION", "publisher".to_string()),
-            ("AWS_ENDPOINT_URL_S3", moto_endpoint.clone()),
             ("AWS_ENDPOINT_URL_LAMBDA", watch.endpoint()),
         ]);
         let mut inference_env = env.clone();
@@ -49,9 +71,6 @@ impl Stack {
             start_function(&watch, "publisher", &env),
             start_function(&watch, "inference", &inference_env),
         ];
-        let s3 = modelpipe::aws::s3_client(&aws_config(&moto_endpoint).await);
-        let bucket = unique_bucket("lambda");
-        s3.create_bucket().bucket(&bucket).send().await.unwrap();
         let lambda = aws_sdk_lambda::Client::new(&aws_config(&watch.endpoint()).await);
         Self {
             _moto: moto_guard,
@@ -153,7 +172,52 @@ fn assert_answer(answer: &Value, version: &str, model: &LinearSoftmax) {
 
 #[tokio::test]
 async fn an_upload_goes_live_through_the_three_functions_and_rolls_back() {
-    let mut stack = Stack::start().await;
+    lifecycle(Stack::start().await).await;
+}
+
+#[tokio::test]
+async fn the_three_functions_share_an_s3_hosted_registry() {
+    let stack = Stack::start_with(true).await;
+    let registry_objects = |stack: &Stack| {
+        let (s3, bucket) = (stack.s3.clone(), stack.bucket.clone());
+        async move {
+            let listed = s3
+                .list_objects_v2()
+                .bucket(bucket)
+                .prefix("registry/iris/")
+                .send()
+                .await
+                .unwrap();
+            listed
+                .contents()
+                .iter()
+                .map(|o| o.key().unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    let objects = registry_objects(&stack).await;
+    assert!(objects.is_empty(), "{objects:?}");
+    let stack = lifecycle(stack).await;
+    let objects = registry_objects(&stack).await;
+    for key in [
+        "registry/iris/versions/1/model.onnx",
+        "registry/iris/versions/1/manifest.json",
+        "registry/iris/versions/2/model.onnx",
+        "registry/iris/aliases/live.json",
+        "registry/iris/history.jsonl",
+        "registry/iris/rejections.jsonl",
+    ] {
+        assert!(objects.iter().any(|o| o == key), "{key} missing from {objects:?}");
+    }
+    assert!(
+        !objects.iter().any(|o| o.ends_with(".lock")),
+        "every lease is released: {objects:?}"
+    );
+}
+
+/// Upload v1 → live and answering, v2 → hot-swapped, a bad upload → rejected while v2 serves,
+/// rollback → v1 answers, refusals; the history records each move.
+async fn lifecycle(mut stack: Stack) -> Stack {
     let (v1, v2) = (LinearSoftmax::iris(1), LinearSoftmax::iris(2));
 
     let outcome = stack
@@ -221,6 +285,7 @@ async fn an_upload_goes_live_through_the_three_functions_and_rolls_back() {
         .map(|e| (e.from, e.to))
         .collect();
     assert_eq!(history, [(None, 1), (Some(1), 2), (Some(2), 1)]);
+    stack
 }
 
 #[tokio::test]

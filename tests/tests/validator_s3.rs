@@ -7,20 +7,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use aws_lambda_events::s3::S3Event;
 use aws_sdk_s3::primitives::ByteStream;
+use base64::Engine as _;
 use modelpipe::aws::{S3Store, s3_client};
 use modelpipe::config::Config;
 use modelpipe::digest::sha256_bytes;
 use modelpipe::onnx_build::LinearSoftmax;
-use modelpipe::registry::Registry;
+use modelpipe::registry::{FileCacheConfig, Registry};
 use modelpipe::validator::{LocalPublisher, Outcome, Validator};
 use modelpipe::{AliasName, ModelName};
 use modelpipe_tests::{Server, aws_config, moto, s3_put_event, unique_bucket};
 
 struct Fixture {
     _moto: Option<Server>,
+    endpoint: String,
     s3: aws_sdk_s3::Client,
     bucket: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    /// Registry on S3 (`registry/` in the upload bucket) instead of a directory.
+    on_s3: bool,
     registry: Registry,
     validator: Validator<S3Store, LocalPublisher>,
     sequencer: AtomicU64,
@@ -35,13 +39,22 @@ impl Fixture {
         Self::with_limit(2 * 1024 * 1024 * 1024).await
     }
 
+    /// The same, with the registry under `s3://<the upload bucket>/registry/`.
+    async fn on_s3() -> Self {
+        Self::build(2 * 1024 * 1024 * 1024, true).await
+    }
+
     async fn with_limit(max_model_bytes: u64) -> Self {
+        Self::build(max_model_bytes, false).await
+    }
+
+    async fn build(max_model_bytes: u64, on_s3: bool) -> Self {
         let (endpoint, guard) = moto().await;
         let s3 = s3_client(&aws_config(&endpoint).await);
         let bucket = unique_bucket("uploads");
         s3.create_bucket().bucket(&bucket).send().await.unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let registry = Registry::open(dir.path().join("registry")).unwrap();
+        let registry = open_registry(&endpoint, &bucket, dir.path(), on_s3).await;
         let config = Config {
             max_model_bytes,
             ..Config::from_lookup(|_| None).unwrap()
@@ -54,9 +67,11 @@ impl Fixture {
         );
         Self {
             _moto: guard,
+            endpoint,
             s3,
             bucket,
-            _dir: dir,
+            dir,
+            on_s3,
             registry,
             validator,
             sequencer: AtomicU64::new(0x1000),
@@ -103,13 +118,19 @@ impl Fixture {
         self.handle(&event).await
     }
 
+    /// Another handle on the same registry, as a second Lambda instance would open it.
+    async fn reopen(&self) -> Registry {
+        open_registry(&self.endpoint, &self.bucket, self.dir.path(), self.on_s3).await
+    }
+
     /// The live version and the bytes of its file.
     fn live(&self) -> Option<(u64, Vec<u8>)> {
         let alias = self.registry.alias(&iris(), &AliasName::live()).unwrap()?;
-        Some((
-            alias.version,
-            std::fs::read(self.registry.model_file(&iris(), alias.version)).unwrap(),
-        ))
+        let (_, file) = self
+            .registry
+            .verified_local_file(&iris(), alias.version)
+            .unwrap();
+        Some((alias.version, std::fs::read(file).unwrap()))
     }
 
     async fn tags(&self, key: &str) -> HashMap<String, String> {
@@ -179,13 +200,27 @@ impl Fixture {
         );
         let rejections = self.registry.rejections(&iris()).unwrap();
         assert_eq!(rejections.last().unwrap().reason, *reason);
-        let staging = self.registry.root().join("iris/staging");
+        let staging = self.registry.stage(&iris()).unwrap().model_path();
+        let staging = staging.parent().unwrap().parent().unwrap();
         assert_eq!(
             std::fs::read_dir(staging).map(|d| d.count()).unwrap_or(0),
             0,
             "staging must be cleaned"
         );
     }
+}
+
+/// The registry of a fixture: a directory in `dir`, or `s3://bucket/registry/` (its local copies
+/// in `dir`).
+async fn open_registry(endpoint: &str, bucket: &str, dir: &std::path::Path, on_s3: bool) -> Registry {
+    if !on_s3 {
+        return Registry::open(dir.join("registry")).unwrap();
+    }
+    let files = FileCacheConfig {
+        dir: dir.join("files"),
+        bytes: None,
+    };
+    Registry::open_s3(bucket, "registry", &files, Some(aws_config(endpoint).await)).unwrap()
 }
 
 #[tokio::test]
@@ -576,44 +611,134 @@ async fn an_older_event_after_a_newer_one_never_becomes_live() {
 
 #[tokio::test]
 async fn two_validators_committing_one_model_at_once_get_two_versions() {
-    let f = Fixture::new().await;
-    let a = f
-        .put(
-            "models/iris/a.onnx",
-            &LinearSoftmax::iris(1).to_bytes(),
-            &[],
-        )
-        .await;
-    let b = f
-        .put(
-            "models/iris/b.onnx",
-            &LinearSoftmax::iris(2).to_bytes(),
-            &[],
-        )
-        .await;
-    // A second validator over the same registry directory, as a second Lambda instance would be.
+    concurrent_commits(Fixture::new().await, 2).await;
+}
+
+#[tokio::test]
+async fn four_validators_committing_to_one_s3_registry_get_four_versions() {
+    concurrent_commits(Fixture::on_s3().await, 4).await;
+}
+
+/// `n` validators, each with its own handle on the registry as separate Lambda instances would
+/// have, handle `n` different uploads of one model at once: versions 1..=n, each complete, each
+/// published once.
+async fn concurrent_commits(f: Fixture, n: u64) {
+    let mut events = Vec::new();
+    for i in 0..n {
+        let bytes = LinearSoftmax::iris(i as u32 + 1).to_bytes();
+        events.push(f.put(&format!("models/iris/{i}.onnx"), &bytes, &[]).await);
+    }
     let config = Config::from_lookup(|_| None).unwrap();
-    let other = Validator::new(
-        Registry::open(f.registry.root()).unwrap(),
-        S3Store::new(f.s3.clone()),
-        LocalPublisher(f.registry.clone()),
-        &config,
-    );
-    let (ra, rb) = tokio::join!(f.validator.handle_event(&a), other.handle_event(&b));
-    let (ra, rb) = (ra.unwrap().remove(0), rb.unwrap().remove(0));
-    let mut versions: Vec<u64> = [ra, rb]
+    let mut validators = Vec::new();
+    for _ in 0..n {
+        let registry = f.reopen().await;
+        validators.push(Validator::new(
+            registry.clone(),
+            S3Store::new(f.s3.clone()),
+            LocalPublisher(registry),
+            &config,
+        ));
+    }
+    let handled = futures::future::join_all(
+        validators
+            .iter()
+            .zip(&events)
+            .map(|(validator, event)| validator.handle_event(event)),
+    )
+    .await;
+    let mut versions: Vec<u64> = handled
         .into_iter()
-        .map(|o| match o {
+        .map(|outcome| match outcome.unwrap().remove(0) {
             Outcome::Published { version, .. } => version,
             other => panic!("{other:?}"),
         })
         .collect();
     versions.sort_unstable();
-    assert_eq!(versions, [1, 2]);
-    for v in [1, 2] {
+    assert_eq!(versions, (1..=n).collect::<Vec<_>>());
+    assert_eq!(f.registry.versions(&iris()).unwrap(), versions);
+    for v in 1..=n {
         f.registry.verified_manifest(&iris(), v).unwrap();
     }
-    assert_eq!(f.registry.history(&iris()).unwrap().len(), 2);
+    let history = f.registry.history(&iris()).unwrap();
+    assert_eq!(history.len() as u64, n, "{history:?}");
+    let live = f.registry.alias(&iris(), &AliasName::live()).unwrap().unwrap();
+    assert_eq!(live.version, history.last().unwrap().to);
+}
+
+#[tokio::test]
+async fn an_upload_goes_live_in_an_s3_registry_with_its_checksum_verified_by_s3() {
+    let f = Fixture::on_s3().await;
+    let (version, bytes) = f.with_v1_live().await;
+    assert_eq!(version, 1);
+    assert_eq!(bytes, LinearSoftmax::iris(1).to_bytes());
+    let head = f
+        .s3
+        .head_object()
+        .bucket(&f.bucket)
+        .key("registry/iris/versions/1/model.onnx")
+        .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+        .send()
+        .await
+        .unwrap();
+    let manifest = f.registry.manifest(&iris(), 1).unwrap();
+    let stored = base64::engine::general_purpose::STANDARD
+        .decode(head.checksum_sha256().expect("stored with its SHA-256 checksum"))
+        .unwrap();
+    assert_eq!(hex_string(&stored), manifest.sha256);
+    // Nothing of the upload is left in the local staging directory.
+    f.assert_rejected(
+        "models/iris/model.onnx",
+        &LinearSoftmax::iris(2).to_bytes()[..100],
+        &[],
+        "not a loadable ONNX model",
+    )
+    .await;
+}
+
+fn hex_string(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test]
+async fn an_altered_object_in_an_s3_registry_is_refused_by_the_publisher_and_inference() {
+    let f = Fixture::on_s3().await;
+    f.with_v1_live().await;
+    let outcome = f
+        .upload("models/iris/model.onnx", &LinearSoftmax::iris(2).to_bytes(), &[])
+        .await;
+    assert!(matches!(outcome, Outcome::Published { version: 2, .. }), "{outcome:?}");
+    f.s3.put_object()
+        .bucket(&f.bucket)
+        .key("registry/iris/versions/1/model.onnx")
+        .body(ByteStream::from(LinearSoftmax::iris(7).to_bytes()))
+        .send()
+        .await
+        .unwrap();
+    let registry = f.registry.clone();
+    let refused = tokio::task::spawn_blocking(move || {
+        modelpipe::publish::apply(
+            &registry,
+            &modelpipe::publish::PublisherRequest::Rollback {
+                model: iris(),
+                alias: AliasName::live(),
+                reason: None,
+            },
+            None,
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap_err();
+    assert!(
+        refused.to_string().contains("no longer matches its manifest"),
+        "{refused}"
+    );
+    assert_eq!(f.live().unwrap().0, 2);
+    // An instance with no local copy yet downloads it, checks it and refuses it too.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let other = open_registry(&f.endpoint, &f.bucket, elsewhere.path(), true).await;
+    let err = other.verified_local_file(&iris(), 1).unwrap_err();
+    assert!(err.to_string().contains("sha256"), "{err}");
 }
 
 /// A publisher that is down for its first `failures` calls, then applies requests locally.

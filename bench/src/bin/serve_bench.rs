@@ -112,7 +112,7 @@ async fn overhead(name: &str, bytes: Vec<u8>, shape: &[usize], rounds: usize) {
         &config(&[]),
         SwapPolicy::Background,
     )));
-    let engine = Engine::load(&registry.model_file(&model, v)).unwrap();
+    let engine = Engine::load(&registry.model_file(&model, v).unwrap()).unwrap();
     let count: usize = shape.iter().product();
     let values: Vec<f32> = (0..count).map(|i| ((i % 255) as f32) / 255.0).collect();
     let tensor =

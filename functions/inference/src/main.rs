@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use lambda_http::Error;
 use modelpipe::config::Config;
-use modelpipe::registry::Registry;
 use modelpipe::serve::{Inference, SwapPolicy, router};
 
 fn main() -> Result<(), Error> {
@@ -23,7 +22,7 @@ fn main() -> Result<(), Error> {
 async fn run() -> Result<(), Error> {
     modelpipe::telemetry::init_lambda();
     let config = Config::from_env()?;
-    let registry = Registry::open(&config.model_root)?;
+    let registry = config.open_registry()?;
     // One request at a time per environment: its run can have every vCPU (with concurrent
     // requests, as in `modelctl dev`, they already keep the cores busy; see BENCHMARKS.md).
     let threads = modelpipe::engine::use_threads(None);

@@ -4,14 +4,13 @@
 use lambda_runtime::{Diagnostic, Error, LambdaEvent, service_fn};
 use modelpipe::config::Config;
 use modelpipe::publish::{PublishError, PublisherRequest, PublisherResponse, apply};
-use modelpipe::registry::Registry;
 use serde_json::Value;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     modelpipe::telemetry::init_lambda();
     let config = Config::from_env()?;
-    let registry = Registry::open(&config.model_root)?;
+    let registry = config.open_registry()?;
     let registry = &registry;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         let refused = |e: PublishError| {

@@ -4,14 +4,13 @@ use aws_lambda_events::s3::S3Event;
 use lambda_runtime::{Diagnostic, Error, LambdaEvent, service_fn};
 use modelpipe::aws::{LambdaPublisher, S3Store, s3_client};
 use modelpipe::config::Config;
-use modelpipe::registry::Registry;
 use modelpipe::validator::Validator;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     modelpipe::telemetry::init_lambda();
     let config = Config::from_env()?;
-    let registry = Registry::open(&config.model_root)?;
+    let registry = config.open_registry()?;
     let function = config
         .publisher_function
         .clone()

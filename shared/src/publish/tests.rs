@@ -128,7 +128,7 @@ fn missing_or_altered_versions_are_refused_and_change_nothing() {
     let before = registry.alias(&iris(), &AliasName::live()).unwrap();
     let missing = apply(&registry, &publish(7), None).unwrap_err();
     assert_eq!(missing.to_string(), "model iris has no version 7");
-    std::fs::write(registry.model_file(&iris(), 2), b"altered").unwrap();
+    std::fs::write(registry.model_file(&iris(), 2).unwrap(), b"altered").unwrap();
     let altered = apply(&registry, &publish(2), None).unwrap_err();
     assert!(
         altered

@@ -1,4 +1,5 @@
-//! The model registry: a directory (the EFS mount in AWS, any folder locally) laid out as
+//! The model registry: a directory (the EFS mount in AWS, any folder locally, or one baked into
+//! an image) or an S3 prefix, laid out as
 //!
 //! ```text
 //! <root>/<model>/versions/<N>/model.onnx      immutable once committed
@@ -7,36 +8,44 @@
 //! <root>/<model>/history.jsonl                every alias move, append-only
 //! <root>/<model>/rejections.jsonl             every refused upload, append-only
 //! <root>/<model>/uploads/<key hash>.json      the latest event handled per S3 key
-//! <root>/<model>/staging/                     uploads being checked, never read as versions
+//! <root>/<model>/staging/                     uploads being checked (directory registries)
 //! ```
 //!
 //! Reads take no lock and never see a partial file. Writes go through [`Locked`], which holds the
-//! model's lock, so version numbers are allocated once and alias moves are serialised. This module
-//! knows nothing of S3, tract or HTTP.
+//! model's lock, so version numbers are allocated once and alias moves are serialised. Where the
+//! files live is a [`Store`]; every rule about versions and aliases is here, once. This module
+//! knows nothing of tract or HTTP.
 
 mod atomic;
+mod dir_store;
 mod lock;
 pub mod records;
+mod s3_store;
+pub mod store;
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 
 pub use self::records::*;
+pub use self::s3_store::FileCacheConfig;
+pub use self::store::{LocalCopy, Location, Store};
+use self::dir_store::DirStore;
+use self::s3_store::S3Store;
 use crate::digest::{sha256_bytes, sha256_file};
 use crate::model_name::{AliasName, ModelName};
 use crate::signature::Signature;
-use lock::ModelLock;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    #[error("registry I/O on {path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
-    #[error("registry file {path} is not valid: {message}")]
-    Corrupt { path: PathBuf, message: String },
+    #[error("registry I/O on {location}: {source}")]
+    Io { location: String, source: io::Error },
+    #[error("registry file {location} is not valid: {message}")]
+    Corrupt { location: String, message: String },
     #[error("model {model} has no version {version}")]
     NoSuchVersion { model: ModelName, version: u64 },
     #[error("model {model} v{version}: model.onnx no longer matches its manifest ({detail})")]
@@ -45,13 +54,8 @@ pub enum RegistryError {
         version: u64,
         detail: String,
     },
-}
-
-fn io_at(path: &Path) -> impl FnOnce(io::Error) -> RegistryError + '_ {
-    move |source| RegistryError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    #[error("the registry at {0} is read-only (baked into the image): nothing can be written to it")]
+    ReadOnly(String),
 }
 
 pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
@@ -82,8 +86,9 @@ impl Commit {
     }
 }
 
-/// An upload being written and checked: `<model>/staging/upload-XXXX/model.onnx`. Dropped
-/// without being committed, it removes itself.
+/// An upload being written and checked, in a local directory (`<model>/staging/upload-XXXX/` of
+/// a directory registry, so that committing it is a rename). Dropped without being committed, it
+/// removes itself.
 #[derive(Debug)]
 pub struct Staging {
     dir: tempfile::TempDir,
@@ -97,122 +102,234 @@ impl Staging {
 
 pub const MODEL_FILE: &str = "model.onnx";
 const MANIFEST_FILE: &str = "manifest.json";
+/// Written by `modelctl bake` at the root of a registry baked into an image.
+pub const BAKED_MARKER: &str = "baked.json";
 
 #[derive(Debug, Clone)]
 pub struct Registry {
-    root: PathBuf,
+    store: Arc<dyn Store>,
+    location: Location,
+    baked: bool,
 }
 
 impl Registry {
+    /// A registry in a directory, created if missing.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
-        let root = root.into();
-        fs::create_dir_all(&root).map_err(io_at(&root))?;
-        Ok(Self { root })
+        Self::open_at(&Location::Dir(root.into()), &FileCacheConfig::default())
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
+    /// The registry at `MODEL_ROOT`; `files` bounds the local copies of an S3 registry.
+    pub fn open_at(location: &Location, files: &FileCacheConfig) -> Result<Self> {
+        let store: Arc<dyn Store> = match location {
+            Location::Dir(root) => Arc::new(DirStore::open(root.clone()).map_err(|source| {
+                RegistryError::Io {
+                    location: root.display().to_string(),
+                    source,
+                }
+            })?),
+            Location::S3 { bucket, prefix } => {
+                return Self::open_s3(bucket, prefix, files, None);
+            }
+        };
+        let baked = matches!(location, Location::Dir(root) if root.join(BAKED_MARKER).is_file());
+        Ok(Self {
+            store,
+            location: location.clone(),
+            baked,
+        })
     }
 
-    fn model_dir(&self, model: &ModelName) -> PathBuf {
-        self.root.join(model.as_str())
+    /// A registry under `s3://bucket/prefix`, with the SDK configuration `sdk` (for local
+    /// endpoints) or else the standard one from the environment.
+    pub fn open_s3(
+        bucket: &str,
+        prefix: &str,
+        files: &FileCacheConfig,
+        sdk: Option<aws_config::SdkConfig>,
+    ) -> Result<Self> {
+        let prefix = match prefix.trim_matches('/') {
+            "" => String::new(),
+            trimmed => format!("{trimmed}/"),
+        };
+        let location = Location::S3 {
+            bucket: bucket.to_string(),
+            prefix: prefix.clone(),
+        };
+        let store = S3Store::connect(bucket, &prefix, files, sdk).map_err(|source| {
+            RegistryError::Io {
+                location: location.to_string(),
+                source,
+            }
+        })?;
+        Ok(Self {
+            store: Arc::new(store),
+            location,
+            baked: false,
+        })
     }
 
-    fn version_dir(&self, model: &ModelName, version: u64) -> PathBuf {
-        self.model_dir(model)
-            .join("versions")
-            .join(version.to_string())
+    pub fn location(&self) -> &Location {
+        &self.location
     }
 
-    pub fn model_file(&self, model: &ModelName, version: u64) -> PathBuf {
-        self.version_dir(model, version).join(MODEL_FILE)
+    /// The root directory of a directory registry.
+    pub fn dir(&self) -> Option<&Path> {
+        match &self.location {
+            Location::Dir(root) => Some(root),
+            Location::S3 { .. } => None,
+        }
     }
 
-    fn alias_path(&self, model: &ModelName, alias: &AliasName) -> PathBuf {
-        self.model_dir(model)
-            .join("aliases")
-            .join(format!("{alias}.json"))
+    /// Baked into a container image by `modelctl bake`: read-only, its aliases never move.
+    pub fn is_baked(&self) -> bool {
+        self.baked
     }
 
-    fn history_path(&self, model: &ModelName) -> PathBuf {
-        self.model_dir(model).join("history.jsonl")
+    /// The path of a version's file in a directory registry.
+    pub fn model_file(&self, model: &ModelName, version: u64) -> Option<PathBuf> {
+        self.dir()
+            .map(|root| root.join(version_dir(model, version)).join(MODEL_FILE))
     }
 
-    fn rejections_path(&self, model: &ModelName) -> PathBuf {
-        self.model_dir(model).join("rejections.jsonl")
+    fn io_error(&self, key: &str) -> impl FnOnce(io::Error) -> RegistryError + '_ {
+        let location = self.store.describe(key);
+        move |source| RegistryError::Io { location, source }
     }
 
-    fn upload_path(&self, model: &ModelName, key: &str) -> PathBuf {
-        let digest = sha256_bytes(key.as_bytes());
-        self.model_dir(model)
-            .join("uploads")
-            .join(format!("{}.json", &digest[..32]))
+    fn read_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        let Some(bytes) = self.store.read(key).map_err(self.io_error(key))? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| RegistryError::Corrupt {
+                location: self.store.describe(key),
+                message: e.to_string(),
+            })
+    }
+
+    /// Every line that parses: a line torn by a crash is skipped.
+    fn read_jsonl<T: DeserializeOwned>(&self, key: &str) -> Result<Vec<T>> {
+        let bytes = self.store.read(key).map_err(self.io_error(key))?;
+        Ok(String::from_utf8_lossy(&bytes.unwrap_or_default())
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect())
+    }
+
+    fn list(&self, dir: &str) -> Result<Vec<String>> {
+        self.store.list(dir).map_err(self.io_error(dir))
     }
 
     /// Models with at least one committed version, sorted.
     pub fn models(&self) -> Result<Vec<ModelName>> {
-        let mut models: Vec<ModelName> = list_dir(&self.root)?
-            .into_iter()
-            .filter_map(|name| name.parse().ok())
-            .filter(|model| self.model_dir(model).join("versions").is_dir())
-            .collect();
+        let mut models = Vec::new();
+        for model in self.list("")?.into_iter().filter_map(|n| n.parse().ok()) {
+            if !self.list(&format!("{model}/versions"))?.is_empty() {
+                models.push(model);
+            }
+        }
         models.sort();
         Ok(models)
     }
 
-    /// Committed versions of `model`, ascending; empty if the model is unknown.
+    /// Committed versions of `model` (those with a manifest), ascending; empty if the model is
+    /// unknown.
     pub fn versions(&self, model: &ModelName) -> Result<Vec<u64>> {
-        let dir = self.model_dir(model).join("versions");
-        let mut versions: Vec<u64> = list_dir(&dir)?
-            .into_iter()
-            .filter_map(|name| name.parse().ok())
-            .filter(|v| self.version_dir(model, *v).join(MANIFEST_FILE).is_file())
+        let dir = format!("{model}/versions");
+        let files = self.store.list_files(&dir).map_err(self.io_error(&dir))?;
+        let mut versions: Vec<u64> = files
+            .iter()
+            .filter_map(|f| f.strip_suffix(&format!("/{MANIFEST_FILE}"))?.parse().ok())
             .collect();
         versions.sort_unstable();
         Ok(versions)
     }
 
     pub fn manifest(&self, model: &ModelName, version: u64) -> Result<Manifest> {
-        let path = self.version_dir(model, version).join(MANIFEST_FILE);
-        read_json(&path)?.ok_or_else(|| RegistryError::NoSuchVersion {
-            model: model.clone(),
-            version,
-        })
-    }
-
-    /// The manifest of `version`, after checking that its file still has the recorded size and
-    /// SHA-256 (reads the whole file).
-    pub fn verified_manifest(&self, model: &ModelName, version: u64) -> Result<Manifest> {
-        let manifest = self.manifest(model, version)?;
-        let path = self.model_file(model, version);
-        let (sha256, size) = sha256_file(&path).map_err(|e| RegistryError::Tampered {
-            model: model.clone(),
-            version,
-            detail: format!("cannot read {}: {e}", path.display()),
-        })?;
-        if size != manifest.size || sha256 != manifest.sha256 {
-            return Err(RegistryError::Tampered {
+        let key = format!("{}/{MANIFEST_FILE}", version_dir(model, version));
+        self.read_json(&key)?
+            .ok_or_else(|| RegistryError::NoSuchVersion {
                 model: model.clone(),
                 version,
-                detail: format!(
+            })
+    }
+
+    fn tampered(
+        &self,
+        model: &ModelName,
+        version: u64,
+        detail: String,
+    ) -> RegistryError {
+        RegistryError::Tampered {
+            model: model.clone(),
+            version,
+            detail,
+        }
+    }
+
+    /// Checks that a file has the size and SHA-256 its manifest records.
+    fn check_digest(
+        &self,
+        manifest: &Manifest,
+        (sha256, size): (String, u64),
+    ) -> Result<()> {
+        if size != manifest.size || sha256 != manifest.sha256 {
+            return Err(self.tampered(
+                &manifest.model,
+                manifest.version,
+                format!(
                     "{size} bytes with sha256 {}…, manifest says {} bytes with {}…",
-                    &sha256[..12],
+                    &sha256[..12.min(sha256.len())],
                     manifest.size,
                     &manifest.sha256[..manifest.sha256.len().min(12)]
                 ),
-            });
+            ));
         }
+        Ok(())
+    }
+
+    /// The manifest of `version`, after checking that its file still has the recorded size and
+    /// SHA-256 (a directory registry reads the whole file; S3 compares its stored checksum).
+    pub fn verified_manifest(&self, model: &ModelName, version: u64) -> Result<Manifest> {
+        let manifest = self.manifest(model, version)?;
+        let key = model_key(model, version);
+        let digest = self.store.digest(&key).map_err(|e| {
+            self.tampered(model, version, format!("cannot read {}: {e}", self.store.describe(&key)))
+        })?;
+        self.check_digest(&manifest, digest)?;
         Ok(manifest)
     }
 
+    /// The manifest of `version` and its file on local disk, checked against the manifest's
+    /// size and SHA-256 (an S3 registry downloads it to its local cache first).
+    pub fn verified_local_file(
+        &self,
+        model: &ModelName,
+        version: u64,
+    ) -> Result<(Manifest, PathBuf)> {
+        let manifest = self.manifest(model, version)?;
+        let key = model_key(model, version);
+        let cannot = |e: io::Error| {
+            self.tampered(model, version, format!("cannot read {}: {e}", self.store.describe(&key)))
+        };
+        let copy = self
+            .store
+            .local_copy(&key, manifest.size, &manifest.sha256)
+            .map_err(cannot)?;
+        if !copy.verified {
+            self.check_digest(&manifest, sha256_file(&copy.path).map_err(cannot)?)?;
+        }
+        Ok((manifest, copy.path))
+    }
+
     pub fn alias(&self, model: &ModelName, alias: &AliasName) -> Result<Option<AliasRecord>> {
-        read_json(&self.alias_path(model, alias))
+        self.read_json(&alias_key(model, alias))
     }
 
     pub fn aliases(&self, model: &ModelName) -> Result<BTreeMap<AliasName, AliasRecord>> {
-        let dir = self.model_dir(model).join("aliases");
         let mut aliases = BTreeMap::new();
-        for name in list_dir(&dir)? {
+        for name in self.list(&format!("{model}/aliases"))? {
             let Some(alias) = name
                 .strip_suffix(".json")
                 .and_then(|a| a.parse::<AliasName>().ok())
@@ -228,35 +345,40 @@ impl Registry {
 
     /// Every alias move, oldest first. A line torn by a crash is skipped.
     pub fn history(&self, model: &ModelName) -> Result<Vec<HistoryEntry>> {
-        read_jsonl(&self.history_path(model))
+        self.read_jsonl(&format!("{model}/history.jsonl"))
     }
 
     pub fn rejections(&self, model: &ModelName) -> Result<Vec<Rejection>> {
-        read_jsonl(&self.rejections_path(model))
+        self.read_jsonl(&format!("{model}/rejections.jsonl"))
     }
 
     pub fn upload_record(&self, model: &ModelName, key: &str) -> Result<Option<UploadRecord>> {
-        read_json(&self.upload_path(model, key))
+        self.read_json(&upload_key(model, key))
     }
 
-    /// A new, empty staging directory for an upload of `model`, on the registry's filesystem so
-    /// that committing it is a rename.
+    /// A new, empty staging directory for an upload of `model`.
     pub fn stage(&self, model: &ModelName) -> Result<Staging> {
-        let parent = self.model_dir(model).join("staging");
-        fs::create_dir_all(&parent).map_err(io_at(&parent))?;
+        let parent = self.store.staging_dir(model.as_str());
+        let io_error = |source| RegistryError::Io {
+            location: parent.display().to_string(),
+            source,
+        };
+        fs::create_dir_all(&parent).map_err(io_error)?;
         let dir = tempfile::Builder::new()
             .prefix("upload-")
             .tempdir_in(&parent)
-            .map_err(io_at(&parent))?;
+            .map_err(io_error)?;
         Ok(Staging { dir })
     }
 
     /// Removes staging directories older than `age`: what crashed ingests left behind.
     pub fn sweep_staging(&self, model: &ModelName, age: std::time::Duration) -> Result<usize> {
-        let parent = self.model_dir(model).join("staging");
+        let parent = self.store.staging_dir(model.as_str());
+        let Ok(entries) = fs::read_dir(&parent) else {
+            return Ok(0);
+        };
         let mut removed = 0;
-        for name in list_dir(&parent)? {
-            let path = parent.join(&name);
+        for path in entries.filter_map(|e| Some(e.ok()?.path())) {
             let old = fs::metadata(&path)
                 .and_then(|m| m.modified())
                 .ok()
@@ -271,21 +393,43 @@ impl Registry {
 
     /// Takes the model's write lock (blocking: call from a blocking context).
     pub fn lock(&self, model: &ModelName) -> Result<Locked<'_>> {
-        let dir = self.model_dir(model);
-        let lock = ModelLock::acquire(&dir).map_err(io_at(&dir))?;
+        if self.baked {
+            return Err(RegistryError::ReadOnly(self.location.to_string()));
+        }
+        let guard = self
+            .store
+            .lock(model.as_str())
+            .map_err(self.io_error(&format!("{model}/.lock")))?;
         Ok(Locked {
             registry: self,
             model: model.clone(),
-            _lock: lock,
+            _guard: guard,
         })
     }
+}
+
+fn version_dir(model: &ModelName, version: u64) -> String {
+    format!("{model}/versions/{version}")
+}
+
+fn model_key(model: &ModelName, version: u64) -> String {
+    format!("{}/{MODEL_FILE}", version_dir(model, version))
+}
+
+fn alias_key(model: &ModelName, alias: &AliasName) -> String {
+    format!("{model}/aliases/{alias}.json")
+}
+
+fn upload_key(model: &ModelName, key: &str) -> String {
+    let digest = sha256_bytes(key.as_bytes());
+    format!("{model}/uploads/{}.json", &digest[..32])
 }
 
 /// Write access to one model, holding its lock.
 pub struct Locked<'a> {
     registry: &'a Registry,
     model: ModelName,
-    _lock: ModelLock,
+    _guard: store::LockGuard,
 }
 
 impl Locked<'_> {
@@ -293,9 +437,23 @@ impl Locked<'_> {
         self.registry
     }
 
+    fn write(&self, key: &str, bytes: &[u8]) -> Result<()> {
+        self.registry
+            .store
+            .write(key, bytes)
+            .map_err(self.registry.io_error(key))
+    }
+
+    fn append(&self, key: &str, line: &str) -> Result<()> {
+        self.registry
+            .store
+            .append_line(key, line)
+            .map_err(self.registry.io_error(key))
+    }
+
     /// Makes a staged upload the next version, or returns the version that already has these
-    /// bytes. The manifest is written inside the staging directory, which is then renamed to
-    /// `versions/<N>`: the version appears whole or not at all.
+    /// bytes. The manifest is written beside the staged file, and the store makes both the
+    /// version directory at once: the version appears whole or not at all.
     pub fn commit(&self, staging: Staging, new: NewVersion) -> Result<Commit> {
         let registry = self.registry;
         for version in registry.versions(&self.model)? {
@@ -303,16 +461,15 @@ impl Locked<'_> {
                 return Ok(Commit::AlreadyPresent(version));
             }
         }
-        let versions_dir = registry.model_dir(&self.model).join("versions");
-        fs::create_dir_all(&versions_dir).map_err(io_at(&versions_dir))?;
-        // Numbers are never reused, even those of a directory left broken by hand.
-        let mut version = list_dir(&versions_dir)?
+        // Numbers are never reused, even those of a directory left incomplete.
+        let mut version = registry
+            .list(&format!("{}/versions", self.model))?
             .iter()
             .filter_map(|n| n.parse::<u64>().ok())
             .max()
             .unwrap_or(0)
             + 1;
-        let staged = staging.dir.keep();
+        let staged = staging.dir.path();
         loop {
             let manifest = Manifest {
                 model: self.model.clone(),
@@ -325,41 +482,39 @@ impl Locked<'_> {
                 validated_at: now(),
             };
             let manifest_path = staged.join(MANIFEST_FILE);
-            atomic::write_file(&manifest_path, &to_json(&manifest))
-                .map_err(io_at(&manifest_path))?;
-            let target = versions_dir.join(version.to_string());
-            match fs::rename(&staged, &target) {
-                Ok(()) => break,
-                // Taken despite the lock (a writer that ignores it): try the next number.
-                Err(e) if target.exists() && e.kind() != io::ErrorKind::NotFound => version += 1,
-                Err(e) => {
-                    let _ = fs::remove_dir_all(&staged);
-                    return Err(io_at(&target)(e));
+            atomic::write_file(&manifest_path, &to_json(&manifest)).map_err(|source| {
+                RegistryError::Io {
+                    location: manifest_path.display().to_string(),
+                    source,
                 }
+            })?;
+            let target = version_dir(&self.model, version);
+            // A directory store renames `staged` away; dropping `staging` then finds nothing.
+            if registry
+                .store
+                .commit_version(staged, &target, &new.sha256)
+                .map_err(registry.io_error(&target))?
+            {
+                return Ok(Commit::Created(version));
             }
+            version += 1;
         }
-        atomic::sync_dir(&versions_dir).map_err(io_at(&versions_dir))?;
-        Ok(Commit::Created(version))
     }
 
     pub fn write_alias(&self, alias: &AliasName, record: &AliasRecord) -> Result<()> {
-        let path = self.registry.alias_path(&self.model, alias);
-        atomic::write_file(&path, &to_json(record)).map_err(io_at(&path))
+        self.write(&alias_key(&self.model, alias), &to_json(record))
     }
 
     pub fn append_history(&self, entry: &HistoryEntry) -> Result<()> {
-        let path = self.registry.history_path(&self.model);
-        atomic::append_line(&path, &to_line(entry)).map_err(io_at(&path))
+        self.append(&format!("{}/history.jsonl", self.model), &to_line(entry))
     }
 
     pub fn append_rejection(&self, rejection: &Rejection) -> Result<()> {
-        let path = self.registry.rejections_path(&self.model);
-        atomic::append_line(&path, &to_line(rejection)).map_err(io_at(&path))
+        self.append(&format!("{}/rejections.jsonl", self.model), &to_line(rejection))
     }
 
     pub fn write_upload_record(&self, record: &UploadRecord) -> Result<()> {
-        let path = self.registry.upload_path(&self.model, &record.key);
-        atomic::write_file(&path, &to_json(record)).map_err(io_at(&path))
+        self.write(&upload_key(&self.model, &record.key), &to_json(record))
     }
 }
 
@@ -371,41 +526,6 @@ fn to_json(value: &impl serde::Serialize) -> Vec<u8> {
 
 fn to_line(value: &impl serde::Serialize) -> String {
     serde_json::to_string(value).expect("registry records serialise")
-}
-
-/// Names in `dir`, or none if it does not exist.
-fn list_dir(dir: &Path) -> Result<Vec<String>> {
-    match fs::read_dir(dir) {
-        Ok(entries) => Ok(entries
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .collect()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(io_at(dir)(e)),
-    }
-}
-
-fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
-    match fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| RegistryError::Corrupt {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            }),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io_at(path)(e)),
-    }
-}
-
-fn read_jsonl<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
-    match fs::read_to_string(path) {
-        Ok(text) => Ok(text
-            .lines()
-            .filter_map(|line| serde_json::from_str(line).ok())
-            .collect()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(io_at(path)(e)),
-    }
 }
 
 #[cfg(test)]

@@ -47,7 +47,7 @@ fn commit_numbers_versions_from_one_and_writes_manifest() {
         (manifest.version, manifest.size, manifest.sha256.as_str()),
         (2, 3, sha256_bytes(b"two").as_str())
     );
-    assert_eq!(fs::read(registry.model_file(&iris(), 2)).unwrap(), b"two");
+    assert_eq!(fs::read(registry.model_file(&iris(), 2).unwrap()).unwrap(), b"two");
     assert_eq!(registry.models().unwrap(), [iris()]);
 }
 
@@ -142,7 +142,7 @@ fn verified_manifest_refuses_an_altered_file() {
         .unwrap()
         .commit(staging, new)
         .unwrap();
-    fs::write(registry.model_file(&iris(), 1), b"tampered").unwrap();
+    fs::write(registry.model_file(&iris(), 1).unwrap(), b"tampered").unwrap();
     let err = registry.verified_manifest(&iris(), 1).unwrap_err();
     assert!(
         matches!(err, RegistryError::Tampered { version: 1, .. }),

@@ -316,7 +316,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_load_is_not_retried_during_the_backoff() {
         let (_dir, registry, _) = registry_with(&["a"]);
-        let file = registry.model_file(&name("a"), 1);
+        let file = registry.model_file(&name("a"), 1).unwrap();
         let good = std::fs::read(&file).unwrap();
         std::fs::write(&file, b"damaged").unwrap();
         let cache = ModelCache::new(registry, None);

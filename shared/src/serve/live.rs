@@ -15,6 +15,7 @@ use tracing::{info, warn};
 use super::cache::ModelCache;
 use super::loaded::{LoadError, LoadedModel};
 use crate::model_name::{AliasName, ModelName};
+use crate::registry::AliasRecord;
 
 /// Who pays for loading a new version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,7 +117,7 @@ impl LiveModel {
         current: u64,
         policy: SwapPolicy,
     ) {
-        let target = match cache.registry().alias(&self.model, &self.alias) {
+        let target = match self.read_alias(cache).await {
             Ok(Some(alias)) => alias.version,
             Ok(None) => return,
             Err(e) => {
@@ -158,7 +159,7 @@ impl LiveModel {
             drop(guard);
             return Box::pin(self.get(cache, every, policy)).await;
         }
-        let version = match cache.registry().alias(&self.model, &self.alias) {
+        let version = match self.read_alias(cache).await {
             Ok(Some(alias)) => alias.version,
             Ok(None) => return Err(LiveError::NotFound(self.model.clone())),
             Err(e) => return Err(self.not_ready(e)),
@@ -169,6 +170,16 @@ impl LiveModel {
             .await
             .map_err(|e| self.not_ready(e))?;
         Ok(loaded)
+    }
+
+    /// The alias record, read off the request's thread: on an S3 registry it is a (conditional)
+    /// round trip.
+    async fn read_alias(&self, cache: &ModelCache) -> Result<Option<AliasRecord>, String> {
+        let (registry, model, alias) = (cache.registry().clone(), self.model.clone(), self.alias.clone());
+        tokio::task::spawn_blocking(move || registry.alias(&model, &alias))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
     }
 
     /// Claims the next alias check if one is due.

@@ -69,13 +69,13 @@ impl LoadedModel {
     /// Verifies, loads and warms `version` of `model` (blocking, CPU-bound).
     pub fn load(registry: &Registry, model: &ModelName, version: u64) -> Result<Self, LoadError> {
         let started = Instant::now();
-        let manifest = registry.verified_manifest(model, version)?;
+        let (manifest, file) = registry.verified_local_file(model, version)?;
         let engine_error = |error| LoadError::Engine {
             model: model.clone(),
             version,
             error,
         };
-        let engine = Engine::load(&registry.model_file(model, version)).map_err(engine_error)?;
+        let engine = Engine::load(&file).map_err(engine_error)?;
         let warm_elements = engine
             .smoke_inputs()
             .map_err(engine_error)?
