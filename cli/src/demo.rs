@@ -206,14 +206,11 @@ async fn steps(demo: &mut Demo, stack: &DevStack) -> Result<(), String> {
     );
 
     let started = Instant::now();
-    let registry = stack.registry.clone();
+    let target = crate::ops::Target::Registry(stack.registry.clone());
     let model: modelpipe::ModelName = "iris".parse().expect("valid name");
-    tokio::task::spawn_blocking(move || {
-        crate::ops::rollback(&registry, model, Default::default(), None)
-    })
-    .await
-    .map_err(|e| step_failed("rollback", e))?
-    .map_err(|e| step_failed("rollback", e))?;
+    crate::ops::rollback(&target, model, Default::default(), None)
+        .await
+        .map_err(|e| step_failed("rollback", e))?;
     demo.wait_for_version("v1 serving again", "1").await?;
     demo.record(
         "rolled back to v1",

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use modelpipe::publish::PublisherRequest;
+use modelpipe::registry::Location;
 use modelpipe::{AliasName, ModelName};
 
 #[derive(Parser)]
@@ -83,9 +84,19 @@ enum Command {
 
 #[derive(clap::Args)]
 struct RegistryArg {
-    /// The registry directory.
+    /// The registry: a directory or s3://BUCKET/PREFIX.
     #[arg(long, default_value = ".modelpipe/registry")]
-    registry: PathBuf,
+    registry: Location,
+    /// Act through the deployed publisher Lambda (name or ARN) instead, with the standard AWS
+    /// environment (credentials, region, AWS_ENDPOINT_URL).
+    #[arg(long, conflicts_with = "registry")]
+    publisher_function: Option<String>,
+}
+
+impl RegistryArg {
+    async fn open(self) -> Result<ops::Target, String> {
+        ops::Target::open(&self.registry, self.publisher_function).await
+    }
 }
 
 fn loopback_only(addr: SocketAddr) -> Result<SocketAddr, String> {
@@ -141,14 +152,6 @@ Try:
     Ok(())
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, String> + Send + 'static,
-) -> Result<T, String> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| e.to_string())?
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -162,42 +165,44 @@ async fn main() -> ExitCode {
         } => dev(data, s3_addr, http_addr, reload_check_ms).await,
         Command::Demo => demo::run().await,
         Command::Validate { file, contract } => {
-            blocking(move || ops::validate(&file, contract.as_deref())).await
+            tokio::task::spawn_blocking(move || ops::validate(&file, contract.as_deref()))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()))
         }
-        Command::Status { model, registry } => {
-            blocking(move || ops::status(&ops::open(&registry.registry)?, model.as_ref())).await
-        }
-        Command::History { model, registry } => {
-            blocking(move || ops::history(&ops::open(&registry.registry)?, &model)).await
-        }
+        Command::Status { model, registry } => match registry.open().await {
+            Ok(target) => ops::status(&target, model).await,
+            Err(e) => Err(e),
+        },
+        Command::History { model, registry } => match registry.open().await {
+            Ok(target) => ops::history(&target, model).await,
+            Err(e) => Err(e),
+        },
         Command::Rollback {
             model,
             alias,
             to,
             registry,
-        } => {
-            blocking(move || {
-                ops::rollback(&ops::open(&registry.registry)?, model, alias, to).map(drop)
-            })
-            .await
-        }
+        } => match registry.open().await {
+            Ok(target) => ops::rollback(&target, model, alias, to).await.map(drop),
+            Err(e) => Err(e),
+        },
         Command::Promote {
             model,
             version,
             alias,
             registry,
-        } => {
-            blocking(move || {
+        } => match registry.open().await {
+            Ok(target) => {
                 let request = PublisherRequest::SetAlias {
                     model,
                     alias,
                     version,
                     reason: Some(format!("modelctl promote {version}")),
                 };
-                ops::move_alias(&ops::open(&registry.registry)?, request).map(drop)
-            })
-            .await
-        }
+                ops::move_alias(&target, request).await.map(drop)
+            }
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

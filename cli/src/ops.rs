@@ -1,85 +1,143 @@
-//! The operator's commands on a registry directory: status, history, rollback, promote, and the
-//! validator's checks offline. Alias moves go through `modelpipe::publish::apply`, the same code
-//! as the publisher Lambda.
+//! The operator's commands: status, history, rollback, promote — on a registry (directory or S3)
+//! with the publisher's own code, or through the deployed publisher — and the validator's checks
+//! offline.
 
 use std::path::Path;
 
 use modelpipe::checks::{Expectations, check_model};
 use modelpipe::contract::Contract;
-use modelpipe::publish::{PublisherRequest, PublisherResponse, apply};
-use modelpipe::registry::Registry;
+use modelpipe::aws::LambdaPublisher;
+use modelpipe::publish::{
+    self, HistoryAnswer, ModelStatus, PublishError, PublisherQuery, PublisherRequest,
+    PublisherResponse, StatusAnswer, apply,
+};
+use modelpipe::registry::{Location, Registry};
 use modelpipe::{AliasName, ModelName};
 
 pub type CliResult<T = ()> = Result<T, String>;
 
-pub fn open(registry: &Path) -> CliResult<Registry> {
-    if !registry.is_dir() {
-        return Err(format!(
-            "no registry at {} (start `modelctl dev` or pass --registry DIR)",
-            registry.display()
-        ));
-    }
-    Registry::open(registry).map_err(|e| e.to_string())
+/// Where `status`, `history`, `rollback` and `promote` act: a registry (a directory or an S3
+/// prefix) directly, or the deployed publisher Lambda, invoked with aws-sdk-lambda.
+pub enum Target {
+    Registry(Registry),
+    Publisher(LambdaPublisher),
 }
 
-pub fn status(registry: &Registry, model: Option<&ModelName>) -> CliResult {
-    let models = match model {
-        Some(model) => vec![model.clone()],
-        None => registry.models().map_err(|e| e.to_string())?,
+impl Target {
+    pub async fn open(registry: &Location, publisher_function: Option<String>) -> CliResult<Self> {
+        if let Some(function) = publisher_function {
+            let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+            let client = aws_sdk_lambda::Client::new(&config);
+            return Ok(Self::Publisher(LambdaPublisher::new(client, function)));
+        }
+        if let Location::Dir(dir) = registry
+            && !dir.is_dir()
+        {
+            return Err(format!(
+                "no registry at {} (start `modelctl dev`, or pass --registry DIR|s3://BUCKET/PREFIX or --publisher-function NAME)",
+                dir.display()
+            ));
+        }
+        let location = registry.clone();
+        blocking(move || Registry::open_at(&location, &Default::default()).map_err(|e| e.to_string()))
+            .await
+            .map(Self::Registry)
+    }
+
+    /// Runs a publisher payload: locally with the publisher's own code, or by invoking it.
+    async fn call<T: serde::de::DeserializeOwned + Send + 'static>(
+        &self,
+        payload: serde_json::Value,
+        local: impl FnOnce(&Registry) -> Result<T, PublishError> + Send + 'static,
+    ) -> CliResult<T> {
+        match self {
+            Self::Registry(registry) => {
+                let registry = registry.clone();
+                blocking(move || local(&registry).map_err(|e| e.to_string())).await
+            }
+            Self::Publisher(publisher) => {
+                let answer = publisher.invoke(&payload).await?;
+                serde_json::from_value(answer)
+                    .map_err(|e| format!("the publisher answered an unexpected shape: {e}"))
+            }
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> CliResult<T> + Send + 'static,
+) -> CliResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| e.to_string())?
+}
+
+pub async fn status(target: &Target, model: Option<ModelName>) -> CliResult {
+    let query = PublisherQuery::Status {
+        model: model.clone(),
     };
-    if models.is_empty() {
+    let payload = serde_json::to_value(&query).expect("queries serialise");
+    let answer: StatusAnswer = target
+        .call(payload, move |registry| {
+            publish::status(registry, model.as_ref())
+        })
+        .await?;
+    if answer.models.is_empty() {
         println!("no models yet");
     }
-    for model in models {
-        let versions = registry.versions(&model).map_err(|e| e.to_string())?;
-        if versions.is_empty() {
-            return Err(format!("model {model} has no versions"));
-        }
-        let aliases = registry.aliases(&model).map_err(|e| e.to_string())?;
-        println!("{model}");
-        for (alias, record) in &aliases {
-            println!(
-                "  {alias:<10} → v{:<4} since {}  ({})",
-                record.version, record.updated_at, record.reason
-            );
-        }
-        println!(
-            "  {:<8} {:>12}  {:<14} {:<24} source",
-            "version", "bytes", "sha256", "validated"
-        );
-        for version in versions {
-            let manifest = registry
-                .manifest(&model, version)
-                .map_err(|e| e.to_string())?;
-            let marks: Vec<&str> = aliases
-                .iter()
-                .filter(|(_, r)| r.version == version)
-                .map(|(a, _)| a.as_str())
-                .collect();
-            println!(
-                "  v{:<7} {:>12}  {:<14} {:<24} {}{}",
-                version,
-                manifest.size,
-                &manifest.sha256[..12],
-                manifest.validated_at,
-                manifest.source.key,
-                if marks.is_empty() {
-                    String::new()
-                } else {
-                    format!("  [{}]", marks.join(", "))
-                }
-            );
-        }
+    for status in answer.models {
+        print_status(&status);
     }
     Ok(())
 }
 
-pub fn history(registry: &Registry, model: &ModelName) -> CliResult {
-    let history = registry.history(model).map_err(|e| e.to_string())?;
-    if history.is_empty() {
-        return Err(format!("model {model} has no history"));
+fn print_status(status: &ModelStatus) {
+    println!("{}", status.model);
+    for (alias, record) in &status.aliases {
+        println!(
+            "  {alias:<10} → v{:<4} since {}  ({})",
+            record.version, record.updated_at, record.reason
+        );
     }
-    for entry in history {
+    println!(
+        "  {:<8} {:>12}  {:<14} {:<24} source",
+        "version", "bytes", "sha256", "validated"
+    );
+    for manifest in &status.versions {
+        let marks: Vec<&str> = status
+            .aliases
+            .iter()
+            .filter(|(_, r)| r.version == manifest.version)
+            .map(|(a, _)| a.as_str())
+            .collect();
+        println!(
+            "  v{:<7} {:>12}  {:<14} {:<24} {}{}",
+            manifest.version,
+            manifest.size,
+            &manifest.sha256[..12.min(manifest.sha256.len())],
+            manifest.validated_at,
+            manifest.source.key,
+            if marks.is_empty() {
+                String::new()
+            } else {
+                format!("  [{}]", marks.join(", "))
+            }
+        );
+    }
+}
+
+pub async fn history(target: &Target, model: ModelName) -> CliResult {
+    let query = PublisherQuery::History {
+        model: model.clone(),
+    };
+    let payload = serde_json::to_value(&query).expect("queries serialise");
+    let answer: HistoryAnswer = target
+        .call(payload, move |registry| publish::history(registry, &model))
+        .await?;
+    if answer.history.is_empty() {
+        return Err(format!("model {} has no history", answer.model));
+    }
+    for entry in answer.history {
         let from = entry.from.map_or("-".to_string(), |v| format!("v{v}"));
         println!(
             "{}  {:<8} {:>5} → v{:<4} {:?}  {}",
@@ -89,8 +147,11 @@ pub fn history(registry: &Registry, model: &ModelName) -> CliResult {
     Ok(())
 }
 
-pub fn move_alias(registry: &Registry, request: PublisherRequest) -> CliResult<PublisherResponse> {
-    let response = apply(registry, &request, None).map_err(|e| e.to_string())?;
+pub async fn move_alias(target: &Target, request: PublisherRequest) -> CliResult<PublisherResponse> {
+    let payload = serde_json::to_value(&request).expect("requests serialise");
+    let response: PublisherResponse = target
+        .call(payload, move |registry| apply(registry, &request, None))
+        .await?;
     let from = response
         .previous
         .map_or("-".to_string(), |v| format!("v{v}"));
@@ -101,8 +162,8 @@ pub fn move_alias(registry: &Registry, request: PublisherRequest) -> CliResult<P
     Ok(response)
 }
 
-pub fn rollback(
-    registry: &Registry,
+pub async fn rollback(
+    target: &Target,
     model: ModelName,
     alias: AliasName,
     to: Option<u64>,
@@ -120,7 +181,7 @@ pub fn rollback(
             reason: Some(format!("modelctl rollback --to {version}")),
         },
     };
-    move_alias(registry, request)
+    move_alias(target, request).await
 }
 
 pub fn validate(file: &Path, contract: Option<&Path>) -> CliResult {

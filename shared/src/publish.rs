@@ -1,8 +1,14 @@
 //! Moving aliases: the publisher's three actions (publish, rollback, set-alias), applied to the
 //! registry under the model's lock. The publisher Lambda, the validator's local hop and `modelctl`
-//! all call [`apply`]; nothing else writes an alias.
+//! all call [`apply`]; nothing else writes an alias. [`queries`] are its read-only actions.
+
+mod queries;
 
 use serde::{Deserialize, Serialize};
+
+pub use self::queries::{
+    HistoryAnswer, ModelStatus, PublisherQuery, StatusAnswer, answer, history, status,
+};
 
 use crate::model_name::{AliasName, ModelName};
 use crate::registry::{

@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 
 struct Stack {
     _moto: Option<Server>,
+    moto_endpoint: String,
     _watch: Server,
     _functions: Vec<Server>,
     _dir: tempfile::TempDir,
@@ -74,6 +75,7 @@ impl Stack {
         let lambda = aws_sdk_lambda::Client::new(&aws_config(&watch.endpoint()).await);
         Self {
             _moto: moto_guard,
+            moto_endpoint,
             _watch: watch,
             _functions: functions,
             _dir: dir,
@@ -213,6 +215,19 @@ async fn the_three_functions_share_an_s3_hosted_registry() {
         !objects.iter().any(|o| o.ends_with(".lock")),
         "every lease is released: {objects:?}"
     );
+    // `modelctl` reads and moves the S3 registry directly, with the standard AWS environment.
+    let registry = format!("s3://{}/registry", stack.bucket);
+    let env = [
+        ("AWS_ENDPOINT_URL", stack.moto_endpoint.clone()),
+        ("TMPDIR", stack._dir.path().display().to_string()),
+    ];
+    let (ok, out, err) = modelctl(&["status", "iris", "--registry", &registry], &env);
+    assert!(ok, "{err}");
+    assert!(out.contains("live       → v1"), "{out}");
+    let (ok, out, err) = modelctl(&["promote", "iris", "2", "--registry", &registry], &env);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "iris:live v1 → v2");
+    assert_eq!(stack.live(), 2);
 }
 
 /// Upload v1 → live and answering, v2 → hot-swapped, a bad upload → rejected while v2 serves,
@@ -397,4 +412,60 @@ async fn binary_tensors_travel_base64_through_http_and_rest_api_events() {
         &rows,
         &model,
     );
+}
+
+/// `modelctl` with `env` added to a clean AWS environment; returns (success, stdout, stderr).
+fn modelctl(args: &[&str], env: &[(&str, String)]) -> (bool, String, String) {
+    let mut command = std::process::Command::new(modelpipe_tests::binary("modelctl"));
+    command.args(args).env_clear().envs(local_aws_env()).envs(env.iter().cloned());
+    let out = command.output().expect("run modelctl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn modelctl_operates_through_the_deployed_publisher() {
+    let mut stack = Stack::start().await;
+    for seed in [1, 2] {
+        stack
+            .upload("models/iris/model.onnx", LinearSoftmax::iris(seed).to_bytes())
+            .await;
+    }
+    assert_eq!(stack.live(), 2);
+    // Nothing but the Lambda API: no registry path is given or reachable through the flags.
+    let env = [("AWS_ENDPOINT_URL", stack._watch.endpoint())];
+    let remote = |args: &[&str]| {
+        let mut args = args.to_vec();
+        args.extend(["--publisher-function", "publisher"]);
+        modelctl(&args, &env)
+    };
+
+    let (ok, out, err) = remote(&["status", "iris"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("live       → v2"), "{out}");
+    assert!(out.contains("v1") && out.contains("[live]"), "{out}");
+
+    let (ok, out, err) = remote(&["rollback", "iris"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "iris:live v2 → v1");
+    assert_eq!(stack.live(), 1);
+
+    let (ok, out, err) = remote(&["promote", "iris", "2", "--alias", "staging"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "iris:staging - → v2");
+
+    let (ok, _, err) = remote(&["promote", "iris", "9"]);
+    assert!(!ok);
+    assert!(err.contains("model iris has no version 9"), "{err}");
+    assert_eq!(stack.live(), 1, "a refused promote changes nothing");
+
+    let (ok, out, err) = remote(&["history", "iris"]);
+    assert!(ok, "{err}");
+    let moves: Vec<&str> = out.lines().collect();
+    assert_eq!(moves.len(), 4, "{out}");
+    assert!(moves[2].contains("v2 → v1") && moves[2].contains("Rollback"), "{out}");
+    assert!(moves[3].contains("staging") && moves[3].contains("SetAlias"), "{out}");
 }

@@ -1,9 +1,10 @@
 //! The publisher Lambda: `{"action": "publish" | "rollback" | "set-alias", ...}` in, the alias
-//! moved and `{"model", "alias", "version", "previous"}` out; refusals are function errors.
+//! moved and `{"model", "alias", "version", "previous"}` out; `{"action": "status" | "history"}`
+//! answer what `modelctl status|history` show. Refusals are function errors.
 
 use lambda_runtime::{Diagnostic, Error, LambdaEvent, service_fn};
 use modelpipe::config::Config;
-use modelpipe::publish::{PublishError, PublisherRequest, PublisherResponse, apply};
+use modelpipe::publish::{PublishError, PublisherQuery, PublisherRequest, answer, apply};
 use serde_json::Value;
 
 #[tokio::main]
@@ -17,12 +18,24 @@ async fn main() -> Result<(), Error> {
             tracing::warn!(error = %e, "refused");
             Diagnostic { error_type: "PublishError".into(), error_message: e.to_string() }
         };
-        let request = PublisherRequest::from_json(event.payload).map_err(refused)?;
         let (registry, request_id) = (registry.clone(), event.context.request_id);
-        let response: PublisherResponse =
-            tokio::task::spawn_blocking(move || apply(&registry, &request, Some(&request_id))).await.map_err(|e| Diagnostic { error_type: "Panic".into(), error_message: e.to_string() })?.map_err(refused)?;
-        tracing::info!(model = %response.model, alias = %response.alias, from = ?response.previous, to = response.version, "alias moved");
-        Ok::<_, Diagnostic>(response)
+        let handled = if PublisherQuery::is_query(&event.payload) {
+            let query: PublisherQuery = serde_json::from_value(event.payload)
+                .map_err(|e| refused(PublishError::BadRequest(e.to_string())))?;
+            tokio::task::spawn_blocking(move || answer(&registry, &query)).await
+        } else {
+            let request = PublisherRequest::from_json(event.payload).map_err(refused)?;
+            tokio::task::spawn_blocking(move || {
+                let response = apply(&registry, &request, Some(&request_id))?;
+                tracing::info!(model = %response.model, alias = %response.alias, from = ?response.previous, to = response.version, "alias moved");
+                Ok(serde_json::to_value(response).expect("answers serialise"))
+            })
+            .await
+        };
+        let answer = handled
+            .map_err(|e| Diagnostic { error_type: "Panic".into(), error_message: e.to_string() })?
+            .map_err(refused)?;
+        Ok::<_, Diagnostic>(answer)
     }))
     .await
 }
