@@ -1,5 +1,6 @@
 //! modelctl: modelpipe on one machine (`dev`, `demo`) and the registry's operations.
 
+mod bake;
 mod demo;
 mod dev;
 mod local_s3;
@@ -48,6 +49,17 @@ enum Command {
         file: PathBuf,
         #[arg(long)]
         contract: Option<PathBuf>,
+    },
+    /// Build a read-only registry to bake into a container image (MODEL_ROOT=DIR), with the
+    /// validator's checks on each file.
+    Bake {
+        dir: PathBuf,
+        /// MODEL=FILE, in order: a model given twice gets two versions, the last one live.
+        #[arg(required = true)]
+        models: Vec<bake::ModelFile>,
+        /// MODEL=contract.json: signature and golden examples the model must meet.
+        #[arg(long)]
+        contract: Vec<bake::ModelFile>,
     },
     /// Aliases and versions of one model or of all.
     Status {
@@ -169,6 +181,13 @@ async fn main() -> ExitCode {
                 .await
                 .unwrap_or_else(|e| Err(e.to_string()))
         }
+        Command::Bake {
+            dir,
+            models,
+            contract,
+        } => tokio::task::spawn_blocking(move || bake::bake(&dir, &models, &contract))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string())),
         Command::Status { model, registry } => match registry.open().await {
             Ok(target) => ops::status(&target, model).await,
             Err(e) => Err(e),

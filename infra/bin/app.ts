@@ -3,7 +3,8 @@
 //   registry         efs | s3 [efs]
 //   inferenceMemory  MB [2048]; preloadModels (comma list); modelCacheBytes; reloadCheckMs [1000]
 //   inferenceImage   true: ship inference as a container image built from infra/docker/
-//   bakeRegistry     with inferenceImage: a registry folder (relative to the repository) baked in
+//   bakeRegistry     with inferenceImage: a folder made by `modelctl bake` (relative to the
+//                    repository), baked into the image and served read-only
 // No account or region is set here, so `cdk synth` works offline; `cdk deploy` uses your profile's.
 
 import * as path from 'node:path';

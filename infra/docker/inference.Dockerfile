@@ -11,9 +11,10 @@ COPY . .
 RUN cargo build --release --locked --bin inference
 
 FROM public.ecr.aws/lambda/provided:al2023
-# A registry folder baked in at build time (served read-only from /opt/registry), or none.
+# A registry folder made by `modelctl bake DIR MODEL=FILE...` (served read-only from /opt/models,
+# MODEL_ROOT=/opt/models, no hot reload), or none.
 ARG BAKED_REGISTRY=infra/docker/no-models
-COPY ${BAKED_REGISTRY} /opt/registry
+COPY ${BAKED_REGISTRY} /opt/models
 COPY --from=build /src/target/release/inference ${LAMBDA_RUNTIME_DIR}/bootstrap
 ENV MODEL_ROOT=/mnt/models
 CMD ["bootstrap"]

@@ -4,7 +4,7 @@
 
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { Annotations, CfnOutput, Duration, RemovalPolicy, Stack, StackProps } from 'aws-cdk-lib';
+import { Annotations, CfnOutput, Duration, RemovalPolicy, Size, Stack, StackProps } from 'aws-cdk-lib';
 import * as apigw from 'aws-cdk-lib/aws-apigatewayv2';
 import { HttpLambdaIntegration } from 'aws-cdk-lib/aws-apigatewayv2-integrations';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
@@ -27,8 +27,9 @@ export interface InferenceImage {
   /** Dockerfile, relative to the context. */
   readonly file?: string;
   /**
-   * A registry folder inside the context to bake into the image at /opt/registry: inference then
-   * serves it read-only, without EFS (aliases are fixed at build time; no hot swap).
+   * A registry folder made by `modelctl bake`, inside the context, baked into the image at
+   * /opt/models: inference serves it read-only, without EFS or VPC (no hot reload; its metadata
+   * says so).
    */
   readonly bakedRegistry?: string;
 }
@@ -59,6 +60,12 @@ export interface ModelpipeStackProps extends StackProps {
 }
 
 const MOUNT_PATH = '/mnt/models';
+/**
+ * /tmp of the functions that hold model files locally when the registry is on S3: the validator
+ * stages an upload (MAX_MODEL_BYTES, 2 GiB by default), inference keeps verified copies of the
+ * models it serves (MODEL_FILE_CACHE_BYTES defaults to 80 % of it).
+ */
+const S3_REGISTRY_TMP = Size.gibibytes(4);
 const MODELS_PREFIX = 'models/';
 
 function functionCode(artifacts: string, name: string): lambda.Code {
@@ -189,6 +196,7 @@ export class ModelpipeStack extends Stack {
       timeout: Duration.minutes(15),
       filesystem: mount('read-write'),
       logGroup: logGroup('Validator'),
+      ...(storage === 's3' ? { ephemeralStorageSize: S3_REGISTRY_TMP } : {}),
       // An event that still fails after Lambda's retries lands here instead of vanishing.
       onFailure: new destinations.SqsDestination(failedUploads),
       retryAttempts: 2,
@@ -215,7 +223,7 @@ export class ModelpipeStack extends Stack {
     const memoryMb = options.memoryMb ?? 2048;
     const baked = options.image?.bakedRegistry !== undefined;
     const inferenceEnv: Record<string, string> = {
-      MODEL_ROOT: baked ? '/opt/registry' : modelRoot,
+      MODEL_ROOT: baked ? '/opt/models' : modelRoot,
       RELOAD_CHECK_MS: String(options.reloadCheckMs ?? 1000),
       RUST_LOG: 'info',
     };
@@ -230,6 +238,7 @@ export class ModelpipeStack extends Stack {
       filesystem: baked ? undefined : mount('read-only'),
       logGroup: logGroup('Inference'),
       environment: inferenceEnv,
+      ...(storage === 's3' && !baked ? { ephemeralStorageSize: S3_REGISTRY_TMP } : {}),
     };
     if (options.image) {
       this.inference = new lambda.DockerImageFunction(this, 'Inference', {

@@ -24,7 +24,7 @@ test('an image with a baked registry serves it without EFS or VPC', () => {
   assert.equal(props.PackageType, 'Image');
   assert.equal(props.FileSystemConfigs, undefined);
   assert.equal(props.VpcConfig, undefined);
-  assert.equal(props.Environment.Variables.MODEL_ROOT, '/opt/registry');
+  assert.equal(props.Environment.Variables.MODEL_ROOT, '/opt/models');
   assert.ok(!actions(template, 'Inference').some((a) => a.startsWith('elasticfilesystem:')));
 });
 
@@ -36,6 +36,10 @@ test('an S3-hosted registry needs no VPC or EFS, and inference may only read it'
     const root = JSON.stringify(functionProps(template, name).Environment.Variables.MODEL_ROOT);
     assert.match(root, /s3:\/\//, name);
     assert.match(root, /RegistryBucket/, name);
+  }
+  for (const name of ['Validator', 'Inference']) {
+    // Uploads are staged and model files copied to /tmp: room for a 2 GiB model and more.
+    assert.equal(functionProps(template, name).EphemeralStorage.Size, 4096, name);
   }
   const inference = actions(template, 'Inference');
   assert.ok(inference.includes('s3:GetObject*'), `${inference}`);

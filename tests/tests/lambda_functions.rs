@@ -469,3 +469,77 @@ async fn modelctl_operates_through_the_deployed_publisher() {
     assert!(moves[2].contains("v2 → v1") && moves[2].contains("Rollback"), "{out}");
     assert!(moves[3].contains("staging") && moves[3].contains("SetAlias"), "{out}");
 }
+
+#[tokio::test]
+async fn a_baked_registry_is_served_read_only_without_hot_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let (v1, v2) = (LinearSoftmax::iris(1), LinearSoftmax::iris(2));
+    let file = |name: &str, bytes: Vec<u8>| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        format!("iris={}", path.display())
+    };
+    let (good1, good2) = (file("v1.onnx", v1.to_bytes()), file("v2.onnx", v2.to_bytes()));
+    let bad = file("bad.onnx", b"not a model".to_vec());
+    let baked = dir.path().join("baked");
+    let baked_arg = baked.display().to_string();
+
+    // One bad file fails the whole bake, before anything is written.
+    let (ok, _, err) = modelctl(&["bake", &baked_arg, &good1, &bad], &[]);
+    assert!(!ok);
+    assert!(err.contains("bad.onnx: rejected") && err.contains("not a loadable ONNX model"), "{err}");
+    assert!(!baked.join("iris").exists() && !baked.join("baked.json").exists());
+
+    let (ok, out, err) = modelctl(&["bake", &baked_arg, &good1, &good2], &[]);
+    assert!(ok, "{err}");
+    assert!(out.contains("iris v2"), "{out}");
+    assert!(baked.join("baked.json").is_file());
+    assert!(!baked.join("iris/staging").exists());
+
+    let watch = start_watch().await;
+    let mut env = local_aws_env();
+    env.extend([
+        ("MODEL_ROOT", baked_arg.clone()),
+        ("RELOAD_CHECK_MS", "0".to_string()),
+    ]);
+    let _functions = [
+        start_function(&watch, "inference", &env),
+        start_function(&watch, "publisher", &env),
+    ];
+    let lambda = aws_sdk_lambda::Client::new(&aws_config(&watch.endpoint()).await);
+    let invoke = |function: &'static str, payload: Value| {
+        let lambda = lambda.clone();
+        async move {
+            let response = lambda
+                .invoke()
+                .function_name(function)
+                .payload(Blob::new(payload.to_string()))
+                .send()
+                .await;
+            match response {
+                Ok(r) => Ok(serde_json::from_slice::<Value>(r.payload().unwrap().as_ref()).unwrap()),
+                Err(e) => Err(format!("{}", aws_sdk_lambda::error::DisplayErrorContext(&e))),
+            }
+        }
+    };
+    let body = json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": ROW}]}).to_string();
+    let infer = || invoke("inference", http_api_event("POST", "/v2/models/iris/infer", Some(&body)));
+    let answer = infer().await.unwrap();
+    assert_answer(&serde_json::from_str(answer["body"].as_str().unwrap()).unwrap(), "2", &v2);
+
+    let metadata = invoke("inference", http_api_event("GET", "/v2/models/iris", None)).await.unwrap();
+    let metadata: Value = serde_json::from_str(metadata["body"].as_str().unwrap()).unwrap();
+    assert_eq!(metadata["hot_reload"]["enabled"], false, "{metadata}");
+    assert!(metadata["hot_reload"]["reason"].as_str().unwrap().contains("baked into the image"));
+
+    let refused = invoke("publisher", json!({"action": "rollback", "model": "iris"})).await.unwrap_err();
+    assert!(refused.contains("read-only"), "{refused}");
+    // Even an alias edited in place is never looked at again: nothing in the image moves.
+    let alias = baked.join("iris/aliases/live.json");
+    let original = std::fs::read_to_string(&alias).unwrap();
+    let edited = original.replace("\"version\": 2", "\"version\": 1");
+    assert_ne!(edited, original);
+    std::fs::write(&alias, edited).unwrap();
+    let answer = infer().await.unwrap();
+    assert_answer(&serde_json::from_str(answer["body"].as_str().unwrap()).unwrap(), "2", &v2);
+}

@@ -89,7 +89,7 @@ impl LiveModel {
     pub async fn get(
         self: &Arc<Self>,
         cache: &Arc<ModelCache>,
-        every: Duration,
+        every: Option<Duration>,
         policy: SwapPolicy,
     ) -> Result<Arc<LoadedModel>, LiveError> {
         let Some(version) = self.version() else {
@@ -150,7 +150,7 @@ impl LiveModel {
     async fn first_load(
         self: &Arc<Self>,
         cache: &Arc<ModelCache>,
-        every: Duration,
+        every: Option<Duration>,
         policy: SwapPolicy,
     ) -> Result<Arc<LoadedModel>, LiveError> {
         let guard = self.loading.lock().await;
@@ -164,7 +164,9 @@ impl LiveModel {
             Ok(None) => return Err(LiveError::NotFound(self.model.clone())),
             Err(e) => return Err(self.not_ready(e)),
         };
-        *self.next_check.lock().expect("check lock") = Instant::now() + every;
+        if let Some(every) = every {
+            *self.next_check.lock().expect("check lock") = Instant::now() + every;
+        }
         let loaded = self
             .swap_to(cache, version)
             .await
@@ -182,8 +184,11 @@ impl LiveModel {
             .map_err(|e| e.to_string())
     }
 
-    /// Claims the next alias check if one is due.
-    fn check_due(&self, every: Duration) -> bool {
+    /// Claims the next alias check if one is due; never, when hot reload is off.
+    fn check_due(&self, every: Option<Duration>) -> bool {
+        let Some(every) = every else {
+            return false;
+        };
         let mut next = self.next_check.lock().expect("check lock");
         let now = Instant::now();
         if now < *next {

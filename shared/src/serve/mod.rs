@@ -24,7 +24,9 @@ use crate::registry::Registry;
 
 pub struct Inference {
     cache: Arc<ModelCache>,
-    reload_check: Duration,
+    /// How often a request may look at the alias; `None`: never (a registry baked into the
+    /// image cannot change).
+    reload_check: Option<Duration>,
     policy: SwapPolicy,
     max_request_bytes: usize,
     preload: Vec<ModelName>,
@@ -42,8 +44,8 @@ pub struct LiveStatus {
 impl Inference {
     pub fn new(registry: Registry, config: &Config, policy: SwapPolicy) -> Self {
         Self {
+            reload_check: (!registry.is_baked()).then_some(config.reload_check),
             cache: Arc::new(ModelCache::new(registry, config.model_cache_bytes)),
-            reload_check: config.reload_check,
             policy,
             max_request_bytes: config.max_request_bytes,
             preload: config.preload_models.clone(),
@@ -57,6 +59,23 @@ impl Inference {
 
     pub fn cache(&self) -> &ModelCache {
         &self.cache
+    }
+
+    /// Whether and how alias moves are noticed, for metadata.
+    pub fn hot_reload(&self) -> serde_json::Value {
+        match self.reload_check {
+            Some(every) => serde_json::json!({
+                "enabled": true,
+                "check_ms": every.as_millis() as u64,
+            }),
+            None => serde_json::json!({
+                "enabled": false,
+                "reason": format!(
+                    "the registry at {} is baked into the image: its aliases never move; deploy a new image to change models",
+                    self.registry().location()
+                ),
+            }),
+        }
     }
 
     fn live_model(&self, model: &ModelName) -> Arc<LiveModel> {

@@ -147,6 +147,7 @@ async fn model_metadata(
         .collect();
     let mut body = metadata(&model, versions, &manifest.signature);
     body["live_version"] = json!(alias.version.to_string());
+    body["hot_reload"] = inference.hot_reload();
     let mut resident: Vec<u64> = inference
         .cache()
         .resident()

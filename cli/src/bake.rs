@@ -1,0 +1,169 @@
+//! `modelctl bake DIR MODEL=FILE...`: a registry directory to bake into a container image. Each
+//! file gets the validator's checks (loads in tract, runs, signature compatible with the version
+//! before it, `--contract` golden examples) before anything is written; then each becomes the next
+//! version of its model with `live` on it, and `baked.json` marks the directory read-only: the
+//! inference function serves it without hot reload, and the publisher refuses to move its aliases.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use modelpipe::checks::{Expectations, check_model};
+use modelpipe::contract::Contract;
+use modelpipe::digest::sha256_file;
+use modelpipe::publish::{PublisherRequest, apply};
+use modelpipe::registry::{BAKED_MARKER, NewVersion, Registry, Source, now};
+use modelpipe::signature::Signature;
+use modelpipe::{AliasName, ModelName};
+
+use crate::ops::CliResult;
+
+/// `MODEL=FILE` on the command line.
+#[derive(Debug, Clone)]
+pub struct ModelFile {
+    pub model: ModelName,
+    pub file: PathBuf,
+}
+
+impl std::str::FromStr for ModelFile {
+    type Err = String;
+
+    fn from_str(arg: &str) -> Result<Self, String> {
+        let (model, file) = arg
+            .split_once('=')
+            .ok_or_else(|| format!("{arg:?}: expected MODEL=FILE"))?;
+        Ok(Self {
+            model: model.parse().map_err(|e| format!("{arg:?}: {e}"))?,
+            file: PathBuf::from(file),
+        })
+    }
+}
+
+struct Checked {
+    model: ModelName,
+    file: PathBuf,
+    signature: Signature,
+}
+
+pub fn bake(dir: &Path, models: &[ModelFile], contracts: &[ModelFile]) -> CliResult {
+    if models.is_empty() {
+        return Err("nothing to bake: give at least one MODEL=FILE".into());
+    }
+    let mut contract_of = BTreeMap::new();
+    for c in contracts {
+        let bytes = std::fs::read(&c.file).map_err(|e| format!("{}: {e}", c.file.display()))?;
+        contract_of.insert(c.model.clone(), Contract::parse(&bytes)?);
+    }
+    let marker = dir.join(BAKED_MARKER);
+    let registry = Registry::open(dir).map_err(|e| e.to_string())?;
+    // Check every file before writing anything: a bake is all or nothing.
+    let mut previous: BTreeMap<ModelName, (u64, Signature)> = BTreeMap::new();
+    for model in registry.models().map_err(|e| e.to_string())? {
+        if let Some(alias) = registry
+            .alias(&model, &AliasName::live())
+            .map_err(|e| e.to_string())?
+        {
+            let manifest = registry
+                .manifest(&model, alias.version)
+                .map_err(|e| e.to_string())?;
+            previous.insert(model, (alias.version, manifest.signature));
+        }
+    }
+    let mut checked = Vec::new();
+    let mut next_version = BTreeMap::new();
+    for ModelFile { model, file } in models {
+        if !file.is_file() {
+            return Err(format!("{model}={}: no such file", file.display()));
+        }
+        let before = previous.get(model).map(|(v, s)| (*v, s));
+        let result = check_model(
+            file,
+            Expectations {
+                live: before,
+                contract: contract_of.get(model),
+                allow_signature_change: false,
+            },
+        )
+        .map_err(|e| format!("{model}={}: rejected: {e}", file.display()))?;
+        let signature = result.signature().clone();
+        // The next file of the same model is checked against this one, as a later upload would.
+        let version = match next_version.get(model) {
+            Some(&v) => v,
+            None => registry
+                .versions(model)
+                .map_err(|e| e.to_string())?
+                .last()
+                .map_or(1, |v| v + 1),
+        };
+        next_version.insert(model.clone(), version + 1);
+        previous.insert(model.clone(), (version, signature.clone()));
+        checked.push(Checked {
+            model: model.clone(),
+            file: file.clone(),
+            signature,
+        });
+    }
+    if marker.exists() {
+        std::fs::remove_file(&marker).map_err(|e| format!("{}: {e}", marker.display()))?;
+    }
+    // Reopened: a registry that was baked before is read-only until its marker is gone.
+    let registry = Registry::open(dir).map_err(|e| e.to_string())?;
+    let mut live = BTreeMap::new();
+    for Checked {
+        model,
+        file,
+        signature,
+    } in checked
+    {
+        let version = commit(&registry, &model, &file, signature)?;
+        apply(
+            &registry,
+            &PublisherRequest::Publish {
+                model: model.clone(),
+                version,
+                alias: AliasName::live(),
+                reason: Some(format!("modelctl bake {}", file.display())),
+            },
+            None,
+        )
+        .map_err(|e| e.to_string())?;
+        println!("{model} v{version} ← {} (live)", file.display());
+        live.insert(model.to_string(), version);
+    }
+    for model in registry.models().map_err(|e| e.to_string())? {
+        // Only committed versions go into the image.
+        let _ = std::fs::remove_dir_all(dir.join(model.as_str()).join("staging"));
+        let _ = std::fs::remove_file(dir.join(model.as_str()).join(".lock"));
+    }
+    let stamp = serde_json::json!({
+        "baked_at": now(),
+        "modelctl": env!("CARGO_PKG_VERSION"),
+        "live": live,
+    });
+    std::fs::write(&marker, serde_json::to_vec_pretty(&stamp).expect("json"))
+        .map_err(|e| format!("{}: {e}", marker.display()))?;
+    println!(
+        "baked {} into {} (read-only; serve it with MODEL_ROOT={})",
+        models.len(),
+        dir.display(),
+        dir.display()
+    );
+    Ok(())
+}
+
+fn commit(registry: &Registry, model: &ModelName, file: &Path, signature: Signature) -> CliResult<u64> {
+    let staging = registry.stage(model).map_err(|e| e.to_string())?;
+    std::fs::copy(file, staging.model_path()).map_err(|e| format!("{}: {e}", file.display()))?;
+    let (sha256, size) = sha256_file(&staging.model_path()).map_err(|e| e.to_string())?;
+    let new = NewVersion {
+        sha256,
+        size,
+        source: Source {
+            key: file.display().to_string(),
+            ..Default::default()
+        },
+        signature,
+        signature_change: None,
+    };
+    let locked = registry.lock(model).map_err(|e| e.to_string())?;
+    Ok(locked.commit(staging, new).map_err(|e| e.to_string())?.version())
+}
