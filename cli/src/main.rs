@@ -2,6 +2,7 @@
 
 mod bake;
 mod demo;
+mod efs_check;
 mod dev;
 mod local_s3;
 mod ops;
@@ -60,6 +61,14 @@ enum Command {
         /// MODEL=contract.json: signature and golden examples the model must meet.
         #[arg(long)]
         contract: Vec<bake::ModelFile>,
+    },
+    /// What a cold load of each live model costs on an EFS file system (aws-sdk-efs), at its
+    /// burst and baseline read rates; warns past Lambda's 10 s init phase.
+    EfsCheck {
+        #[arg(long)]
+        file_system_id: String,
+        #[command(flatten)]
+        registry: RegistryArg,
     },
     /// Aliases and versions of one model or of all.
     Status {
@@ -188,6 +197,13 @@ async fn main() -> ExitCode {
         } => tokio::task::spawn_blocking(move || bake::bake(&dir, &models, &contract))
             .await
             .unwrap_or_else(|e| Err(e.to_string())),
+        Command::EfsCheck {
+            file_system_id,
+            registry,
+        } => match registry.open().await {
+            Ok(target) => efs_check::efs_check(&file_system_id, &target).await,
+            Err(e) => Err(e),
+        },
         Command::Status { model, registry } => match registry.open().await {
             Ok(target) => ops::status(&target, model).await,
             Err(e) => Err(e),

@@ -45,7 +45,7 @@ impl Target {
     }
 
     /// Runs a publisher payload: locally with the publisher's own code, or by invoking it.
-    async fn call<T: serde::de::DeserializeOwned + Send + 'static>(
+    pub async fn call<T: serde::de::DeserializeOwned + Send + 'static>(
         &self,
         payload: serde_json::Value,
         local: impl FnOnce(&Registry) -> Result<T, PublishError> + Send + 'static,

@@ -273,3 +273,72 @@ fn validate_reports_a_good_model_and_refuses_a_bad_one() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("rejected: not a loadable ONNX model"));
 }
+
+#[tokio::test]
+async fn efs_check_reports_cold_read_times_from_the_efs_api() {
+    let (endpoint, _moto) = modelpipe_tests::moto().await;
+    let dir = tempfile::tempdir().unwrap();
+    let registry = modelpipe::registry::Registry::open(dir.path()).unwrap();
+    // 3000×3000 FP32 weights: 36 MB, 11.45 s at the 3 MiB/s of reads a tiny bursting file
+    // system is left with when its credits run out.
+    let big: modelpipe::ModelName = "big".parse().unwrap();
+    let iris: modelpipe::ModelName = "iris".parse().unwrap();
+    for (model, bytes) in [
+        (&big, modelpipe::onnx_build::Mlp::new(&[3000, 3000], 1).to_bytes()),
+        (&iris, LinearSoftmax::iris(1).to_bytes()),
+    ] {
+        let version = modelpipe_tests::serving::commit(&registry, model, &bytes);
+        modelpipe_tests::serving::publish(&registry, model, version);
+    }
+    let create = |args: &[&str]| {
+        let mut all = vec!["efs", "create-file-system", "--creation-token"];
+        all.extend_from_slice(args);
+        let out = aws(&endpoint, &all);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let created: Value = serde_json::from_slice(&out.stdout).unwrap();
+        created["FileSystemId"].as_str().unwrap().to_string()
+    };
+    let bursting = create(&["bursting", "--throughput-mode", "bursting"]);
+    let provisioned = create(&[
+        "provisioned",
+        "--throughput-mode",
+        "provisioned",
+        "--provisioned-throughput-in-mibps",
+        "100",
+    ]);
+    let check = |id: &str| {
+        let out = Command::new(binary("modelctl"))
+            .args(["efs-check", "--file-system-id", id, "--registry"])
+            .arg(dir.path())
+            .env("AWS_ENDPOINT_URL", &endpoint)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+
+    let report = check(&bursting);
+    assert!(report.contains("bursting throughput"), "{report}");
+    assert!(report.contains("300 MiB/s with burst credits"), "{report}");
+    assert!(report.contains("3 MiB/s credits exhausted"), "{report}");
+    let line = |model: &str| {
+        report
+            .lines()
+            .find(|l| l.trim_start().starts_with(model))
+            .unwrap_or_else(|| panic!("no line for {model}: {report}"))
+            .to_string()
+    };
+    let big_line = line("big");
+    assert!(big_line.contains("0.11 s with burst credits"), "{big_line}");
+    assert!(big_line.contains("11.45 s credits exhausted WARNING"), "{big_line}");
+    assert!(!line("iris").contains("WARNING"), "{report}");
+    assert!(report.contains("cannot be preloaded"), "{report}");
+
+    let report = check(&provisioned);
+    assert!(report.contains("300 MiB/s provisioned"), "{report}");
+    assert!(!report.contains("WARNING"), "{report}");
+}
