@@ -833,3 +833,34 @@ async fn unreadable_upload_options_are_rejected() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_lease_left_by_a_crashed_writer_is_taken_over_once_expired() {
+    let f = Fixture::on_s3().await;
+    let expired_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        - 1;
+    f.s3.put_object()
+        .bucket(&f.bucket)
+        .key("registry/iris/.lock")
+        .body(ByteStream::from(
+            serde_json::json!({"owner": "crashed-validator", "expires_at_ms": expired_ms})
+                .to_string()
+                .into_bytes(),
+        ))
+        .send()
+        .await
+        .unwrap();
+    // Were it not taken over, the commit would wait for it and then fail ("stayed busy").
+    f.with_v1_live().await;
+    let lock = f
+        .s3
+        .head_object()
+        .bucket(&f.bucket)
+        .key("registry/iris/.lock")
+        .send()
+        .await;
+    assert!(lock.is_err(), "the taken-over lease is released after use");
+}
