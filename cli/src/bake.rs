@@ -150,7 +150,12 @@ pub fn bake(dir: &Path, models: &[ModelFile], contracts: &[ModelFile]) -> CliRes
     Ok(())
 }
 
-fn commit(registry: &Registry, model: &ModelName, file: &Path, signature: Signature) -> CliResult<u64> {
+fn commit(
+    registry: &Registry,
+    model: &ModelName,
+    file: &Path,
+    signature: Signature,
+) -> CliResult<u64> {
     let staging = registry.stage(model).map_err(|e| e.to_string())?;
     std::fs::copy(file, staging.model_path()).map_err(|e| format!("{}: {e}", file.display()))?;
     let (sha256, size) = sha256_file(&staging.model_path()).map_err(|e| e.to_string())?;
@@ -165,5 +170,8 @@ fn commit(registry: &Registry, model: &ModelName, file: &Path, signature: Signat
         signature_change: None,
     };
     let locked = registry.lock(model).map_err(|e| e.to_string())?;
-    Ok(locked.commit(staging, new).map_err(|e| e.to_string())?.version())
+    Ok(locked
+        .commit(staging, new)
+        .map_err(|e| e.to_string())?
+        .version())
 }

@@ -36,7 +36,11 @@ pub struct ReadRate {
 }
 
 /// The read rates of a file system for one client.
-pub fn read_rates(mode: &ThroughputMode, provisioned_mibps: Option<f64>, standard_bytes: u64) -> Vec<ReadRate> {
+pub fn read_rates(
+    mode: &ThroughputMode,
+    provisioned_mibps: Option<f64>,
+    standard_bytes: u64,
+) -> Vec<ReadRate> {
     let gib = standard_bytes as f64 / GIB;
     let baseline = (gib * 50.0 / 1024.0).max(1.0);
     let burst = (gib / 1024.0 * 100.0).max(100.0);
@@ -75,12 +79,20 @@ pub async fn efs_check(file_system_id: &str, target: &Target) -> CliResult {
         .file_system_id(file_system_id)
         .send()
         .await
-        .map_err(|e| format!("describing {file_system_id}: {}", aws_sdk_efs::error::DisplayErrorContext(&e)))?;
+        .map_err(|e| {
+            format!(
+                "describing {file_system_id}: {}",
+                aws_sdk_efs::error::DisplayErrorContext(&e)
+            )
+        })?;
     let fs = described
         .file_systems()
         .first()
         .ok_or_else(|| format!("no file system {file_system_id}"))?;
-    let mode = fs.throughput_mode().cloned().unwrap_or(ThroughputMode::Bursting);
+    let mode = fs
+        .throughput_mode()
+        .cloned()
+        .unwrap_or(ThroughputMode::Bursting);
     let size = fs.size_in_bytes();
     let standard = size
         .and_then(|s| s.value_in_standard())
@@ -94,14 +106,22 @@ pub async fn efs_check(file_system_id: &str, target: &Target) -> CliResult {
         standard as f64 / MIB
     );
     for rate in &rates {
-        println!("  one Lambda reads at up to {:.0} MiB/s {}", rate.mib_per_s, rate.label);
+        println!(
+            "  one Lambda reads at up to {:.0} MiB/s {}",
+            rate.mib_per_s, rate.label
+        );
     }
 
     let payload = serde_json::to_value(PublisherQuery::Status { model: None }).expect("json");
     let status: StatusAnswer = target
-        .call(payload, |registry| modelpipe::publish::status(registry, None))
+        .call(payload, |registry| {
+            modelpipe::publish::status(registry, None)
+        })
         .await?;
-    println!("\n  {:<16} {:>6} {:>12}  cold read time", "model", "live", "bytes");
+    println!(
+        "\n  {:<16} {:>6} {:>12}  cold read time",
+        "model", "live", "bytes"
+    );
     let mut slow = false;
     for model in &status.models {
         let Some(live) = model.aliases.get(&modelpipe::AliasName::live()) else {
@@ -152,17 +172,32 @@ mod tests {
         assert_eq!(rates[0].mib_per_s, 300.0);
         assert!((rates[1].mib_per_s - 3.0 * 5000.0 / 1024.0).abs() < 1e-9);
         // A tiny file system still gets 1 MiB/s (3 of reads) when credits run out.
-        assert_eq!(read_rates(&ThroughputMode::Bursting, None, 0)[1].mib_per_s, 3.0);
+        assert_eq!(
+            read_rates(&ThroughputMode::Bursting, None, 0)[1].mib_per_s,
+            3.0
+        );
         // 4 TiB bursts to 400 metered, but one client reads at most 500 MiB/s.
-        assert_eq!(read_rates(&ThroughputMode::Bursting, None, 4096 * GIB as u64)[0].mib_per_s, 500.0);
+        assert_eq!(
+            read_rates(&ThroughputMode::Bursting, None, 4096 * GIB as u64)[0].mib_per_s,
+            500.0
+        );
     }
 
     #[test]
     fn provisioned_and_elastic_rates() {
         let provisioned = read_rates(&ThroughputMode::Provisioned, Some(10.0), 0);
         assert_eq!(provisioned[0].mib_per_s, 30.0);
-        assert_eq!(read_rates(&ThroughputMode::Elastic, None, 0)[0].mib_per_s, 1500.0);
-        let hundred_mib = ReadRate { label: "x", mib_per_s: 100.0 };
-        assert_eq!(load_time(50 * MIB as u64, &hundred_mib), Duration::from_millis(500));
+        assert_eq!(
+            read_rates(&ThroughputMode::Elastic, None, 0)[0].mib_per_s,
+            1500.0
+        );
+        let hundred_mib = ReadRate {
+            label: "x",
+            mib_per_s: 100.0,
+        };
+        assert_eq!(
+            load_time(50 * MIB as u64, &hundred_mib),
+            Duration::from_millis(500)
+        );
     }
 }

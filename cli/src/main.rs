@@ -2,8 +2,8 @@
 
 mod bake;
 mod demo;
-mod efs_check;
 mod dev;
+mod efs_check;
 mod local_s3;
 mod ops;
 

@@ -4,9 +4,9 @@
 
 use std::path::Path;
 
+use modelpipe::aws::LambdaPublisher;
 use modelpipe::checks::{Expectations, check_model};
 use modelpipe::contract::Contract;
-use modelpipe::aws::LambdaPublisher;
 use modelpipe::publish::{
     self, HistoryAnswer, ModelStatus, PublishError, PublisherQuery, PublisherRequest,
     PublisherResponse, StatusAnswer, apply,
@@ -39,9 +39,11 @@ impl Target {
             ));
         }
         let location = registry.clone();
-        blocking(move || Registry::open_at(&location, &Default::default()).map_err(|e| e.to_string()))
-            .await
-            .map(Self::Registry)
+        blocking(move || {
+            Registry::open_at(&location, &Default::default()).map_err(|e| e.to_string())
+        })
+        .await
+        .map(Self::Registry)
     }
 
     /// Runs a publisher payload: locally with the publisher's own code, or by invoking it.
@@ -147,7 +149,10 @@ pub async fn history(target: &Target, model: ModelName) -> CliResult {
     Ok(())
 }
 
-pub async fn move_alias(target: &Target, request: PublisherRequest) -> CliResult<PublisherResponse> {
+pub async fn move_alias(
+    target: &Target,
+    request: PublisherRequest,
+) -> CliResult<PublisherResponse> {
     let payload = serde_json::to_value(&request).expect("requests serialise");
     let response: PublisherResponse = target
         .call(payload, move |registry| apply(registry, &request, None))

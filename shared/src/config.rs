@@ -82,7 +82,11 @@ impl Config {
             models_prefix.push('/');
         }
         Ok(Self {
-            model_root: parse("MODEL_ROOT", get("MODEL_ROOT"), Location::Dir("/mnt/models".into()))?,
+            model_root: parse(
+                "MODEL_ROOT",
+                get("MODEL_ROOT"),
+                Location::Dir("/mnt/models".into()),
+            )?,
             model_files: FileCacheConfig {
                 bytes: match get("MODEL_FILE_CACHE_BYTES") {
                     Some(v) if !v.is_empty() => Some(parse("MODEL_FILE_CACHE_BYTES", Some(v), 0)?),

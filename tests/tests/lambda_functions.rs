@@ -209,7 +209,10 @@ async fn the_three_functions_share_an_s3_hosted_registry() {
         "registry/iris/history.jsonl",
         "registry/iris/rejections.jsonl",
     ] {
-        assert!(objects.iter().any(|o| o == key), "{key} missing from {objects:?}");
+        assert!(
+            objects.iter().any(|o| o == key),
+            "{key} missing from {objects:?}"
+        );
     }
     assert!(
         !objects.iter().any(|o| o.ends_with(".lock")),
@@ -417,7 +420,11 @@ async fn binary_tensors_travel_base64_through_http_and_rest_api_events() {
 /// `modelctl` with `env` added to a clean AWS environment; returns (success, stdout, stderr).
 fn modelctl(args: &[&str], env: &[(&str, String)]) -> (bool, String, String) {
     let mut command = std::process::Command::new(modelpipe_tests::binary("modelctl"));
-    command.args(args).env_clear().envs(local_aws_env()).envs(env.iter().cloned());
+    command
+        .args(args)
+        .env_clear()
+        .envs(local_aws_env())
+        .envs(env.iter().cloned());
     let out = command.output().expect("run modelctl");
     (
         out.status.success(),
@@ -431,7 +438,10 @@ async fn modelctl_operates_through_the_deployed_publisher() {
     let mut stack = Stack::start().await;
     for seed in [1, 2] {
         stack
-            .upload("models/iris/model.onnx", LinearSoftmax::iris(seed).to_bytes())
+            .upload(
+                "models/iris/model.onnx",
+                LinearSoftmax::iris(seed).to_bytes(),
+            )
             .await;
     }
     assert_eq!(stack.live(), 2);
@@ -466,8 +476,14 @@ async fn modelctl_operates_through_the_deployed_publisher() {
     assert!(ok, "{err}");
     let moves: Vec<&str> = out.lines().collect();
     assert_eq!(moves.len(), 4, "{out}");
-    assert!(moves[2].contains("v2 → v1") && moves[2].contains("Rollback"), "{out}");
-    assert!(moves[3].contains("staging") && moves[3].contains("SetAlias"), "{out}");
+    assert!(
+        moves[2].contains("v2 → v1") && moves[2].contains("Rollback"),
+        "{out}"
+    );
+    assert!(
+        moves[3].contains("staging") && moves[3].contains("SetAlias"),
+        "{out}"
+    );
 }
 
 #[tokio::test]
@@ -479,7 +495,10 @@ async fn a_baked_registry_is_served_read_only_without_hot_reload() {
         std::fs::write(&path, bytes).unwrap();
         format!("iris={}", path.display())
     };
-    let (good1, good2) = (file("v1.onnx", v1.to_bytes()), file("v2.onnx", v2.to_bytes()));
+    let (good1, good2) = (
+        file("v1.onnx", v1.to_bytes()),
+        file("v2.onnx", v2.to_bytes()),
+    );
     let bad = file("bad.onnx", b"not a model".to_vec());
     let baked = dir.path().join("baked");
     let baked_arg = baked.display().to_string();
@@ -487,7 +506,10 @@ async fn a_baked_registry_is_served_read_only_without_hot_reload() {
     // One bad file fails the whole bake, before anything is written.
     let (ok, _, err) = modelctl(&["bake", &baked_arg, &good1, &bad], &[]);
     assert!(!ok);
-    assert!(err.contains("bad.onnx: rejected") && err.contains("not a loadable ONNX model"), "{err}");
+    assert!(
+        err.contains("bad.onnx: rejected") && err.contains("not a loadable ONNX model"),
+        "{err}"
+    );
     assert!(!baked.join("iris").exists() && !baked.join("baked.json").exists());
 
     let (ok, out, err) = modelctl(&["bake", &baked_arg, &good1, &good2], &[]);
@@ -517,22 +539,47 @@ async fn a_baked_registry_is_served_read_only_without_hot_reload() {
                 .send()
                 .await;
             match response {
-                Ok(r) => Ok(serde_json::from_slice::<Value>(r.payload().unwrap().as_ref()).unwrap()),
-                Err(e) => Err(format!("{}", aws_sdk_lambda::error::DisplayErrorContext(&e))),
+                Ok(r) => {
+                    Ok(serde_json::from_slice::<Value>(r.payload().unwrap().as_ref()).unwrap())
+                }
+                Err(e) => Err(format!(
+                    "{}",
+                    aws_sdk_lambda::error::DisplayErrorContext(&e)
+                )),
             }
         }
     };
-    let body = json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": ROW}]}).to_string();
-    let infer = || invoke("inference", http_api_event("POST", "/v2/models/iris/infer", Some(&body)));
+    let body =
+        json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": ROW}]})
+            .to_string();
+    let infer = || {
+        invoke(
+            "inference",
+            http_api_event("POST", "/v2/models/iris/infer", Some(&body)),
+        )
+    };
     let answer = infer().await.unwrap();
-    assert_answer(&serde_json::from_str(answer["body"].as_str().unwrap()).unwrap(), "2", &v2);
+    assert_answer(
+        &serde_json::from_str(answer["body"].as_str().unwrap()).unwrap(),
+        "2",
+        &v2,
+    );
 
-    let metadata = invoke("inference", http_api_event("GET", "/v2/models/iris", None)).await.unwrap();
+    let metadata = invoke("inference", http_api_event("GET", "/v2/models/iris", None))
+        .await
+        .unwrap();
     let metadata: Value = serde_json::from_str(metadata["body"].as_str().unwrap()).unwrap();
     assert_eq!(metadata["hot_reload"]["enabled"], false, "{metadata}");
-    assert!(metadata["hot_reload"]["reason"].as_str().unwrap().contains("baked into the image"));
+    assert!(
+        metadata["hot_reload"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("baked into the image")
+    );
 
-    let refused = invoke("publisher", json!({"action": "rollback", "model": "iris"})).await.unwrap_err();
+    let refused = invoke("publisher", json!({"action": "rollback", "model": "iris"}))
+        .await
+        .unwrap_err();
     assert!(refused.contains("read-only"), "{refused}");
     // Even an alias edited in place is never looked at again: nothing in the image moves.
     let alias = baked.join("iris/aliases/live.json");
@@ -541,5 +588,9 @@ async fn a_baked_registry_is_served_read_only_without_hot_reload() {
     assert_ne!(edited, original);
     std::fs::write(&alias, edited).unwrap();
     let answer = infer().await.unwrap();
-    assert_answer(&serde_json::from_str(answer["body"].as_str().unwrap()).unwrap(), "2", &v2);
+    assert_answer(
+        &serde_json::from_str(answer["body"].as_str().unwrap()).unwrap(),
+        "2",
+        &v2,
+    );
 }

@@ -284,17 +284,26 @@ async fn efs_check_reports_cold_read_times_from_the_efs_api() {
     let big: modelpipe::ModelName = "big".parse().unwrap();
     let iris: modelpipe::ModelName = "iris".parse().unwrap();
     for (model, bytes) in [
-        (&big, modelpipe::onnx_build::Mlp::new(&[3000, 3000], 1).to_bytes()),
+        (
+            &big,
+            modelpipe::onnx_build::Mlp::new(&[3000, 3000], 1).to_bytes(),
+        ),
         (&iris, LinearSoftmax::iris(1).to_bytes()),
     ] {
         let version = modelpipe_tests::serving::commit(&registry, model, &bytes);
         modelpipe_tests::serving::publish(&registry, model, version);
     }
     let create = |args: &[&str]| {
-        let mut all = vec!["efs", "create-file-system", "--creation-token"];
-        all.extend_from_slice(args);
+        // Creation tokens are unique per account: moto may outlive one run.
+        let token = modelpipe_tests::unique_bucket(args[0]);
+        let mut all = vec!["efs", "create-file-system", "--creation-token", &token];
+        all.extend_from_slice(&args[1..]);
         let out = aws(&endpoint, &all);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let created: Value = serde_json::from_slice(&out.stdout).unwrap();
         created["FileSystemId"].as_str().unwrap().to_string()
     };
@@ -317,7 +326,11 @@ async fn efs_check_reports_cold_read_times_from_the_efs_api() {
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     };
 
@@ -334,7 +347,10 @@ async fn efs_check_reports_cold_read_times_from_the_efs_api() {
     };
     let big_line = line("big");
     assert!(big_line.contains("0.11 s with burst credits"), "{big_line}");
-    assert!(big_line.contains("11.45 s credits exhausted WARNING"), "{big_line}");
+    assert!(
+        big_line.contains("11.45 s credits exhausted WARNING"),
+        "{big_line}"
+    );
     assert!(!line("iris").contains("WARNING"), "{report}");
     assert!(report.contains("cannot be preloaded"), "{report}");
 

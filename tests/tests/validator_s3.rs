@@ -212,7 +212,12 @@ impl Fixture {
 
 /// The registry of a fixture: a directory in `dir`, or `s3://bucket/registry/` (its local copies
 /// in `dir`).
-async fn open_registry(endpoint: &str, bucket: &str, dir: &std::path::Path, on_s3: bool) -> Registry {
+async fn open_registry(
+    endpoint: &str,
+    bucket: &str,
+    dir: &std::path::Path,
+    on_s3: bool,
+) -> Registry {
     if !on_s3 {
         return Registry::open(dir.join("registry")).unwrap();
     }
@@ -661,7 +666,11 @@ async fn concurrent_commits(f: Fixture, n: u64) {
     }
     let history = f.registry.history(&iris()).unwrap();
     assert_eq!(history.len() as u64, n, "{history:?}");
-    let live = f.registry.alias(&iris(), &AliasName::live()).unwrap().unwrap();
+    let live = f
+        .registry
+        .alias(&iris(), &AliasName::live())
+        .unwrap()
+        .unwrap();
     assert_eq!(live.version, history.last().unwrap().to);
 }
 
@@ -671,18 +680,20 @@ async fn an_upload_goes_live_in_an_s3_registry_with_its_checksum_verified_by_s3(
     let (version, bytes) = f.with_v1_live().await;
     assert_eq!(version, 1);
     assert_eq!(bytes, LinearSoftmax::iris(1).to_bytes());
-    let head = f
-        .s3
-        .head_object()
-        .bucket(&f.bucket)
-        .key("registry/iris/versions/1/model.onnx")
-        .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
-        .send()
-        .await
-        .unwrap();
+    let head =
+        f.s3.head_object()
+            .bucket(&f.bucket)
+            .key("registry/iris/versions/1/model.onnx")
+            .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+            .send()
+            .await
+            .unwrap();
     let manifest = f.registry.manifest(&iris(), 1).unwrap();
     let stored = base64::engine::general_purpose::STANDARD
-        .decode(head.checksum_sha256().expect("stored with its SHA-256 checksum"))
+        .decode(
+            head.checksum_sha256()
+                .expect("stored with its SHA-256 checksum"),
+        )
         .unwrap();
     assert_eq!(hex_string(&stored), manifest.sha256);
     // Nothing of the upload is left in the local staging directory.
@@ -704,9 +715,16 @@ async fn an_altered_object_in_an_s3_registry_is_refused_by_the_publisher_and_inf
     let f = Fixture::on_s3().await;
     f.with_v1_live().await;
     let outcome = f
-        .upload("models/iris/model.onnx", &LinearSoftmax::iris(2).to_bytes(), &[])
+        .upload(
+            "models/iris/model.onnx",
+            &LinearSoftmax::iris(2).to_bytes(),
+            &[],
+        )
         .await;
-    assert!(matches!(outcome, Outcome::Published { version: 2, .. }), "{outcome:?}");
+    assert!(
+        matches!(outcome, Outcome::Published { version: 2, .. }),
+        "{outcome:?}"
+    );
     f.s3.put_object()
         .bucket(&f.bucket)
         .key("registry/iris/versions/1/model.onnx")
@@ -730,7 +748,9 @@ async fn an_altered_object_in_an_s3_registry_is_refused_by_the_publisher_and_inf
     .unwrap()
     .unwrap_err();
     assert!(
-        refused.to_string().contains("no longer matches its manifest"),
+        refused
+            .to_string()
+            .contains("no longer matches its manifest"),
         "{refused}"
     );
     assert_eq!(f.live().unwrap().0, 2);
@@ -855,12 +875,11 @@ async fn a_lease_left_by_a_crashed_writer_is_taken_over_once_expired() {
         .unwrap();
     // Were it not taken over, the commit would wait for it and then fail ("stayed busy").
     f.with_v1_live().await;
-    let lock = f
-        .s3
-        .head_object()
-        .bucket(&f.bucket)
-        .key("registry/iris/.lock")
-        .send()
-        .await;
+    let lock =
+        f.s3.head_object()
+            .bucket(&f.bucket)
+            .key("registry/iris/.lock")
+            .send()
+            .await;
     assert!(lock.is_err(), "the taken-over lease is released after use");
 }

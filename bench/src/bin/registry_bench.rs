@@ -31,7 +31,9 @@ fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
 
 #[tokio::main]
 async fn main() {
-    let rounds: usize = std::env::args().nth(1).map_or(5, |r| r.parse().expect("ROUNDS"));
+    let rounds: usize = std::env::args()
+        .nth(1)
+        .map_or(5, |r| r.parse().expect("ROUNDS"));
     let (endpoint, _moto) = modelpipe_tests::moto().await;
     let sdk = modelpipe_tests::aws_config(&endpoint).await;
     let s3 = modelpipe::aws::s3_client(&sdk);
@@ -52,11 +54,21 @@ async fn main() {
         ("mlp 4-64-64-3", Mlp::new(&[4, 64, 64, 3], 1).to_bytes()),
         ("mobilenet_v2-shaped CNN", mobilenet_v2(1)),
     ];
-    println!("registry_bench: {rounds} interleaved rounds, medians; S3 = moto_server on loopback\n");
-    println!("| model | bytes | directory | S3, cold (download + verify) | S3, warm (local copy) | S3 cold / directory |");
+    println!(
+        "registry_bench: {rounds} interleaved rounds, medians; S3 = moto_server on loopback\n"
+    );
+    println!(
+        "| model | bytes | directory | S3, cold (download + verify) | S3, warm (local copy) | S3 cold / directory |"
+    );
     println!("|---|---:|---:|---:|---:|---:|");
     for (label, bytes) in &models {
-        let model: ModelName = label.split(' ').next().unwrap().replace('_', "-").parse().unwrap();
+        let model: ModelName = label
+            .split(' ')
+            .next()
+            .unwrap()
+            .replace('_', "-")
+            .parse()
+            .unwrap();
         let tasks = [dir.clone(), on_s3.clone()].map(|registry| {
             let (model, bytes) = (model.clone(), bytes.clone());
             std::thread::spawn(move || {

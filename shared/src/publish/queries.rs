@@ -21,7 +21,9 @@ pub enum PublisherQuery {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         model: Option<ModelName>,
     },
-    History { model: ModelName },
+    History {
+        model: ModelName,
+    },
 }
 
 impl PublisherQuery {
@@ -54,7 +56,10 @@ pub struct HistoryAnswer {
 }
 
 /// The status of `model`, or of every model (blocking: reads the registry).
-pub fn status(registry: &Registry, model: Option<&ModelName>) -> Result<StatusAnswer, PublishError> {
+pub fn status(
+    registry: &Registry,
+    model: Option<&ModelName>,
+) -> Result<StatusAnswer, PublishError> {
     let models = match model {
         Some(model) => vec![model.clone()],
         None => registry.models()?,
@@ -67,7 +72,9 @@ pub fn status(registry: &Registry, model: Option<&ModelName>) -> Result<StatusAn
             .map(|v| registry.manifest(&model, v))
             .collect::<Result<Vec<_>, _>>()?;
         if versions.is_empty() {
-            return Err(PublishError::BadRequest(format!("model {model} has no versions")));
+            return Err(PublishError::BadRequest(format!(
+                "model {model} has no versions"
+            )));
         }
         answer.models.push(ModelStatus {
             aliases: registry.aliases(&model)?,
@@ -86,7 +93,10 @@ pub fn history(registry: &Registry, model: &ModelName) -> Result<HistoryAnswer, 
 }
 
 /// Answers a query as the publisher's JSON.
-pub fn answer(registry: &Registry, query: &PublisherQuery) -> Result<serde_json::Value, PublishError> {
+pub fn answer(
+    registry: &Registry,
+    query: &PublisherQuery,
+) -> Result<serde_json::Value, PublishError> {
     let value = match query {
         PublisherQuery::Status { model } => serde_json::to_value(status(registry, model.as_ref())?),
         PublisherQuery::History { model } => serde_json::to_value(history(registry, model)?),

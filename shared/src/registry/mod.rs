@@ -31,11 +31,11 @@ use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 
+use self::dir_store::DirStore;
 pub use self::records::*;
 pub use self::s3_store::FileCacheConfig;
-pub use self::store::{LocalCopy, Location, Store};
-use self::dir_store::DirStore;
 use self::s3_store::S3Store;
+pub use self::store::{LocalCopy, Location, Store};
 use crate::digest::{sha256_bytes, sha256_file};
 use crate::model_name::{AliasName, ModelName};
 use crate::signature::Signature;
@@ -54,7 +54,9 @@ pub enum RegistryError {
         version: u64,
         detail: String,
     },
-    #[error("the registry at {0} is read-only (baked into the image): nothing can be written to it")]
+    #[error(
+        "the registry at {0} is read-only (baked into the image): nothing can be written to it"
+    )]
     ReadOnly(String),
 }
 
@@ -120,17 +122,18 @@ impl Registry {
 
     /// The registry at `MODEL_ROOT`; `files` bounds the local copies of an S3 registry.
     pub fn open_at(location: &Location, files: &FileCacheConfig) -> Result<Self> {
-        let store: Arc<dyn Store> = match location {
-            Location::Dir(root) => Arc::new(DirStore::open(root.clone()).map_err(|source| {
-                RegistryError::Io {
-                    location: root.display().to_string(),
-                    source,
+        let store: Arc<dyn Store> =
+            match location {
+                Location::Dir(root) => Arc::new(DirStore::open(root.clone()).map_err(
+                    |source| RegistryError::Io {
+                        location: root.display().to_string(),
+                        source,
+                    },
+                )?),
+                Location::S3 { bucket, prefix } => {
+                    return Self::open_s3(bucket, prefix, files, None);
                 }
-            })?),
-            Location::S3 { bucket, prefix } => {
-                return Self::open_s3(bucket, prefix, files, None);
-            }
-        };
+            };
         let baked = matches!(location, Location::Dir(root) if root.join(BAKED_MARKER).is_file());
         Ok(Self {
             store,
@@ -155,12 +158,11 @@ impl Registry {
             bucket: bucket.to_string(),
             prefix: prefix.clone(),
         };
-        let store = S3Store::connect(bucket, &prefix, files, sdk).map_err(|source| {
-            RegistryError::Io {
+        let store =
+            S3Store::connect(bucket, &prefix, files, sdk).map_err(|source| RegistryError::Io {
                 location: location.to_string(),
                 source,
-            }
-        })?;
+            })?;
         Ok(Self {
             store: Arc::new(store),
             location,
@@ -255,12 +257,7 @@ impl Registry {
             })
     }
 
-    fn tampered(
-        &self,
-        model: &ModelName,
-        version: u64,
-        detail: String,
-    ) -> RegistryError {
+    fn tampered(&self, model: &ModelName, version: u64, detail: String) -> RegistryError {
         RegistryError::Tampered {
             model: model.clone(),
             version,
@@ -269,11 +266,7 @@ impl Registry {
     }
 
     /// Checks that a file has the size and SHA-256 its manifest records.
-    fn check_digest(
-        &self,
-        manifest: &Manifest,
-        (sha256, size): (String, u64),
-    ) -> Result<()> {
+    fn check_digest(&self, manifest: &Manifest, (sha256, size): (String, u64)) -> Result<()> {
         if size != manifest.size || sha256 != manifest.sha256 {
             return Err(self.tampered(
                 &manifest.model,
@@ -295,7 +288,11 @@ impl Registry {
         let manifest = self.manifest(model, version)?;
         let key = model_key(model, version);
         let digest = self.store.digest(&key).map_err(|e| {
-            self.tampered(model, version, format!("cannot read {}: {e}", self.store.describe(&key)))
+            self.tampered(
+                model,
+                version,
+                format!("cannot read {}: {e}", self.store.describe(&key)),
+            )
         })?;
         self.check_digest(&manifest, digest)?;
         Ok(manifest)
@@ -311,7 +308,11 @@ impl Registry {
         let manifest = self.manifest(model, version)?;
         let key = model_key(model, version);
         let cannot = |e: io::Error| {
-            self.tampered(model, version, format!("cannot read {}: {e}", self.store.describe(&key)))
+            self.tampered(
+                model,
+                version,
+                format!("cannot read {}: {e}", self.store.describe(&key)),
+            )
         };
         let copy = self
             .store
@@ -510,7 +511,10 @@ impl Locked<'_> {
     }
 
     pub fn append_rejection(&self, rejection: &Rejection) -> Result<()> {
-        self.append(&format!("{}/rejections.jsonl", self.model), &to_line(rejection))
+        self.append(
+            &format!("{}/rejections.jsonl", self.model),
+            &to_line(rejection),
+        )
     }
 
     pub fn write_upload_record(&self, record: &UploadRecord) -> Result<()> {

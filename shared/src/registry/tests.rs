@@ -47,7 +47,10 @@ fn commit_numbers_versions_from_one_and_writes_manifest() {
         (manifest.version, manifest.size, manifest.sha256.as_str()),
         (2, 3, sha256_bytes(b"two").as_str())
     );
-    assert_eq!(fs::read(registry.model_file(&iris(), 2).unwrap()).unwrap(), b"two");
+    assert_eq!(
+        fs::read(registry.model_file(&iris(), 2).unwrap()).unwrap(),
+        b"two"
+    );
     assert_eq!(registry.models().unwrap(), [iris()]);
 }
 

@@ -177,7 +177,11 @@ impl LiveModel {
     /// The alias record, read off the request's thread: on an S3 registry it is a (conditional)
     /// round trip.
     async fn read_alias(&self, cache: &ModelCache) -> Result<Option<AliasRecord>, String> {
-        let (registry, model, alias) = (cache.registry().clone(), self.model.clone(), self.alias.clone());
+        let (registry, model, alias) = (
+            cache.registry().clone(),
+            self.model.clone(),
+            self.alias.clone(),
+        );
         tokio::task::spawn_blocking(move || registry.alias(&model, &alias))
             .await
             .map_err(|e| e.to_string())?

@@ -94,7 +94,10 @@ async fn take(inner: &Inner, key: &str, owner: &str) -> io::Result<String> {
         if std::time::Instant::now() > deadline {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
-                format!("the lease s3://{}/{}{key} stayed busy for {WAIT:?}", inner.bucket, inner.prefix),
+                format!(
+                    "the lease s3://{}/{}{key} stayed busy for {WAIT:?}",
+                    inner.bucket, inner.prefix
+                ),
             ));
         }
         tokio::time::sleep(pause).await;
@@ -109,7 +112,10 @@ async fn renew(inner: &Inner, key: &str, owner: &str, etag: &Mutex<String>) {
         match inner.put(key, body(owner), Expect::Etag(current)).await {
             Ok(Some(next)) => *etag.lock().expect("lease etag") = next,
             Ok(None) => {
-                warn!(key, "the registry lease was taken over; writes stay fenced by conditions");
+                warn!(
+                    key,
+                    "the registry lease was taken over; writes stay fenced by conditions"
+                );
                 return;
             }
             Err(e) => warn!(key, error = %e, "could not renew the registry lease"),

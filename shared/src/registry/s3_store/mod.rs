@@ -113,13 +113,28 @@ fn is_not_found<E: ProvideErrorMetadata>(
     matches!(e.code(), Some("NoSuchKey" | "NotFound")) || status(e) == Some(404)
 }
 
+/// An error reading one object, `NotFound` when it does not exist.
+fn object_error<E>(e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> io::Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    if is_not_found(&e) {
+        io::Error::new(io::ErrorKind::NotFound, "the object does not exist")
+    } else {
+        sdk_error(e)
+    }
+}
+
 /// A conditional write lost: someone else wrote first.
 fn is_precondition_failed<E: ProvideErrorMetadata>(
     e: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
 ) -> bool {
     // 409 ConditionalRequestConflict: a concurrent conditional write is in flight.
     matches!(status(e), Some(412 | 409))
-        || matches!(e.code(), Some("PreconditionFailed" | "ConditionalRequestConflict"))
+        || matches!(
+            e.code(),
+            Some("PreconditionFailed" | "ConditionalRequestConflict")
+        )
 }
 
 /// What a conditional write expects to find.
@@ -155,9 +170,9 @@ impl S3Store {
             };
             crate::aws::s3_client(&config)
         });
-        let cache_root = files.dir.join(crate::digest::sha256_bytes(
-            format!("{bucket}/{prefix}").as_bytes(),
-        )[..16].to_string());
+        let cache_root = files.dir.join(
+            crate::digest::sha256_bytes(format!("{bucket}/{prefix}").as_bytes())[..16].to_string(),
+        );
         Ok(Self {
             inner: Arc::new(Inner {
                 client,
@@ -286,13 +301,7 @@ impl Inner {
             .key(self.object_key(key))
             .send()
             .await
-            .map_err(|e| {
-                if is_not_found(&e) {
-                    io::Error::new(io::ErrorKind::NotFound, "the object does not exist")
-                } else {
-                    sdk_error(e)
-                }
-            })?;
+            .map_err(object_error)?;
         let mut body = response.body;
         let mut hasher = Sha256::new();
         let mut size = 0u64;
@@ -359,7 +368,11 @@ impl Store for S3Store {
                     Some(f) => Expect::Etag(f.etag),
                     None => Expect::Absent,
                 };
-                if inner.put(key, ByteStream::from(text), expect).await?.is_some() {
+                if inner
+                    .put(key, ByteStream::from(text), expect)
+                    .await?
+                    .is_some()
+                {
                     return Ok(());
                 }
             }
@@ -431,13 +444,7 @@ impl Store for S3Store {
                 .checksum_mode(ChecksumMode::Enabled)
                 .send()
                 .await
-                .map_err(|e| {
-                    if is_not_found(&e) {
-                        io::Error::new(io::ErrorKind::NotFound, "the object does not exist")
-                    } else {
-                        sdk_error(e)
-                    }
-                })?;
+                .map_err(object_error)?;
             let size = head.content_length().unwrap_or_default().max(0) as u64;
             // The full-object SHA-256 S3 verified when the version was committed; a composite
             // (multipart) checksum or none at all means reading the object.
