@@ -37,6 +37,8 @@ pub struct DevOptions {
 
 /// A running stack; [`DevStack::stop`] shuts it down and waits for it.
 pub struct DevStack {
+    /// Held while running: one `modelctl dev` per data folder.
+    _data_lock: std::fs::File,
     pub s3_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub registry: Registry,
@@ -67,8 +69,24 @@ pub async fn s3_client(addr: SocketAddr) -> aws_sdk_s3::Client {
 
 impl DevStack {
     pub async fn start(options: DevOptions) -> std::io::Result<Self> {
+        std::fs::create_dir_all(&options.data)?;
+        let data_lock = std::fs::File::create(options.data.join(".dev.lock"))?;
+        if data_lock.try_lock().is_err() {
+            return Err(std::io::Error::other(format!(
+                "another modelctl dev is using {}",
+                options.data.display()
+            )));
+        }
         let registry =
             Registry::open(registry_dir(&options.data)).map_err(std::io::Error::other)?;
+        // This process is now the registry's only writer: whatever staging holds was left by a
+        // crash (kill -9, power loss) and can go.
+        for path in registry
+            .remove_leftovers(Duration::ZERO)
+            .map_err(std::io::Error::other)?
+        {
+            info!(path = %path.display(), "removed a crashed ingest's leftover");
+        }
         let objects = options.data.join("s3");
         std::fs::create_dir_all(objects.join(BUCKET))?;
         let (created_tx, created_rx) = mpsc::unbounded_channel();
@@ -127,6 +145,7 @@ impl DevStack {
             }
         }));
         Ok(Self {
+            _data_lock: data_lock,
             s3_addr,
             http_addr,
             registry,

@@ -70,6 +70,20 @@ enum Command {
         #[command(flatten)]
         registry: RegistryArg,
     },
+    /// Check the registry's consistency: complete versions matching their manifests, aliases on
+    /// complete versions, moves in the history; --repair removes crashed writers' leftovers.
+    Fsck {
+        /// The registry: a directory or s3://BUCKET/PREFIX.
+        #[arg(long, default_value = ".modelpipe/registry")]
+        registry: Location,
+        /// Remove staging directories and temporary files older than --leftover-age.
+        #[arg(long)]
+        repair: bool,
+        /// Seconds before a staging directory counts as a crash's leftover (younger ones may be an
+        /// ingest still running).
+        #[arg(long, default_value_t = 3600)]
+        leftover_age: u64,
+    },
     /// Aliases and versions of one model or of all.
     Status {
         model: Option<ModelName>,
@@ -204,6 +218,15 @@ async fn main() -> ExitCode {
             Ok(target) => efs_check::efs_check(&file_system_id, &target).await,
             Err(e) => Err(e),
         },
+        Command::Fsck {
+            registry,
+            repair,
+            leftover_age,
+        } => tokio::task::spawn_blocking(move || {
+            ops::fsck(&registry, repair, Duration::from_secs(leftover_age))
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string())),
         Command::Status { model, registry } => match registry.open().await {
             Ok(target) => ops::status(&target, model).await,
             Err(e) => Err(e),

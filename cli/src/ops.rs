@@ -11,6 +11,7 @@ use modelpipe::publish::{
     self, HistoryAnswer, ModelStatus, PublishError, PublisherQuery, PublisherRequest,
     PublisherResponse, StatusAnswer, apply,
 };
+use modelpipe::registry::fsck::Severity;
 use modelpipe::registry::{Location, Registry};
 use modelpipe::{AliasName, ModelName};
 
@@ -187,6 +188,40 @@ pub async fn rollback(
         },
     };
     move_alias(target, request).await
+}
+
+/// `modelctl fsck`: prints every finding; fails when a guarantee is broken.
+pub fn fsck(location: &Location, repair: bool, leftover_age: std::time::Duration) -> CliResult {
+    if let Location::Dir(dir) = location
+        && !dir.is_dir()
+    {
+        return Err(format!("no registry at {}", dir.display()));
+    }
+    let registry = Registry::open_at(location, &Default::default()).map_err(|e| e.to_string())?;
+    let report = registry
+        .fsck(repair, leftover_age)
+        .map_err(|e| e.to_string())?;
+    for finding in &report.findings {
+        let what = match (finding.severity, finding.repaired) {
+            (_, true) => "removed",
+            (Severity::Error, _) => "ERROR",
+            (Severity::Warning, _) => "warning",
+            (Severity::Leftover, _) => "leftover",
+        };
+        println!("{what:<8} {}: {}", finding.model, finding.message);
+    }
+    println!(
+        "{}: {} models, {} versions, {} aliases checked; {} errors",
+        registry.location(),
+        report.models,
+        report.versions,
+        report.aliases,
+        report.errors()
+    );
+    match report.errors() {
+        0 => Ok(()),
+        n => Err(format!("{n} consistency errors")),
+    }
 }
 
 pub fn validate(file: &Path, contract: Option<&Path>) -> CliResult {

@@ -18,6 +18,7 @@
 
 mod atomic;
 mod dir_store;
+pub mod fsck;
 mod lock;
 pub mod records;
 mod s3_store;

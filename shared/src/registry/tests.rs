@@ -187,3 +187,108 @@ fn history_skips_a_torn_line() {
     let history = registry.history(&iris()).unwrap();
     assert_eq!(history.iter().map(|e| e.to).collect::<Vec<_>>(), [1, 2]);
 }
+
+mod fsck {
+    use super::*;
+    use crate::registry::fsck::Severity;
+    use std::time::Duration;
+
+    fn published(dir: &Path) -> Registry {
+        let registry = Registry::open(dir).unwrap();
+        for bytes in [b"one".as_slice(), b"two"] {
+            let (staging, new) = stage_bytes(&registry, &iris(), bytes);
+            let version = registry
+                .lock(&iris())
+                .unwrap()
+                .commit(staging, new)
+                .unwrap()
+                .version();
+            crate::publish::apply(
+                &registry,
+                &crate::publish::PublisherRequest::Publish {
+                    model: iris(),
+                    version,
+                    alias: AliasName::live(),
+                    reason: None,
+                },
+                None,
+            )
+            .unwrap();
+        }
+        registry
+    }
+
+    fn severities(registry: &Registry) -> Vec<Severity> {
+        let report = registry.fsck(false, Duration::ZERO).unwrap();
+        report.findings.iter().map(|f| f.severity).collect()
+    }
+
+    #[test]
+    fn a_registry_written_by_the_pipeline_is_clean() {
+        let dir = tempfile::tempdir().unwrap();
+        let report = published(dir.path()).fsck(false, Duration::ZERO).unwrap();
+        assert!(report.is_clean(), "{report:?}");
+        assert_eq!((report.models, report.versions, report.aliases), (1, 2, 1));
+    }
+
+    #[test]
+    fn a_changed_file_and_an_alias_on_a_missing_version_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = published(dir.path());
+        fs::write(registry.model_file(&iris(), 1).unwrap(), b"changed").unwrap();
+        let report = registry.fsck(false, Duration::ZERO).unwrap();
+        assert_eq!(report.errors(), 1, "{report:?}");
+        assert!(
+            report.findings[0]
+                .message
+                .contains("no longer matches its manifest")
+        );
+        fs::remove_dir_all(dir.path().join("iris/versions/2")).unwrap();
+        let report = registry.fsck(false, Duration::ZERO).unwrap();
+        assert!(
+            report.findings.iter().any(|f| f
+                .message
+                .contains("alias live points at v2, which is not a complete version")),
+            "{report:?}"
+        );
+    }
+
+    #[test]
+    fn a_lost_history_line_and_an_incomplete_version_are_warnings() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = published(dir.path());
+        let history = dir.path().join("iris/history.jsonl");
+        let text = fs::read_to_string(&history).unwrap();
+        fs::write(&history, text.lines().next().unwrap().to_string() + "\n").unwrap();
+        fs::create_dir_all(dir.path().join("iris/versions/3")).unwrap();
+        assert_eq!(
+            severities(&registry),
+            [Severity::Warning, Severity::Warning]
+        );
+    }
+
+    #[test]
+    fn repair_removes_only_old_enough_staging_and_temporary_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = published(dir.path());
+        let staging = registry.stage(&iris()).unwrap().dir.keep();
+        let temp = dir.path().join("iris/aliases/.tmp-crashed");
+        fs::write(&temp, b"{").unwrap();
+        let young = registry.fsck(true, Duration::from_secs(3600)).unwrap();
+        assert!(
+            young.findings.is_empty(),
+            "too young to be a crash's: {young:?}"
+        );
+        assert!(staging.exists() && temp.exists());
+        let report = registry.fsck(true, Duration::ZERO).unwrap();
+        assert_eq!(report.findings.len(), 2, "{report:?}");
+        assert!(
+            report
+                .findings
+                .iter()
+                .all(|f| f.severity == Severity::Leftover && f.repaired)
+        );
+        assert!(!staging.exists() && !temp.exists());
+        assert!(registry.fsck(false, Duration::ZERO).unwrap().is_clean());
+    }
+}
