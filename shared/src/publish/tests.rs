@@ -166,3 +166,54 @@ fn a_history_line_lost_to_a_crash_is_restored() {
     );
     assert_eq!(apply(&registry, &rollback(), None).unwrap().version, 2);
 }
+
+#[test]
+fn concurrent_moves_of_one_alias_are_serialised_and_all_recorded() {
+    let (_dir, registry) = registry_with_versions(4);
+    let registry = std::sync::Arc::new(registry);
+    let movers: Vec<_> = (1..=4u64)
+        .map(|version| {
+            let registry = registry.clone();
+            std::thread::spawn(move || {
+                for _ in 0..10 {
+                    apply(&registry, &publish(version), None).unwrap();
+                }
+            })
+        })
+        .collect();
+    movers.into_iter().for_each(|m| m.join().unwrap());
+    let history = registry.history(&iris()).unwrap();
+    // Each entry starts where the one before it ended: no move was lost or interleaved.
+    for pair in history.windows(2) {
+        assert_eq!(pair[1].from, Some(pair[0].to), "{history:?}");
+    }
+    let live = registry.alias(&iris(), &AliasName::live()).unwrap().unwrap();
+    assert_eq!(live.version, history.last().unwrap().to);
+    assert!(history.len() >= 4, "every version was published at least once");
+}
+
+#[test]
+fn reading_an_alias_while_it_is_replaced_never_fails() {
+    let (_dir, registry) = registry_with_versions(2);
+    apply(&registry, &publish(1), None).unwrap();
+    let registry = std::sync::Arc::new(registry);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (registry, stop) = (registry.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut moves = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                apply(&registry, &publish(1 + moves % 2), None).unwrap();
+                moves += 1;
+            }
+            moves
+        })
+    };
+    for _ in 0..20_000 {
+        let alias = registry.alias(&iris(), &AliasName::live()).unwrap().unwrap();
+        assert!(alias.version == 1 || alias.version == 2);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let moves = writer.join().unwrap();
+    assert!(moves > 10, "the alias was replaced while it was read ({moves} moves)");
+}
