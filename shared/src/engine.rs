@@ -54,6 +54,37 @@ fn guarded<T>(
     }
 }
 
+/// The largest tensor a model may declare (an input, a weight or an intermediate result, with
+/// dynamic dimensions taken as 1), the default `MAX_MODEL_BYTES`: past it, a hostile or mistaken
+/// model would exhaust the function's memory on its first run instead of being refused.
+pub const MAX_TENSOR_BYTES: u64 = 2 << 30;
+
+/// Refuses a model whose typed graph declares a tensor over [`MAX_TENSOR_BYTES`], before anything
+/// of that size is allocated.
+fn check_tensor_sizes(typed: &TypedModel) -> Result<(), EngineError> {
+    for node in typed.nodes() {
+        for (slot, outlet) in node.outputs.iter().enumerate() {
+            let fact = &outlet.fact;
+            let elements = fact
+                .shape
+                .iter()
+                .map(|d| d.to_i64().unwrap_or(1).max(0) as u64)
+                .try_fold(1u64, |n, d| n.checked_mul(d));
+            let bytes = elements.and_then(|n| n.checked_mul(fact.datum_type.size_of() as u64));
+            if bytes.is_none_or(|b| b > MAX_TENSOR_BYTES) {
+                return Err(EngineError::Load(format!(
+                    "node '{}' output {slot} has shape {:?} of {:?}: larger than the {} MiB allowed for one tensor",
+                    node.name,
+                    fact.shape,
+                    fact.datum_type,
+                    MAX_TENSOR_BYTES >> 20
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Lets tract spread matmuls and element-wise work over `threads` threads (one thread is
 /// tract's default). Lambda gives a function more vCPUs as its memory grows; `None` uses them all.
 /// Returns the thread count in effect.
@@ -79,6 +110,7 @@ impl Engine {
             tract_onnx::onnx().model_for_path(path)?.into_typed()
         })?;
         let signature = read_signature(&typed)?;
+        check_tensor_sizes(&typed)?;
         let plan = guarded(EngineError::Load, || {
             typed.into_optimized()?.into_runnable()
         })?;

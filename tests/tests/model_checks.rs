@@ -171,3 +171,53 @@ fn a_contract_signature_mismatch_is_refused() {
         "{err}"
     );
 }
+
+/// Each hostile model is refused with a reason, in bounded time and memory, and the next check
+/// still works (the checks run in this one process, as the validator's do).
+#[test]
+fn hostile_models_are_refused_without_exhausting_the_process() {
+    use modelpipe::onnx_build::hostile;
+    let dir = tempfile::tempdir().unwrap();
+    // A file the model points at from outside the staging directory.
+    let secret = dir.path().join("secret.bin");
+    std::fs::write(&secret, [0u8; 16]).unwrap();
+    let staging = dir.path().join("staging");
+    std::fs::create_dir(&staging).unwrap();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("huge_input", hostile::huge_input(), "larger than"),
+        (
+            "lying_initializer",
+            hostile::lying_initializer(),
+            "not a loadable ONNX model",
+        ),
+        (
+            "external_data",
+            hostile::external_data("../secret.bin"),
+            "external data",
+        ),
+        (
+            "external_data_absolute",
+            hostile::external_data(secret.to_str().unwrap()),
+            "external data",
+        ),
+        ("cyclic", hostile::cyclic(), "not a loadable ONNX model"),
+        (
+            "unsupported_op",
+            hostile::unsupported_op(),
+            "not a loadable ONNX model",
+        ),
+    ];
+    for (name, bytes, reason) in cases {
+        let path = staging.join(format!("{name}.onnx"));
+        std::fs::write(&path, bytes).unwrap();
+        let refused = check_model(&path, Default::default())
+            .err()
+            .unwrap_or_else(|| panic!("{name} was accepted"));
+        assert!(refused.to_string().contains(reason), "{name}: {refused}");
+    }
+    // A deep but honest chain loads (no recursion blows the stack).
+    let deep = write(&dir, "deep.onnx", &hostile::deep_chain(2_000));
+    check_model(&deep, Default::default()).unwrap();
+    let good = write(&dir, "good.onnx", &LinearSoftmax::iris(1).to_bytes());
+    check_model(&good, Default::default()).unwrap();
+}

@@ -2,6 +2,7 @@
 //! the models tests upload and serve, and the models benchmarks measure. Each builder also knows
 //! what its model computes where a test needs answers computed without tract.
 
+pub mod hostile;
 mod identity;
 mod linear;
 mod mlp;

@@ -187,9 +187,15 @@ fn concurrent_moves_of_one_alias_are_serialised_and_all_recorded() {
     for pair in history.windows(2) {
         assert_eq!(pair[1].from, Some(pair[0].to), "{history:?}");
     }
-    let live = registry.alias(&iris(), &AliasName::live()).unwrap().unwrap();
+    let live = registry
+        .alias(&iris(), &AliasName::live())
+        .unwrap()
+        .unwrap();
     assert_eq!(live.version, history.last().unwrap().to);
-    assert!(history.len() >= 4, "every version was published at least once");
+    assert!(
+        history.len() >= 4,
+        "every version was published at least once"
+    );
 }
 
 #[test]
@@ -210,10 +216,16 @@ fn reading_an_alias_while_it_is_replaced_never_fails() {
         })
     };
     for _ in 0..20_000 {
-        let alias = registry.alias(&iris(), &AliasName::live()).unwrap().unwrap();
+        let alias = registry
+            .alias(&iris(), &AliasName::live())
+            .unwrap()
+            .unwrap();
         assert!(alias.version == 1 || alias.version == 2);
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let moves = writer.join().unwrap();
-    assert!(moves > 10, "the alias was replaced while it was read ({moves} moves)");
+    assert!(
+        moves > 10,
+        "the alias was replaced while it was read ({moves} moves)"
+    );
 }
