@@ -199,7 +199,11 @@ mod tests {
             "a/b",
             "é",
             &"x".repeat(65),
+            &"x".repeat(1000),
             "a\0",
+            "\u{456}ris",   // Cyrillic і: looks like "iris"
+            "\u{ff49}ris",  // fullwidth ｉ
+            "iris\u{200b}", // zero-width space
         ] {
             assert!(bad.parse::<ModelName>().is_err(), "{bad:?}");
         }
@@ -236,7 +240,14 @@ mod tests {
             ("models/iris/contract.json", "not onnx"),
             ("models/iris.onnx", "no model dir"),
             ("models/iris/model.onnx\n", "control"),
+            ("models/iris/mo\0del.onnx", "NUL"),
+            ("models/\u{456}ris/model.onnx", "look-alike name"),
         ];
+        let long = format!("models/{}/model.onnx", "x".repeat(1000));
+        assert!(
+            ModelKey::parse(&long, "models/").is_err(),
+            "a 1000-character name"
+        );
         for (key, why) in cases {
             assert!(
                 ModelKey::parse(key, "models/").is_err(),

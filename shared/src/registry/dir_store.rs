@@ -1,6 +1,8 @@
 //! The registry in a directory: EFS in AWS, a local folder for `modelctl`, or a read-only folder
 //! baked into a container image. Small files are replaced atomically ([`atomic`]), versions
 //! appear by renaming a staged directory, and writers serialise on an advisory lock ([`lock`]).
+//! Every write is checked to land inside the root: a symlink planted in the registry cannot
+//! send one elsewhere.
 
 use std::fs;
 use std::io;
@@ -19,11 +21,40 @@ pub struct DirStore {
 impl DirStore {
     pub fn open(root: PathBuf) -> io::Result<Self> {
         fs::create_dir_all(&root)?;
+        // Resolved once: the root itself may be a symlink (a mount point, say); nothing under it may.
+        let root = root.canonicalize()?;
         Ok(Self { root })
     }
 
     fn path(&self, key: &str) -> PathBuf {
         self.root.join(key)
+    }
+
+    /// The path of `key` for writing: refused if a symlink under the root would take the write
+    /// outside it, or if the file itself is a symlink.
+    fn write_path(&self, key: &str) -> io::Result<PathBuf> {
+        let path = self.path(key);
+        let escapes = || {
+            io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} leads outside the registry through a symlink",
+                    path.display()
+                ),
+            )
+        };
+        if fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(escapes());
+        }
+        let existing = path
+            .ancestors()
+            .skip(1)
+            .find(|p| p.exists())
+            .unwrap_or(&self.root);
+        if !existing.canonicalize()?.starts_with(&self.root) {
+            return Err(escapes());
+        }
+        Ok(path)
     }
 }
 
@@ -67,23 +98,25 @@ impl Store for DirStore {
     }
 
     fn write(&self, key: &str, bytes: &[u8]) -> io::Result<()> {
-        atomic::write_file(&self.path(key), bytes)
+        atomic::write_file(&self.write_path(key)?, bytes)
     }
 
     fn append_line(&self, key: &str, line: &str) -> io::Result<()> {
-        atomic::append_line(&self.path(key), line)
+        atomic::append_line(&self.write_path(key)?, line)
     }
 
     fn lock(&self, model: &str) -> io::Result<LockGuard> {
+        self.write_path(&format!("{model}/.lock"))?;
         Ok(Box::new(ModelLock::acquire(&self.path(model))?))
     }
 
-    fn staging_dir(&self, model: &str) -> PathBuf {
-        self.path(model).join("staging")
+    fn staging_dir(&self, model: &str) -> io::Result<PathBuf> {
+        self.write_path(&format!("{model}/staging/upload"))?;
+        Ok(self.path(model).join("staging"))
     }
 
     fn commit_version(&self, staged: &Path, version_dir: &str, _sha256: &str) -> io::Result<bool> {
-        let target = self.path(version_dir);
+        let target = self.write_path(version_dir)?;
         let parent = target.parent().expect("a version directory has a parent");
         fs::create_dir_all(parent)?;
         match fs::rename(staged, &target) {

@@ -73,6 +73,9 @@ impl Registry {
                     repaired: false,
                 })
             };
+            if let Err(e) = self.store.staging_dir(model.as_str()) {
+                found(Severity::Error, e.to_string());
+            }
             let versions = self.check_versions(&model, &mut found)?;
             report.versions += versions.len();
             report.aliases += self.check_aliases(&model, &versions, &mut found)?;
@@ -234,7 +237,10 @@ impl Registry {
                 .map(|entries| entries.filter_map(|e| Some(e.ok()?.path())).collect())
                 .unwrap_or_default()
         };
-        let mut found: Vec<PathBuf> = children(self.store.staging_dir(model.as_str()));
+        let mut found: Vec<PathBuf> = match self.store.staging_dir(model.as_str()) {
+            Ok(staging) => children(staging),
+            Err(_) => Vec::new(),
+        };
         if let Some(root) = self.dir() {
             let model_dir = root.join(model.as_str());
             let mut dirs = vec![

@@ -360,7 +360,10 @@ impl Registry {
 
     /// A new, empty staging directory for an upload of `model`.
     pub fn stage(&self, model: &ModelName) -> Result<Staging> {
-        let parent = self.store.staging_dir(model.as_str());
+        let parent = self
+            .store
+            .staging_dir(model.as_str())
+            .map_err(self.io_error(&format!("{model}/staging")))?;
         let io_error = |source| RegistryError::Io {
             location: parent.display().to_string(),
             source,
@@ -375,7 +378,9 @@ impl Registry {
 
     /// Removes staging directories older than `age`: what crashed ingests left behind.
     pub fn sweep_staging(&self, model: &ModelName, age: std::time::Duration) -> Result<usize> {
-        let parent = self.store.staging_dir(model.as_str());
+        let Ok(parent) = self.store.staging_dir(model.as_str()) else {
+            return Ok(0);
+        };
         let Ok(entries) = fs::read_dir(&parent) else {
             return Ok(0);
         };

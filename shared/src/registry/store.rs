@@ -44,7 +44,7 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn lock(&self, model: &str) -> io::Result<LockGuard>;
 
     /// A local directory where uploads of `model` are staged while they are checked.
-    fn staging_dir(&self, model: &str) -> PathBuf;
+    fn staging_dir(&self, model: &str) -> io::Result<PathBuf>;
 
     /// Makes the staged directory (holding `model.onnx` and `manifest.json`) the version
     /// directory `version_dir`, whole or not at all. `Ok(false)`: that number is taken.

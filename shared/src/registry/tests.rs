@@ -292,3 +292,49 @@ mod fsck {
         assert!(registry.fsck(false, Duration::ZERO).unwrap().is_clean());
     }
 }
+
+#[test]
+fn a_symlink_planted_in_the_registry_cannot_take_a_write_outside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let registry = Registry::open(dir.path().join("registry")).unwrap();
+    let (staging, new) = stage_bytes(&registry, &iris(), b"model");
+    registry
+        .lock(&iris())
+        .unwrap()
+        .commit(staging, new)
+        .unwrap();
+    let model_dir = dir.path().join("registry/iris");
+    let publish = crate::publish::PublisherRequest::Publish {
+        model: iris(),
+        version: 1,
+        alias: AliasName::live(),
+        reason: None,
+    };
+
+    std::os::unix::fs::symlink(outside.path(), model_dir.join("aliases")).unwrap();
+    let err = crate::publish::apply(&registry, &publish, None).unwrap_err();
+    assert!(err.to_string().contains("symlink"), "{err}");
+    fs::remove_file(model_dir.join("aliases")).unwrap();
+
+    let target = outside.path().join("history");
+    fs::write(&target, "outside\n").unwrap();
+    std::os::unix::fs::symlink(&target, model_dir.join("history.jsonl")).unwrap();
+    let err = crate::publish::apply(&registry, &publish, None).unwrap_err();
+    assert!(err.to_string().contains("symlink"), "{err}");
+    assert_eq!(fs::read_to_string(&target).unwrap(), "outside\n");
+    fs::remove_file(model_dir.join("history.jsonl")).unwrap();
+
+    fs::remove_dir_all(model_dir.join("staging")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), model_dir.join("staging")).unwrap();
+    let err = registry.stage(&iris()).unwrap_err();
+    assert!(err.to_string().contains("symlink"), "{err}");
+    let report = registry.fsck(false, std::time::Duration::ZERO).unwrap();
+    assert_eq!(report.errors(), 1, "{report:?}");
+
+    assert_eq!(
+        fs::read_dir(outside.path()).unwrap().count(),
+        1,
+        "only the planted file"
+    );
+}

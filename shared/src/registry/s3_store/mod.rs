@@ -389,8 +389,8 @@ impl Store for S3Store {
         )?))
     }
 
-    fn staging_dir(&self, model: &str) -> PathBuf {
-        self.inner.files.staging_dir(model)
+    fn staging_dir(&self, model: &str) -> io::Result<PathBuf> {
+        Ok(self.inner.files.staging_dir(model))
     }
 
     fn commit_version(&self, staged: &Path, version_dir: &str, sha256: &str) -> io::Result<bool> {
