@@ -70,6 +70,9 @@ pub async fn stream_to_file(
             .await
             .map_err(IngestError::Write)?;
     }
+    // tokio queues each write; flush returns the error of the last one (ENOSPC, EIO), which
+    // sync_all alone would drop, leaving a short file behind a hash of the whole upload.
+    file.flush().await.map_err(IngestError::Write)?;
     file.sync_all().await.map_err(IngestError::Write)?;
     Ok(Ingested {
         sha256: hex::encode(hasher.finalize()),

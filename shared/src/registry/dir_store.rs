@@ -148,7 +148,14 @@ fn list_dir(dir: &Path) -> io::Result<Vec<String>> {
         Ok(entries) => Ok(entries
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
             .collect()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+            ) =>
+        {
+            Ok(Vec::new())
+        }
         Err(e) => Err(e),
     }
 }

@@ -56,8 +56,7 @@ impl Registry {
     /// Checks every model; with `repair`, removes leftovers older than `age`.
     pub fn fsck(&self, repair: bool, age: Duration) -> Result<FsckReport> {
         let mut report = FsckReport::default();
-        let names = self.list("")?;
-        for model in names.iter().filter_map(|n| n.parse::<ModelName>().ok()) {
+        for model in self.model_dirs()? {
             report.models += 1;
             // Under the lock, writers are not halfway through a move while we look.
             let _locked = if self.is_baked() {
@@ -98,6 +97,25 @@ impl Registry {
             .findings
             .sort_by(|a, b| (&a.model, a.severity).cmp(&(&b.model, b.severity)));
         Ok(report)
+    }
+
+    /// Every model the registry has a trace of: versions, aliases or staged uploads (other
+    /// entries at the root are not the registry's).
+    fn model_dirs(&self) -> Result<Vec<ModelName>> {
+        let mut models = Vec::new();
+        for model in self
+            .list("")?
+            .iter()
+            .filter_map(|n| n.parse::<ModelName>().ok())
+        {
+            let has = |dir: &str| -> Result<bool> {
+                Ok(!self.list(&format!("{model}/{dir}"))?.is_empty())
+            };
+            if has("versions")? || has("aliases")? || has("staging")? {
+                models.push(model);
+            }
+        }
+        Ok(models)
     }
 
     /// Removes the leftovers older than `age` of every model, without checking anything else
