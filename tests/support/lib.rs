@@ -194,8 +194,11 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// Starts the function binary `name` against `watch`'s runtime API, as Lambda would.
+/// Starts the function binary `name` against `watch`'s runtime API, as Lambda would; its log
+/// (stdout and stderr) goes to `<MODELPIPE_FUNCTION_LOGS or the temp dir>/<name>-<pid>.log`,
+/// see [`function_log`].
 pub fn start_function(watch: &Server, name: &str, env: &[(&str, String)]) -> Server {
+    let log = std::fs::File::create(function_log(watch, name)).expect("function log");
     let mut command = Command::new(binary(name));
     command
         .env_clear()
@@ -207,12 +210,8 @@ pub fn start_function(watch: &Server, name: &str, env: &[(&str, String)]) -> Ser
         .env("AWS_LAMBDA_FUNCTION_NAME", name)
         .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
         .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512")
-        .stdout(Stdio::null())
-        .stderr(if std::env::var_os("MODELPIPE_TEST_VERBOSE").is_some() {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        });
+        .stdout(log.try_clone().expect("function log"))
+        .stderr(log);
     for (key, value) in env {
         command.env(key, value);
     }
@@ -224,12 +223,20 @@ pub fn start_function(watch: &Server, name: &str, env: &[(&str, String)]) -> Ser
     server
 }
 
+/// The secret key the functions get: distinctive, so a test can prove no log line carries it.
+pub const SECRET_KEY: &str = "never-logged-secret-7f3a91";
+
+/// Where [`start_function`] writes the log of function `name` running under `watch`.
+pub fn function_log(watch: &Server, name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("modelpipe-{name}-{}.log", watch.port))
+}
+
 /// The environment an AWS SDK client needs to talk to a local endpoint and nothing else.
 pub fn local_aws_env() -> Vec<(&'static str, String)> {
     vec![
         ("AWS_REGION", "us-east-1".into()),
         ("AWS_ACCESS_KEY_ID", "testing".into()),
-        ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.into()),
         ("AWS_EC2_METADATA_DISABLED", "true".into()),
         ("AWS_MAX_ATTEMPTS", "1".into()),
     ]

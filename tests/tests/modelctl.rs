@@ -358,3 +358,13 @@ async fn efs_check_reports_cold_read_times_from_the_efs_api() {
     assert!(report.contains("300 MiB/s provisioned"), "{report}");
     assert!(!report.contains("WARNING"), "{report}");
 }
+
+#[test]
+fn dev_refuses_to_listen_beyond_loopback() {
+    for flag in ["--s3-addr", "--http-addr"] {
+        let out = modelctl(&["dev", flag, "0.0.0.0:9000"]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("binds loopback addresses only"), "{err}");
+    }
+}
