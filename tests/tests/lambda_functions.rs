@@ -307,16 +307,25 @@ async fn lifecycle(mut stack: Stack) -> Stack {
     assert_eq!(history, [(None, 1), (Some(1), 2), (Some(2), 1)]);
 
     // Debug-level logs of all three name what happened, never the credentials or a request body.
-    let body = json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": ROW}]}).to_string();
+    let body =
+        json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": ROW}]})
+            .to_string();
     for (function, expected) in [
         ("validator", "version committed"),
         ("publisher", "alias moved"),
         ("inference", "swapped"),
     ] {
-        let log = std::fs::read_to_string(modelpipe_tests::function_log(&stack._watch, function)).unwrap();
+        let log = std::fs::read_to_string(modelpipe_tests::function_log(&stack._watch, function))
+            .unwrap();
         assert!(log.contains(expected), "{function} logged no {expected:?}");
-        assert!(!log.contains(modelpipe_tests::SECRET_KEY), "{function} logged the secret key");
-        assert!(!log.contains(&body) && !log.contains("5.9,3.0,5.1,1.8"), "{function} logged a request body");
+        assert!(
+            !log.contains(modelpipe_tests::SECRET_KEY),
+            "{function} logged the secret key"
+        );
+        assert!(
+            !log.contains(&body) && !log.contains("5.9,3.0,5.1,1.8"),
+            "{function} logged a request body"
+        );
     }
     stack
 }

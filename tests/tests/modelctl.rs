@@ -368,3 +368,87 @@ fn dev_refuses_to_listen_beyond_loopback() {
         assert!(err.contains("binds loopback addresses only"), "{err}");
     }
 }
+
+#[tokio::test]
+async fn ten_concurrent_uploads_through_dev_become_ten_versions_live_at_the_latest() {
+    let data = tempfile::tempdir().unwrap();
+    let s3_port = free_port();
+    let _dev = KillOnDrop(
+        Command::new(binary("modelctl"))
+            .args(["dev", "--data", data.path().to_str().unwrap()])
+            .args(["--s3-addr", &format!("127.0.0.1:{s3_port}")])
+            .args(["--http-addr", &format!("127.0.0.1:{}", free_port())])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            "modelpipe",
+            "modelpipe",
+            None,
+            None,
+            "tests",
+        ))
+        .endpoint_url(format!("http://127.0.0.1:{s3_port}"))
+        .load()
+        .await;
+    let s3 = modelpipe::aws::s3_client(&config);
+    wait_for("modelctl dev's S3 endpoint", WAIT, || async {
+        s3.list_buckets().send().await.ok()
+    })
+    .await;
+    let keys: Vec<String> = (0..10)
+        .map(|i| format!("models/iris/upload-{i}.onnx"))
+        .collect();
+    let puts = keys.iter().enumerate().map(|(i, key)| {
+        s3.put_object()
+            .bucket("models")
+            .key(key)
+            .body(LinearSoftmax::iris(200 + i as u32).to_bytes().into())
+            .send()
+    });
+    for put in futures::future::join_all(puts).await {
+        put.unwrap();
+    }
+    let registry = modelpipe::registry::Registry::open(data.path().join("registry")).unwrap();
+    let iris: modelpipe::ModelName = "iris".parse().unwrap();
+    let records = wait_for("all ten uploads handled", WAIT, || async {
+        let records: Vec<_> = keys
+            .iter()
+            .filter_map(|k| registry.upload_record(&iris, k).unwrap())
+            .filter(|r| r.status == modelpipe::registry::UploadStatus::Published)
+            .collect();
+        (records.len() == keys.len()).then_some(records)
+    })
+    .await;
+    assert_eq!(
+        registry.versions(&iris).unwrap(),
+        (1..=10).collect::<Vec<u64>>()
+    );
+    let history = registry.history(&iris).unwrap();
+    assert_eq!(history.len(), 10);
+    for pair in history.windows(2) {
+        assert_eq!(pair[1].from, Some(pair[0].to), "{history:?}");
+    }
+    let latest = records
+        .iter()
+        .max_by(|a, b| {
+            modelpipe::registry::sequencer_cmp(
+                a.sequencer.as_deref().unwrap(),
+                b.sequencer.as_deref().unwrap(),
+            )
+        })
+        .unwrap();
+    let live = registry
+        .alias(&iris, &modelpipe::AliasName::live())
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        Some(live.version),
+        latest.version,
+        "live is the upload with the latest sequencer"
+    );
+}

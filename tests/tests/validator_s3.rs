@@ -883,3 +883,43 @@ async fn a_lease_left_by_a_crashed_writer_is_taken_over_once_expired() {
             .await;
     assert!(lock.is_err(), "the taken-over lease is released after use");
 }
+
+#[tokio::test]
+async fn duplicated_and_reordered_events_replayed_in_bulk_change_nothing() {
+    let f = Fixture::new().await;
+    let mut events = Vec::new();
+    for i in 0..10u32 {
+        let bytes = LinearSoftmax::iris(100 + i).to_bytes();
+        events.push(
+            f.put(&format!("models/iris/batch-{i}.onnx"), &bytes, &[])
+                .await,
+        );
+    }
+    for event in &events {
+        assert!(matches!(f.handle(event).await, Outcome::Published { .. }));
+    }
+    let versions = f.registry.versions(&iris()).unwrap();
+    let history = f.registry.history(&iris()).unwrap();
+    let live = f.live();
+    assert_eq!(versions.len(), 10);
+
+    // S3 redelivers: every event three more times, in reverse and interleaved, all at once.
+    let mut replay: Vec<&S3Event> = Vec::new();
+    for round in 0..3 {
+        let mut order: Vec<&S3Event> = events.iter().collect();
+        if round % 2 == 0 {
+            order.reverse();
+        }
+        order.rotate_left(round * 3);
+        replay.extend(order);
+    }
+    let outcomes =
+        futures::future::join_all(replay.iter().map(|e| f.validator.handle_event(e))).await;
+    for outcome in outcomes {
+        let outcome = outcome.unwrap().remove(0);
+        assert!(matches!(outcome, Outcome::Duplicate { .. }), "{outcome:?}");
+    }
+    assert_eq!(f.registry.versions(&iris()).unwrap(), versions);
+    assert_eq!(f.registry.history(&iris()).unwrap(), history);
+    assert_eq!(f.live(), live);
+}
