@@ -253,6 +253,31 @@ pub async fn aws_config(endpoint: &str) -> aws_config::SdkConfig {
         .await
 }
 
+/// An aws-sdk-s3 client for a `modelctl dev` S3 endpoint on `port` (its credentials
+/// `modelpipe`/`modelpipe`), once the endpoint answers.
+pub async fn dev_s3_client(port: u16) -> aws_sdk_s3::Client {
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            "modelpipe",
+            "modelpipe",
+            None,
+            None,
+            "modelctl-dev",
+        ))
+        .endpoint_url(format!("http://127.0.0.1:{port}"))
+        .load()
+        .await;
+    let s3 = modelpipe::aws::s3_client(&config);
+    wait_for(
+        "modelctl dev's S3 endpoint",
+        Duration::from_secs(60),
+        || async { s3.list_buckets().send().await.ok() },
+    )
+    .await;
+    s3
+}
+
 /// An S3 ObjectCreated:Put event as AWS sends it: one record, the key URL-encoded.
 pub fn s3_put_event(
     bucket: &str,

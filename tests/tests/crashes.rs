@@ -44,23 +44,7 @@ async fn start_dev(data: &Path, log: std::path::PathBuf) -> Dev {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_s3::config::Credentials::new(
-            "modelpipe",
-            "modelpipe",
-            None,
-            None,
-            "crashes",
-        ))
-        .endpoint_url(format!("http://127.0.0.1:{s3_port}"))
-        .load()
-        .await;
-    let s3 = modelpipe::aws::s3_client(&config);
-    wait_for("modelctl dev's S3 endpoint", WAIT, || async {
-        s3.list_buckets().send().await.ok()
-    })
-    .await;
+    let s3 = modelpipe_tests::dev_s3_client(s3_port).await;
     Dev { child, s3, log }
 }
 
@@ -233,8 +217,14 @@ fn kill_9_during_commits_and_alias_moves_leaves_the_registry_consistent() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        // Fault injection, not synchronisation: the kill lands in whatever write runs by then.
-        std::thread::sleep(Duration::from_micros(2_000 + rng.below(60_000)));
+        // Once it is writing (a version more than before), the kill lands a random few
+        // milliseconds later, in whatever write runs by then (fault injection, not synchronisation).
+        let deadline = Instant::now() + WAIT;
+        while registry.versions(&model).unwrap().len() <= versions {
+            assert!(Instant::now() < deadline, "the writer never committed");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_micros(rng.below(20_000)));
         churn.kill().unwrap();
         let status = churn.wait_with_output().unwrap();
         assert!(

@@ -403,40 +403,38 @@ async fn preloaded_models_are_in_memory_before_any_request_and_a_missing_one_bre
     assert_eq!(status, 200, "{answer}");
 }
 
+/// Sends `request` raw on a new connection, leaves the connection open (the body unfinished),
+/// and returns the first bytes of the answer.
+async fn answer_to_unfinished(address: &str, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
+    socket.write_all(request).await.unwrap();
+    let mut answer = vec![0u8; 512];
+    let n = socket.read(&mut answer).await.unwrap();
+    String::from_utf8_lossy(&answer[..n]).into_owned()
+}
+
 #[tokio::test]
 async fn an_oversized_body_is_refused_with_413_before_it_is_read() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let s = serve(&[LinearSoftmax::iris(1)], &[("MAX_REQUEST_BYTES", "1000")]).await;
     let address = s.base.trim_start_matches("http://").to_string();
 
     // A declared length over the limit and not one byte of body sent: the answer cannot have
     // waited for the body.
-    let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
-    socket
-        .write_all(
-            b"POST /v2/models/iris/infer HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000000000\r\n\r\n",
-        )
-        .await
-        .unwrap();
-    let mut answer = vec![0u8; 512];
-    let n = socket.read(&mut answer).await.unwrap();
-    let answer = String::from_utf8_lossy(&answer[..n]);
+    let answer = answer_to_unfinished(
+        &address,
+        b"POST /v2/models/iris/infer HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000000000\r\n\r\n",
+    )
+    .await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(answer.contains("larger than 1000 bytes"), "{answer}");
 
     // No declared length (chunked): refused once past the limit, though the body never ends.
-    let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
-    socket
-        .write_all(
-            b"POST /v2/models/iris/infer HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n",
-        )
-        .await
-        .unwrap();
-    let chunk = format!("7d0\r\n{}\r\n", " ".repeat(2000));
-    socket.write_all(chunk.as_bytes()).await.unwrap();
-    let mut answer = vec![0u8; 512];
-    let n = socket.read(&mut answer).await.unwrap();
-    let answer = String::from_utf8_lossy(&answer[..n]);
+    let chunked = format!(
+        "POST /v2/models/iris/infer HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n7d0\r\n{}\r\n",
+        " ".repeat(2000)
+    );
+    let answer = answer_to_unfinished(&address, chunked.as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     // The model keeps serving.
     let (status, _) = s

@@ -383,23 +383,7 @@ async fn ten_concurrent_uploads_through_dev_become_ten_versions_live_at_the_late
             .spawn()
             .unwrap(),
     );
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_s3::config::Credentials::new(
-            "modelpipe",
-            "modelpipe",
-            None,
-            None,
-            "tests",
-        ))
-        .endpoint_url(format!("http://127.0.0.1:{s3_port}"))
-        .load()
-        .await;
-    let s3 = modelpipe::aws::s3_client(&config);
-    wait_for("modelctl dev's S3 endpoint", WAIT, || async {
-        s3.list_buckets().send().await.ok()
-    })
-    .await;
+    let s3 = modelpipe_tests::dev_s3_client(s3_port).await;
     let keys: Vec<String> = (0..10)
         .map(|i| format!("models/iris/upload-{i}.onnx"))
         .collect();

@@ -25,7 +25,14 @@ async fn generated_requests_never_get_a_server_error() {
             .arg("run")
             .arg(spec)
             .args(["--url", &base, "--checks", "not_a_server_error"])
-            .args(["--max-examples", &examples, "--seed", "20261128", "--workers", "2"])
+            .args([
+                "--max-examples",
+                &examples,
+                "--seed",
+                "20261128",
+                "--workers",
+                "2",
+            ])
             .args(["--phases", "examples,coverage,fuzzing"])
             .env("SCHEMATHESIS_TELEMETRY", "false")
             .current_dir(dir.path())
