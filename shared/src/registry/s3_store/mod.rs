@@ -165,8 +165,12 @@ impl S3Store {
         // runtime that opened them, and this one must not depend on the caller's.
         let client = runtime.run(async {
             let config = match sdk {
-                Some(config) if config.http_client().is_none() => config,
-                _ => aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await,
+                Some(config) => {
+                    let mut own = config.to_builder();
+                    own.set_http_client(None);
+                    own.build()
+                }
+                None => aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await,
             };
             crate::aws::s3_client(&config)
         });
