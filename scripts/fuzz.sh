@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# cargo-fuzz targets (fuzz/fuzz_targets), each run for SECONDS [20] from the committed seed corpus
+# (fuzz/corpus/<target>, read-only here: new inputs go to a temporary directory).
+# A longer run: bash scripts/fuzz.sh 3600
+# Crashes are written to fuzz/artifacts/<target>/ and fail this script.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${1:-20}
+command -v cargo-fuzz >/dev/null || { echo "cargo-fuzz is missing: bash scripts/setup.sh"; exit 1; }
+# The machine has the stable toolchain only; cargo-fuzz needs a few -Z flags (sanitizers).
+export RUSTC_BOOTSTRAP=1
+cargo fuzz build --fuzz-dir fuzz
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+for target in $(cargo fuzz list --fuzz-dir fuzz); do
+  mkdir -p "$scratch/$target"
+  echo "fuzzing $target for ${seconds}s"
+  if ! cargo fuzz run --fuzz-dir fuzz "$target" "$scratch/$target" "fuzz/corpus/$target" -- \
+      -max_total_time="$seconds" -rss_limit_mb=2048 -print_final_stats=1 >"$scratch/$target.log" 2>&1; then
+    tail -40 "$scratch/$target.log"
+    echo "fuzzing $target found a crash: the input is in fuzz/artifacts/$target/"
+    exit 1
+  fi
+  grep -E 'stat::(number_of_executed_units|new_units_added|peak_rss_mb)' "$scratch/$target.log" | sed 's/^/  /'
+done
