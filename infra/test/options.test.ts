@@ -55,3 +55,19 @@ test('an S3-hosted registry needs no VPC or EFS, and inference may only read it'
 test('missing function artifacts are a clear error at synth time', () => {
   assert.throws(() => synth({ artifacts: path.join(fixtures, 'nowhere') }), /cargo lambda build --release --output-format zip/);
 });
+
+test('no function may touch S3, Lambda or EFS on every resource (EFS mounts: the access point only), in either registry mode', () => {
+  for (const stack of [synth(), synth({ registry: 's3' })]) {
+    for (const name of ['Validator', 'Publisher', 'Inference']) {
+      for (const s of statements(stack, name)) {
+        const acts = Array.isArray(s.Action) ? s.Action : [s.Action];
+        const scoped = acts.filter((a: string) => /^(s3|lambda|elasticfilesystem):/.test(a));
+        if (scoped.length === 0) continue;
+        const resources = Array.isArray(s.Resource) ? s.Resource : [s.Resource];
+        // CDK's EFS mount grant is on '*' narrowed by a condition to the registry's access point.
+        const toAccessPoint = JSON.stringify(s.Condition ?? {}).includes('elasticfilesystem:AccessPointArn');
+        assert.ok(!resources.includes('*') || toAccessPoint, `${name}: ${scoped} on *`);
+      }
+    }
+  }
+});
