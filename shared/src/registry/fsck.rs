@@ -79,12 +79,7 @@ impl Registry {
             report.versions += versions.len();
             report.aliases += self.check_aliases(&model, &versions, &mut found)?;
             for path in self.leftovers(&model, age) {
-                let removed = repair
-                    && if path.is_dir() {
-                        fs::remove_dir_all(&path).is_ok()
-                    } else {
-                        fs::remove_file(&path).is_ok()
-                    };
+                let removed = repair && remove(&path);
                 report.findings.push(Finding {
                     model: model.clone(),
                     severity: Severity::Leftover,
@@ -122,18 +117,9 @@ impl Registry {
     /// (cheap: reads no model file). Returns what was removed.
     pub fn remove_leftovers(&self, age: Duration) -> Result<Vec<PathBuf>> {
         let mut removed = Vec::new();
-        for model in self
-            .list("")?
-            .iter()
-            .filter_map(|n| n.parse::<ModelName>().ok())
-        {
+        for model in self.model_dirs()? {
             for path in self.leftovers(&model, age) {
-                let gone = if path.is_dir() {
-                    fs::remove_dir_all(&path)
-                } else {
-                    fs::remove_file(&path)
-                };
-                if gone.is_ok() {
+                if remove(&path) {
                     removed.push(path);
                 }
             }
@@ -278,5 +264,14 @@ impl Registry {
         found.retain(|p| old(p));
         found.sort();
         found
+    }
+}
+
+/// Removes a leftover file or directory; whether it is gone.
+fn remove(path: &Path) -> bool {
+    if path.is_dir() {
+        fs::remove_dir_all(path).is_ok()
+    } else {
+        fs::remove_file(path).is_ok()
     }
 }
