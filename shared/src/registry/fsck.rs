@@ -118,13 +118,16 @@ impl Registry {
     pub fn remove_leftovers(&self, age: Duration) -> Result<Vec<PathBuf>> {
         let mut removed = Vec::new();
         for model in self.model_dirs()? {
-            for path in self.leftovers(&model, age) {
-                if remove(&path) {
-                    removed.push(path);
-                }
-            }
+            removed.extend(self.remove_model_leftovers(&model, age));
         }
         Ok(removed)
+    }
+
+    /// Removes `model`'s leftovers older than `age`; returns what was removed.
+    pub(super) fn remove_model_leftovers(&self, model: &ModelName, age: Duration) -> Vec<PathBuf> {
+        let mut leftovers = self.leftovers(model, age);
+        leftovers.retain(|path| remove(path));
+        leftovers
     }
 
     /// The complete versions of `model`; what is wrong with any version directory is reported.

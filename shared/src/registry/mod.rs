@@ -376,26 +376,10 @@ impl Registry {
         Ok(Staging { dir })
     }
 
-    /// Removes staging directories older than `age`: what crashed ingests left behind.
+    /// Removes staging directories and temporary files older than `age`: what crashed writers
+    /// left behind (see [`Self::fsck`]).
     pub fn sweep_staging(&self, model: &ModelName, age: std::time::Duration) -> Result<usize> {
-        let Ok(parent) = self.store.staging_dir(model.as_str()) else {
-            return Ok(0);
-        };
-        let Ok(entries) = fs::read_dir(&parent) else {
-            return Ok(0);
-        };
-        let mut removed = 0;
-        for path in entries.filter_map(|e| Some(e.ok()?.path())) {
-            let old = fs::metadata(&path)
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|elapsed| elapsed > age);
-            if old && fs::remove_dir_all(&path).is_ok() {
-                removed += 1;
-            }
-        }
-        Ok(removed)
+        Ok(self.remove_model_leftovers(model, age).len())
     }
 
     /// Takes the model's write lock (blocking: call from a blocking context).
