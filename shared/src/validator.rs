@@ -305,7 +305,7 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
                 }
             };
         let sha256 = ingested.sha256.clone();
-        info!(model = %model, bytes = ingested.size, mb_per_s = format!("{:.0}", ingested.mb_per_s()), sha256 = %sha256, "hashed");
+        info!(model = %model, bytes = ingested.size, mb_per_s = format!("{:.0}", ingested.mb_per_s()), fsync_ms = ingested.fsync.as_millis() as u64, sha256 = %sha256, "hashed");
 
         if let Some(expected) = &options.expected_sha256
             && expected != &sha256
