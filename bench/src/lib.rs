@@ -1,0 +1,8 @@
+//! Benchmark harness: modelpipe measured against the Python onnxruntime handler people deploy
+//! today (`compare`, run by `bench/run.sh`), plus the inference-path and registry benchmarks.
+
+pub mod compare;
+pub mod function;
+pub mod models;
+pub mod runtime_api;
+pub mod stats;
