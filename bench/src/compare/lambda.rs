@@ -10,8 +10,11 @@ use modelpipe::ModelName;
 use modelpipe_tests::serving::publish;
 
 use super::{Setup, Target};
+use serde_json::Value;
+
 use crate::function::{Function, Launch};
 use crate::models::{BenchModel, parse_answer};
+use crate::runtime_api::Answer;
 use crate::stats::{Rounds, quantile, us};
 
 #[derive(Default)]
@@ -23,6 +26,58 @@ struct Side {
     peak_mb: Rounds,
     swap_peak_mb: Rounds,
     worst_difference: f32,
+}
+
+impl Side {
+    fn row(&self, model: &str, runtime: &str, swap: &str) -> String {
+        format!(
+            "| {model} | {runtime} | {} | {} | {} | {} | {} | {swap} |\n",
+            self.init_ms.show(1),
+            self.cold_ms.show(1),
+            self.p50_us.show(0),
+            self.p99_us.show(0),
+            self.peak_mb.show(1),
+        )
+    }
+
+    /// Cold start (spawn → first answer), init, then `invocations` warm events and the peak RSS;
+    /// returns the first and the last answer.
+    async fn measure(
+        &mut self,
+        function: &Function,
+        event: &Value,
+        invocations: usize,
+    ) -> (Answer, Answer) {
+        let first = function.invoke(event.clone()).await;
+        self.cold_ms
+            .push((first.received - function.spawned).as_secs_f64() * 1e3);
+        self.init_ms
+            .push(function.init_time().await.as_secs_f64() * 1e3);
+        let mut durations = Vec::with_capacity(invocations);
+        let mut last = None;
+        for _ in 0..invocations {
+            let answer = function.invoke(event.clone()).await;
+            durations.push(us(answer.duration));
+            last = Some(answer);
+        }
+        self.p50_us.push(quantile(&durations, 0.5));
+        self.p99_us.push(quantile(&durations, 0.99));
+        self.peak_mb.push(function.peak_rss_mb());
+        (first, last.expect("at least one warm invocation"))
+    }
+
+    /// Checks an answer against the model's reference and keeps the worst difference seen.
+    fn check(&mut self, model: &BenchModel, answer: &Answer) -> Option<u64> {
+        let (output, version) = parse_answer(answer.body.as_ref().expect("an answer"));
+        let difference = model.difference(&output);
+        assert!(
+            difference < 1e-3,
+            "{}: an answer differs from the reference",
+            model.name
+        );
+        self.worst_difference = self.worst_difference.max(difference);
+        version
+    }
 }
 
 fn warm_invocations(model: &BenchModel) -> usize {
@@ -55,14 +110,7 @@ pub async fn run(setup: &Setup, targets: &mut Vec<Target>) -> String {
         ("Rust lambda_runtime (modelpipe's)", &rust_floor),
         ("Python awslambdaric", &python_floor),
     ] {
-        out += &format!(
-            "| none: a handler that answers at once | {runtime} | {} | {} | {} | {} | {} | |\n",
-            side.init_ms.show(1),
-            side.cold_ms.show(1),
-            side.p50_us.show(0),
-            side.p99_us.show(0),
-            side.peak_mb.show(1),
-        );
+        out += &side.row("none: a handler that answers at once", runtime, "");
     }
     let mut ratios = String::new();
     for model in &setup.models {
@@ -77,24 +125,11 @@ pub async fn run(setup: &Setup, targets: &mut Vec<Target>) -> String {
                 measure_python(setup, model, &mut python).await;
             }
         }
-        out += &format!(
-            "| {} | modelpipe | {} | {} | {} | {} | {} | {} |\n",
+        out += &ours.row(model.label, "modelpipe", &ours.swap_peak_mb.show(1));
+        out += &python.row(
             model.label,
-            ours.init_ms.show(1),
-            ours.cold_ms.show(1),
-            ours.p50_us.show(0),
-            ours.p99_us.show(0),
-            ours.peak_mb.show(1),
-            ours.swap_peak_mb.show(1),
-        );
-        out += &format!(
-            "| {} | Python + onnxruntime | {} | {} | {} | {} | {} | n/a: a new model is a redeploy (a cold start) |\n",
-            model.label,
-            python.init_ms.show(1),
-            python.cold_ms.show(1),
-            python.p50_us.show(0),
-            python.p99_us.show(0),
-            python.peak_mb.show(1),
+            "Python + onnxruntime",
+            "n/a: a new model is a redeploy (a cold start)",
         );
         let cold = ours.cold_ms.ratio_to(&python.cold_ms);
         targets.push(Target {
@@ -153,26 +188,13 @@ async fn measure_ours(setup: &Setup, model: &BenchModel, side: &mut Side) {
         &setup.logs,
     )
     .await;
-    let first = function.invoke(model.event()).await;
-    side.cold_ms
-        .push((first.received - function.spawned).as_secs_f64() * 1e3);
-    side.init_ms
-        .push(function.init_time().await.as_secs_f64() * 1e3);
-    let check = |body: &[u8], expected_version: u64| {
-        let (output, version) = parse_answer(body);
-        assert_eq!(
-            version,
-            Some(expected_version),
-            "modelpipe answered from another version"
-        );
-        output
-    };
-    let output = check(first.body.as_ref().unwrap(), 1);
-    side.worst_difference = side.worst_difference.max(model.difference(&output));
-    let durations = warm(&function, model).await;
-    side.p50_us.push(quantile(&durations, 0.5));
-    side.p99_us.push(quantile(&durations, 0.99));
-    side.peak_mb.push(function.peak_rss_mb());
+    let (first, last) = side
+        .measure(&function, &model.event(), warm_invocations(model))
+        .await;
+    for answer in [first, last] {
+        let version = side.check(model, &answer);
+        assert_eq!(version, Some(1), "modelpipe answered from another version");
+    }
 
     // The swap: live moves to v2; requests go on until one is answered by v2.
     function.reset_peak();
@@ -204,17 +226,11 @@ async fn measure_python(setup: &Setup, model: &BenchModel, side: &mut Side) {
         &setup.logs,
     )
     .await;
-    let first = function.invoke(model.event()).await;
-    side.cold_ms
-        .push((first.received - function.spawned).as_secs_f64() * 1e3);
-    side.init_ms
-        .push(function.init_time().await.as_secs_f64() * 1e3);
-    let (output, _) = parse_answer(first.body.as_ref().unwrap());
-    side.worst_difference = side.worst_difference.max(model.difference(&output));
-    let durations = warm(&function, model).await;
-    side.p50_us.push(quantile(&durations, 0.5));
-    side.p99_us.push(quantile(&durations, 0.99));
-    side.peak_mb.push(function.peak_rss_mb());
+    let (first, last) = side
+        .measure(&function, &model.event(), warm_invocations(model))
+        .await;
+    side.check(model, &first);
+    side.check(model, &last);
 }
 
 /// The floor: a function that answers every event at once, in Rust with lambda_runtime
@@ -242,36 +258,6 @@ async fn measure_empty(setup: &Setup, rust: bool, side: &mut Side) {
         }
     };
     let function = Function::start(launch, &setup.logs).await;
-    let event = setup.models[0].event();
-    let first = function.invoke(event.clone()).await;
-    side.cold_ms
-        .push((first.received - function.spawned).as_secs_f64() * 1e3);
-    side.init_ms
-        .push(function.init_time().await.as_secs_f64() * 1e3);
-    let mut durations = Vec::new();
-    for _ in 0..2000 {
-        durations.push(us(function.invoke(event.clone()).await.duration));
-    }
-    side.p50_us.push(quantile(&durations, 0.5));
-    side.p99_us.push(quantile(&durations, 0.99));
-    side.peak_mb.push(function.peak_rss_mb());
-}
-
-/// Warm invocations' durations in µs; the last answer is checked against the reference.
-async fn warm(function: &Function, model: &BenchModel) -> Vec<f64> {
-    let event = model.event();
-    let mut durations = Vec::new();
-    let mut last = None;
-    for _ in 0..warm_invocations(model) {
-        let answer = function.invoke(event.clone()).await;
-        durations.push(us(answer.duration));
-        last = Some(answer);
-    }
-    let (output, _) = parse_answer(last.expect("invocations").body.as_ref().unwrap());
-    assert!(
-        model.difference(&output) < 1e-3,
-        "{}: a warm answer differs from the reference",
-        model.name
-    );
-    durations
+    side.measure(&function, &setup.models[0].event(), 2000)
+        .await;
 }
