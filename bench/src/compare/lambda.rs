@@ -8,10 +8,9 @@
 
 use modelpipe::ModelName;
 use modelpipe_tests::serving::publish;
-
-use super::{Setup, Target};
 use serde_json::Value;
 
+use super::{Setup, Target};
 use crate::function::{Function, Launch};
 use crate::models::{BenchModel, parse_answer};
 use crate::runtime_api::Answer;
