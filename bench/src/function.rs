@@ -14,7 +14,7 @@ use crate::runtime_api::{Answer, RuntimeApi};
 const INVOKE_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub struct Function {
-    pub api: RuntimeApi,
+    api: RuntimeApi,
     child: Child,
     /// Just before the process was spawned.
     pub spawned: Instant,
@@ -116,11 +116,6 @@ impl Function {
     /// Peak resident set (VmHWM) since start or the last [`Self::reset_peak`], in MB.
     pub fn peak_rss_mb(&self) -> f64 {
         self.status_kb("VmHWM:") / 1e3
-    }
-
-    /// Current resident set (VmRSS), in MB.
-    pub fn rss_mb(&self) -> f64 {
-        self.status_kb("VmRSS:") / 1e3
     }
 
     /// Makes the peak start again from the current resident set.

@@ -93,7 +93,7 @@ pub async fn run(setup: &Setup, targets: &mut Vec<Target>) -> String {
          a function that answers every event at once in each runtime (the Python one still \
          imports onnxruntime and builds the MLP's session at import, as the handler module does), \
          i.e. the Runtime API round trip over loopback that both pay before any work.\n\n",
-        threads = setup.threads,
+        threads = setup.cpus,
         rounds = setup.rounds,
         mlp = warm_invocations(&setup.models[0]),
         cnn = warm_invocations(&setup.models[1]),
@@ -218,7 +218,7 @@ async fn measure_python(setup: &Setup, model: &BenchModel, side: &mut Side) {
             env: vec![
                 ("MODEL_PATH", model.files[0].display().to_string()),
                 ("MODEL_NAME", model.name.to_string()),
-                ("THREADS", setup.threads.to_string()),
+                ("THREADS", setup.cpus.to_string()),
                 ("PYTHONPATH", setup.python_dir.display().to_string()),
             ],
         },

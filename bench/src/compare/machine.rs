@@ -38,7 +38,7 @@ fn locked(root: &Path, package: &str) -> String {
 }
 
 pub fn describe(setup: &Setup) -> String {
-    let root = setup.root();
+    let root = modelpipe_tests::workspace_root();
     let python_versions = version_of(
         &setup.python,
         &[

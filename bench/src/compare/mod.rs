@@ -44,9 +44,8 @@ pub fn targets_table(targets: &[Target]) -> String {
 pub struct Setup {
     pub rounds: usize,
     pub upload_cycles: usize,
-    /// Compute threads both runtimes get in the handler comparison: every CPU, as the inference
-    /// function uses every vCPU Lambda gives it.
-    pub threads: usize,
+    /// CPUs this process may use: the compute threads both runtimes get in the handler
+    /// comparison, as the inference function uses every vCPU Lambda gives it.
     pub cpus: usize,
     pub work: PathBuf,
     pub logs: PathBuf,
@@ -93,7 +92,6 @@ impl Setup {
         let setup = Self {
             rounds,
             upload_cycles,
-            threads: cpus,
             cpus,
             work,
             logs,
@@ -150,10 +148,6 @@ impl Setup {
         let bootstrap = self.bootstrap(name);
         std::fs::set_permissions(&bootstrap, std::fs::Permissions::from_mode(0o755))
             .expect("make bootstrap executable");
-    }
-
-    pub fn root(&self) -> PathBuf {
-        modelpipe_tests::workspace_root()
     }
 }
 
