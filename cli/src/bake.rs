@@ -7,11 +7,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use modelpipe::checks::{Expectations, check_model};
+use modelpipe::checks::{Compiled, Expectations, check_model};
 use modelpipe::contract::Contract;
 use modelpipe::digest::sha256_file;
 use modelpipe::publish::{PublisherRequest, apply};
-use modelpipe::registry::{BAKED_MARKER, NewVersion, Registry, Source, now};
+use modelpipe::registry::{ARTIFACT_FILE, BAKED_MARKER, NewVersion, Registry, Source, now};
 use modelpipe::signature::Signature;
 use modelpipe::{AliasName, ModelName};
 
@@ -42,6 +42,9 @@ struct Checked {
     model: ModelName,
     file: PathBuf,
     signature: Signature,
+    compiled: Compiled,
+    /// Holds the compiled artifact until the version is committed.
+    compiled_dir: tempfile::TempDir,
 }
 
 pub fn bake(dir: &Path, models: &[ModelFile], contracts: &[ModelFile]) -> CliResult {
@@ -85,6 +88,9 @@ pub fn bake(dir: &Path, models: &[ModelFile], contracts: &[ModelFile]) -> CliRes
         )
         .map_err(|e| format!("{model}={}: rejected: {e}", file.display()))?;
         let signature = result.signature().clone();
+        let compiled_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let compiled = result.compile(compiled_dir.path());
+        drop(result);
         // The next file of the same model is checked against this one, as a later upload would.
         let version = match next_version.get(model) {
             Some(&v) => v,
@@ -100,6 +106,8 @@ pub fn bake(dir: &Path, models: &[ModelFile], contracts: &[ModelFile]) -> CliRes
             model: model.clone(),
             file: file.clone(),
             signature,
+            compiled,
+            compiled_dir,
         });
     }
     if marker.exists() {
@@ -112,9 +120,11 @@ pub fn bake(dir: &Path, models: &[ModelFile], contracts: &[ModelFile]) -> CliRes
         model,
         file,
         signature,
+        compiled,
+        compiled_dir,
     } in checked
     {
-        let version = commit(&registry, &model, &file, signature)?;
+        let version = commit(&registry, &model, &file, signature, &compiled, &compiled_dir)?;
         apply(
             &registry,
             &PublisherRequest::Publish {
@@ -126,7 +136,11 @@ pub fn bake(dir: &Path, models: &[ModelFile], contracts: &[ModelFile]) -> CliRes
             None,
         )
         .map_err(|e| e.to_string())?;
-        println!("{model} v{version} ← {} (live)", file.display());
+        println!(
+            "{model} v{version} ← {} (live; {})",
+            file.display(),
+            crate::ops::describe_compiled(&compiled)
+        );
         live.insert(model.to_string(), version);
     }
     for model in registry.models().map_err(|e| e.to_string())? {
@@ -155,9 +169,18 @@ fn commit(
     model: &ModelName,
     file: &Path,
     signature: Signature,
+    compiled: &Compiled,
+    compiled_dir: &tempfile::TempDir,
 ) -> CliResult<u64> {
     let staging = registry.stage(model).map_err(|e| e.to_string())?;
     std::fs::copy(file, staging.model_path()).map_err(|e| format!("{}: {e}", file.display()))?;
+    if compiled.artifact.is_some() {
+        std::fs::copy(
+            compiled_dir.path().join(ARTIFACT_FILE),
+            staging.dir().join(ARTIFACT_FILE),
+        )
+        .map_err(|e| format!("{ARTIFACT_FILE}: {e}"))?;
+    }
     let (sha256, size) = sha256_file(&staging.model_path()).map_err(|e| e.to_string())?;
     let new = NewVersion {
         sha256,
@@ -168,6 +191,8 @@ fn commit(
         },
         signature,
         signature_change: None,
+        layout: Some(compiled.layout.clone()),
+        artifact: compiled.artifact.clone(),
     };
     let locked = registry.lock(model).map_err(|e| e.to_string())?;
     Ok(locked

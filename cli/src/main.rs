@@ -45,11 +45,15 @@ enum Command {
     },
     /// Show the lifecycle end to end on the example models, then exit.
     Demo,
-    /// Run the validator's checks on a model file, offline.
+    /// Run the validator's checks on a model file, offline, and compile it as ingest would
+    /// (convolution layout, artifact).
     Validate {
         file: PathBuf,
         #[arg(long)]
         contract: Option<PathBuf>,
+        /// Also write the compiled artifact (model.nnef.tar) the validator would store.
+        #[arg(long)]
+        artifact: Option<PathBuf>,
     },
     /// Build a read-only registry to bake into a container image (MODEL_ROOT=DIR), with the
     /// validator's checks on each file.
@@ -199,8 +203,14 @@ async fn main() -> ExitCode {
             reload_check_ms,
         } => dev(data, s3_addr, http_addr, reload_check_ms).await,
         Command::Demo => demo::run().await,
-        Command::Validate { file, contract } => {
-            tokio::task::spawn_blocking(move || ops::validate(&file, contract.as_deref()))
+        Command::Validate {
+            file,
+            contract,
+            artifact,
+        } => {
+            tokio::task::spawn_blocking(move || {
+                ops::validate(&file, contract.as_deref(), artifact.as_deref())
+            })
                 .await
                 .unwrap_or_else(|e| Err(e.to_string()))
         }

@@ -224,7 +224,7 @@ pub fn fsck(location: &Location, repair: bool, leftover_age: std::time::Duration
     }
 }
 
-pub fn validate(file: &Path, contract: Option<&Path>) -> CliResult {
+pub fn validate(file: &Path, contract: Option<&Path>, artifact: Option<&Path>) -> CliResult {
     let contract = match contract {
         Some(path) => Some(Contract::parse(
             &std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?,
@@ -245,6 +245,17 @@ pub fn validate(file: &Path, contract: Option<&Path>) -> CliResult {
     let (sha256, size) = modelpipe::digest::sha256_file(file).map_err(|e| e.to_string())?;
     println!("ok: {} ({size} bytes, sha256 {sha256})", file.display());
     println!("  loads in {:?}", checked.engine.load_time);
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let compiled = checked.compile(dir.path());
+    println!("  compiled: {}", describe_compiled(&compiled));
+    if let Some(out) = artifact {
+        if compiled.artifact.is_none() {
+            return Err(format!("no artifact to write to {}", out.display()));
+        }
+        std::fs::copy(dir.path().join(modelpipe::registry::ARTIFACT_FILE), out)
+            .map_err(|e| format!("{}: {e}", out.display()))?;
+        println!("  artifact written to {}", out.display());
+    }
     for (kind, specs) in [
         ("input ", &checked.signature().inputs),
         ("output", &checked.signature().outputs),
@@ -265,4 +276,30 @@ pub fn validate(file: &Path, contract: Option<&Path>) -> CliResult {
         );
     }
     Ok(())
+}
+
+/// The layout chosen and the artifact written, in one line.
+pub fn describe_compiled(compiled: &modelpipe::checks::Compiled) -> String {
+    let ms = |us: u64| format!("{:.1} ms", us as f64 / 1000.0);
+    let layout = &compiled.layout;
+    let layout = match layout.nhwc_us {
+        Some(nhwc) => format!(
+            "layout {:?} (plain {}, nhwc {})",
+            layout.layout,
+            ms(layout.plain_us),
+            ms(nhwc)
+        ),
+        None => "layout plain (no convolution)".to_string(),
+    }
+    .to_lowercase();
+    let artifact = match (&compiled.artifact, compiled.artifact_load, &compiled.no_artifact) {
+        (Some(artifact), Some(load), _) => format!(
+            "artifact {:.1} MB, loads in {:.0} ms",
+            artifact.size as f64 / 1e6,
+            load.as_secs_f64() * 1000.0
+        ),
+        (_, _, Some(reason)) => format!("no artifact: {reason}"),
+        _ => "no artifact".to_string(),
+    };
+    format!("{layout}; {artifact}")
 }

@@ -3,9 +3,15 @@
 //! reproduces its golden examples. Reading from S3 and writing the registry happen elsewhere.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
+
+use tract_onnx::prelude::Tensor;
+use tract_onnx::tract_core::internal::Approximation;
 
 use crate::contract::Contract;
-use crate::engine::{Engine, EngineError};
+use crate::digest::sha256_file;
+use crate::engine::{Engine, EngineError, LayoutChoice, TRACT_VERSION};
+use crate::registry::{ARTIFACT_FILE, Artifact};
 use crate::signature::Signature;
 
 /// Why a model was refused: one sentence a data scientist can act on.
@@ -49,6 +55,90 @@ impl Checked {
     pub fn signature(&self) -> &Signature {
         self.engine.signature()
     }
+
+    /// What ingest adds to a checked model so that loads are fast: the faster convolution
+    /// layout, and the compiled artifact written as `dir/model.nnef.tar`, read back and run
+    /// against the ONNX model before it is recorded. Neither is needed to serve the model: a
+    /// failure leaves the plain layout or no artifact, and says why.
+    pub fn compile(&self, dir: &Path) -> Compiled {
+        let layout = self.engine.choose_layout().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "layout trial failed; keeping the plain layout");
+            LayoutChoice::fastest(0, None)
+        });
+        let path = dir.join(ARTIFACT_FILE);
+        match self.write_artifact(&path, &layout) {
+            Ok((artifact, artifact_load)) => Compiled {
+                layout,
+                artifact: Some(artifact),
+                artifact_load: Some(artifact_load),
+                no_artifact: None,
+            },
+            Err(reason) => {
+                let _ = std::fs::remove_file(&path);
+                Compiled {
+                    layout,
+                    artifact: None,
+                    artifact_load: None,
+                    no_artifact: Some(reason),
+                }
+            }
+        }
+    }
+
+    fn write_artifact(
+        &self,
+        path: &Path,
+        layout: &LayoutChoice,
+    ) -> Result<(Artifact, Duration), String> {
+        self.engine.write_artifact(path).map_err(|e| e.to_string())?;
+        let started = Instant::now();
+        let reloaded = Engine::load_artifact(path, self.signature(), layout.layout)
+            .map_err(|e| format!("reading it back: {e}"))?;
+        let load = started.elapsed();
+        let inputs = self.engine.smoke_inputs().map_err(|e| e.to_string())?;
+        let expected = self.engine.run(inputs.clone()).map_err(|e| e.to_string())?;
+        let actual = reloaded
+            .run(inputs)
+            .map_err(|e| format!("running it: {e}"))?;
+        same_outputs(&expected, &actual)?;
+        let (sha256, size) = sha256_file(path).map_err(|e| e.to_string())?;
+        Ok((
+            Artifact {
+                sha256,
+                size,
+                tract: TRACT_VERSION.to_string(),
+            },
+            load,
+        ))
+    }
+}
+
+/// The ingest-time additions to a checked model (see [`Checked::compile`]).
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    pub layout: LayoutChoice,
+    pub artifact: Option<Artifact>,
+    /// How long reading the artifact back took.
+    pub artifact_load: Option<Duration>,
+    /// Why no artifact was recorded.
+    pub no_artifact: Option<String>,
+}
+
+/// The artifact's outputs on the smoke input equal the ONNX model's (to float rounding: the
+/// chosen layout may order the sums differently).
+fn same_outputs(expected: &[Tensor], actual: &[Tensor]) -> Result<(), String> {
+    if expected.len() != actual.len() {
+        return Err(format!(
+            "it gives {} outputs where the model gives {}",
+            actual.len(),
+            expected.len()
+        ));
+    }
+    for (i, (e, a)) in expected.iter().zip(actual).enumerate() {
+        e.close_enough(a, Approximation::Approximate)
+            .map_err(|err| format!("its output {i} differs from the model's: {err}"))?;
+    }
+    Ok(())
 }
 
 /// Runs every check on the model file at `path` (blocking, CPU-bound).

@@ -367,15 +367,21 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
                 contract: contract.as_ref(),
                 allow_signature_change: allow,
             };
-            check_model(&path, expect)
+            let checked = check_model(&path, expect)?;
+            let dir = path.parent().expect("a staged model is in its staging directory");
+            let compiled = checked.compile(dir);
+            Ok::<_, crate::checks::CheckError>((checked, compiled))
         })
         .await
         .map_err(|e| ValidatorError::Task(e.to_string()))?;
-        let checked = match checked {
+        let (checked, compiled) = match checked {
             Ok(checked) => checked,
             Err(e) => return reject(e.to_string(), Some(sha256)).await,
         };
-        info!(model = %model, ms = started.elapsed().as_millis() as u64, load_ms = checked.engine.load_time.as_millis() as u64, "validated");
+        info!(model = %model, ms = started.elapsed().as_millis() as u64, load_ms = checked.engine.load_time.as_millis() as u64, layout = ?compiled.layout.layout, plain_us = compiled.layout.plain_us, nhwc_us = compiled.layout.nhwc_us, artifact_load_ms = compiled.artifact_load.map(|d| d.as_millis() as u64), "validated");
+        if let Some(reason) = &compiled.no_artifact {
+            warn!(model = %model, reason = %reason, "no compiled artifact: inference will load model.onnx");
+        }
 
         let new = NewVersion {
             sha256: sha256.clone(),
@@ -383,6 +389,8 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
             source,
             signature: checked.signature().clone(),
             signature_change: checked.signature_change.clone(),
+            layout: Some(compiled.layout),
+            artifact: compiled.artifact,
         };
         drop(checked);
         let registry = self.registry.clone();

@@ -9,19 +9,33 @@ use modelpipe::registry::{NewVersion, Registry};
 use modelpipe::serve::{Inference, SwapPolicy, router};
 use modelpipe::{AliasName, ModelName};
 
-/// Commits `bytes` as the next version of `model` (the validator's commit, without S3).
+/// Commits `bytes` as the next version of `model`, compiled (the validator's commit, without S3).
 pub fn commit(registry: &Registry, model: &ModelName, bytes: &[u8]) -> u64 {
+    commit_as(registry, model, bytes, true)
+}
+
+/// Commits `bytes` as a version committed before ingest compiled models: no layout chosen, no
+/// artifact (inference loads `model.onnx`).
+pub fn commit_uncompiled(registry: &Registry, model: &ModelName, bytes: &[u8]) -> u64 {
+    commit_as(registry, model, bytes, false)
+}
+
+fn commit_as(registry: &Registry, model: &ModelName, bytes: &[u8], compile: bool) -> u64 {
     let staging = registry.stage(model).unwrap();
     std::fs::write(staging.model_path(), bytes).unwrap();
     let checked =
         modelpipe::checks::check_model(&staging.model_path(), Default::default()).unwrap();
+    let compiled = compile.then(|| checked.compile(staging.dir()));
     let new = NewVersion {
         sha256: modelpipe::digest::sha256_bytes(bytes),
         size: bytes.len() as u64,
         source: Default::default(),
         signature: checked.signature().clone(),
         signature_change: None,
+        layout: compiled.as_ref().map(|c| c.layout.clone()),
+        artifact: compiled.and_then(|c| c.artifact),
     };
+    drop(checked);
     registry
         .lock(model)
         .unwrap()

@@ -121,6 +121,41 @@ async fn live_inference_matches_probabilities_computed_independently() {
 }
 
 #[tokio::test]
+async fn each_input_shape_gets_its_own_plan_once_and_the_cache_counts_them() {
+    let v1 = LinearSoftmax::iris(1);
+    let s = serve(std::slice::from_ref(&v1), &[]).await;
+    let plans = || async {
+        let (status, meta) = s.get("/v2/models/iris").await;
+        assert_eq!(status, 200, "{meta}");
+        assert_eq!(meta["engine"]["loaded_from"], "model.nnef.tar", "{meta}");
+        meta["engine"]["plans"].as_u64().unwrap()
+    };
+    let batch = |rows: usize| {
+        let data: Vec<f32> = ROWS.iter().cycle().take(rows).flatten().copied().collect();
+        json!({"inputs": [{"name": "input", "shape": [rows, 4], "datatype": "FP32", "data": data}]})
+    };
+    // Two rows: a plan beside the one the load made for the smoke input (one row).
+    let (status, answer) = s.infer("/v2/models/iris/infer", &request(json!(ROWS))).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_probabilities(&answer, &v1);
+    assert_eq!(plans().await, 2);
+    for rows in [2, 1, 2, 1] {
+        let (status, answer) = s.infer("/v2/models/iris/infer", &batch(rows)).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["outputs"][0]["shape"], json!([rows, 3]));
+    }
+    assert_eq!(plans().await, 2, "shapes seen before reuse their plans");
+    let (status, answer) = s.infer("/v2/models/iris/infer", &batch(3)).await;
+    assert_eq!(status, 200, "{answer}");
+    let want: Vec<f64> = ROWS.iter().cycle().take(3).flat_map(|row| v1.predict(row)).collect();
+    let got: Vec<f64> = serde_json::from_value(answer["outputs"][0]["data"].clone()).unwrap();
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() < 1e-5, "got {got:?}, want {want:?}");
+    }
+    assert_eq!(plans().await, 3);
+}
+
+#[tokio::test]
 async fn a_pinned_version_answers_from_that_version() {
     let (v1, v2) = (LinearSoftmax::iris(1), LinearSoftmax::iris(2));
     let s = serve(&[v1.clone(), v2.clone()], &[]).await;
@@ -337,7 +372,8 @@ async fn resident(s: &Served, model: &str) -> Vec<String> {
 #[tokio::test]
 async fn a_small_model_cache_evicts_the_least_recently_used_model() {
     let bytes = LinearSoftmax::iris(1).to_bytes();
-    let budget = (2 * bytes.len()).to_string();
+    // Room for two models, each with two plans: the load's (batch 1) and these requests' (2).
+    let budget = (4 * bytes.len()).to_string();
     let s = serve(&[], &[("MODEL_CACHE_BYTES", &budget)]).await;
     for model in ["a", "b", "c"] {
         let name: ModelName = model.parse().unwrap();

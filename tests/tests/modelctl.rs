@@ -264,9 +264,21 @@ fn validate_reports_a_good_model_and_refuses_a_bad_one() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.onnx");
     std::fs::write(&good, LinearSoftmax::iris(1).to_bytes()).unwrap();
-    let out = modelctl(&["validate", good.to_str().unwrap()]);
+    let artifact = dir.path().join("good.nnef.tar");
+    let out = modelctl(&[
+        "validate",
+        good.to_str().unwrap(),
+        "--artifact",
+        artifact.to_str().unwrap(),
+    ]);
     assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("input  input FP32 [-1,4]"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("input  input FP32 [-1,4]"), "{stdout}");
+    assert!(stdout.contains("layout plain (no convolution); artifact"), "{stdout}");
+    // The artifact written is one the engine reads back to the model's signature.
+    let checked = modelpipe::checks::check_model(&good, Default::default()).unwrap();
+    modelpipe::engine::Engine::load_artifact(&artifact, checked.signature(), Default::default())
+        .unwrap();
     let bad = dir.path().join("bad.onnx");
     std::fs::write(&bad, b"garbage").unwrap();
     let out = modelctl(&["validate", bad.to_str().unwrap()]);

@@ -2,11 +2,13 @@
 //! the models tests upload and serve, and the models benchmarks measure. Each builder also knows
 //! what its model computes where a test needs answers computed without tract.
 
+mod cnn;
 pub mod hostile;
 mod identity;
 mod linear;
 mod mlp;
 mod mobilenet;
+mod resnet;
 
 use prost::Message;
 use tract_onnx::pb::{
@@ -19,7 +21,8 @@ use tract_onnx::pb::{
 pub use self::identity::Identity;
 pub use self::linear::LinearSoftmax;
 pub use self::mlp::Mlp;
-pub use self::mobilenet::mobilenet_v2;
+pub use self::mobilenet::{mobilenet_v2, small_cnn};
+pub use self::resnet::resnet18;
 
 /// Deterministic pseudo-random weights in [-1, 1) (xorshift), so a seed names a model.
 pub(crate) struct Weights(u32);

@@ -18,6 +18,8 @@ fn registry_with_versions(n: usize) -> (tempfile::TempDir, Registry) {
             source: Default::default(),
             signature: Default::default(),
             signature_change: None,
+            layout: None,
+            artifact: None,
         };
         assert!(matches!(
             registry

@@ -8,7 +8,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{MANIFEST_FILE, Manifest, Registry, Result};
+use super::{ARTIFACT_FILE, MANIFEST_FILE, Manifest, Registry, Result};
 use crate::model_name::ModelName;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -171,6 +171,19 @@ impl Registry {
                     ),
                 );
                 continue;
+            }
+            if let Some(artifact) = &manifest.artifact {
+                let key = format!("{model}/versions/{version}/{ARTIFACT_FILE}");
+                match self.store.digest(&key) {
+                    Ok((sha256, size)) if sha256 == artifact.sha256 && size == artifact.size => {}
+                    // Only an accelerator: inference never uses it and loads model.onnx.
+                    Ok(_) | Err(_) => found(
+                        Severity::Warning,
+                        format!(
+                            "versions/{version}/{ARTIFACT_FILE} is missing or does not match its manifest: inference loads model.onnx instead"
+                        ),
+                    ),
+                }
             }
             match self.verified_manifest(model, version) {
                 Ok(_) => complete.push(manifest),

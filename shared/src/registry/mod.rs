@@ -4,6 +4,7 @@
 //! ```text
 //! <root>/<model>/versions/<N>/model.onnx      immutable once committed
 //! <root>/<model>/versions/<N>/manifest.json
+//! <root>/<model>/versions/<N>/model.nnef.tar  compiled at ingest (optional, in the manifest)
 //! <root>/<model>/aliases/<alias>.json
 //! <root>/<model>/history.jsonl                every alias move, append-only
 //! <root>/<model>/rejections.jsonl             every refused upload, append-only
@@ -38,6 +39,7 @@ pub use self::s3_store::FileCacheConfig;
 use self::s3_store::S3Store;
 pub use self::store::{LocalCopy, Location, Store};
 use crate::digest::{sha256_bytes, sha256_file};
+use crate::engine::LayoutChoice;
 use crate::model_name::{AliasName, ModelName};
 use crate::signature::Signature;
 
@@ -49,10 +51,11 @@ pub enum RegistryError {
     Corrupt { location: String, message: String },
     #[error("model {model} has no version {version}")]
     NoSuchVersion { model: ModelName, version: u64 },
-    #[error("model {model} v{version}: model.onnx no longer matches its manifest ({detail})")]
+    #[error("model {model} v{version}: {file} no longer matches its manifest ({detail})")]
     Tampered {
         model: ModelName,
         version: u64,
+        file: &'static str,
         detail: String,
     },
     #[error(
@@ -71,6 +74,9 @@ pub struct NewVersion {
     pub source: Source,
     pub signature: Signature,
     pub signature_change: Option<String>,
+    pub layout: Option<LayoutChoice>,
+    /// Set when the staging directory holds [`ARTIFACT_FILE`].
+    pub artifact: Option<Artifact>,
 }
 
 /// What [`Locked::commit`] did.
@@ -101,9 +107,15 @@ impl Staging {
     pub fn model_path(&self) -> PathBuf {
         self.dir.path().join(MODEL_FILE)
     }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
 }
 
 pub const MODEL_FILE: &str = "model.onnx";
+/// The compiled artifact beside the model (see [`Artifact`]).
+pub const ARTIFACT_FILE: &str = "model.nnef.tar";
 const MANIFEST_FILE: &str = "manifest.json";
 /// Written by `modelctl bake` at the root of a registry baked into an image.
 pub const BAKED_MARKER: &str = "baked.json";
@@ -259,9 +271,20 @@ impl Registry {
     }
 
     fn tampered(&self, model: &ModelName, version: u64, detail: String) -> RegistryError {
+        self.tampered_file(model, version, MODEL_FILE, detail)
+    }
+
+    fn tampered_file(
+        &self,
+        model: &ModelName,
+        version: u64,
+        file: &'static str,
+        detail: String,
+    ) -> RegistryError {
         RegistryError::Tampered {
             model: model.clone(),
             version,
+            file,
             detail,
         }
     }
@@ -323,6 +346,36 @@ impl Registry {
             self.check_digest(&manifest, sha256_file(&copy.path).map_err(cannot)?)?;
         }
         Ok((manifest, copy.path))
+    }
+
+    /// The compiled artifact of the version `manifest` describes, on local disk and checked
+    /// against the manifest's size and SHA-256; `None` if the version has none.
+    pub fn verified_local_artifact(&self, manifest: &Manifest) -> Result<Option<PathBuf>> {
+        let Some(artifact) = &manifest.artifact else {
+            return Ok(None);
+        };
+        let (model, version) = (&manifest.model, manifest.version);
+        let key = format!("{}/{ARTIFACT_FILE}", version_dir(model, version));
+        let tampered = |detail: String| {
+            self.tampered_file(model, version, ARTIFACT_FILE, detail)
+        };
+        let cannot = |e: io::Error| tampered(format!("cannot read {}: {e}", self.store.describe(&key)));
+        let copy = self
+            .store
+            .local_copy(&key, artifact.size, &artifact.sha256)
+            .map_err(cannot)?;
+        if !copy.verified {
+            let (sha256, size) = sha256_file(&copy.path).map_err(cannot)?;
+            if (sha256.as_str(), size) != (artifact.sha256.as_str(), artifact.size) {
+                return Err(tampered(format!(
+                    "{size} bytes with sha256 {}…, manifest says {} bytes with {}…",
+                    &sha256[..12],
+                    artifact.size,
+                    &artifact.sha256[..artifact.sha256.len().min(12)]
+                )));
+            }
+        }
+        Ok(Some(copy.path))
     }
 
     pub fn alias(&self, model: &ModelName, alias: &AliasName) -> Result<Option<AliasRecord>> {
@@ -471,6 +524,8 @@ impl Locked<'_> {
                 signature: new.signature.clone(),
                 signature_change: new.signature_change.clone(),
                 validated_at: now(),
+                layout: new.layout.clone(),
+                artifact: new.artifact.clone(),
             };
             let manifest_path = staged.join(MANIFEST_FILE);
             atomic::write_file(&manifest_path, &to_json(&manifest)).map_err(|source| {

@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::engine::LayoutChoice;
 use crate::model_name::{AliasName, ModelName};
 use crate::signature::Signature;
 
@@ -30,6 +31,21 @@ pub struct Manifest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature_change: Option<String>,
     pub validated_at: String,
+    /// The convolution layout chosen at ingest; absent in versions committed before it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<LayoutChoice>,
+    /// `model.nnef.tar` beside `model.onnx`, compiled at ingest; absent when none was written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<Artifact>,
+}
+
+/// The compiled artifact of a version (see [`crate::engine::Engine::load_artifact`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Artifact {
+    pub sha256: String,
+    pub size: u64,
+    /// The tract version that wrote it: any other reads `model.onnx` instead.
+    pub tract: String,
 }
 
 /// `aliases/<alias>.json`.

@@ -20,6 +20,8 @@ pub(crate) fn stage_bytes(
         },
         signature: Signature::default(),
         signature_change: None,
+        layout: None,
+        artifact: None,
     };
     (staging, new)
 }

@@ -5,7 +5,8 @@
 //! - One load per version, however many requests ask for it at once (single flight).
 //! - `MODEL_CACHE_BYTES` bounds the models loaded on demand: past it, the least recently used
 //!   version that no request is using is dropped. A model's cost is its file size, the same order
-//!   as its weights in memory (BENCHMARKS.md has measured figures).
+//!   as its weights in memory (BENCHMARKS.md has measured figures), once per plan it holds (one
+//!   per input shape seen, see [`crate::engine::MAX_SHAPE_PLANS`]).
 //! - Versions of `PRELOAD_MODELS` are kept: outside the budget and never evicted.
 //! - A version that failed to load is not retried for [`RETRY_BACKOFF`].
 //!
@@ -121,7 +122,7 @@ impl ModelCache {
                 .unwrap_or_else(|e| Err(LoadError::Registry(format!("load task failed: {e}"))));
                 match loaded {
                     Ok(loaded) => {
-                        info!(model = %loaded.manifest.model, version, ms = loaded.load_time.as_millis() as u64, bytes = loaded.manifest.size, "model loaded");
+                        info!(model = %loaded.manifest.model, version, ms = loaded.load_time.as_millis() as u64, bytes = loaded.manifest.size, from = loaded.loaded_from, "model loaded");
                         Ok(Arc::new(loaded))
                     }
                     Err(e) => {
@@ -167,7 +168,7 @@ impl ModelCache {
         let Some(budget) = self.budget else { return };
         let mut slots = self.slots.lock().expect("cache lock");
         let cost = |slot: &Slot| match slot.model.get() {
-            Some(loaded) if !slot.kept.load(Ordering::Relaxed) => loaded.manifest.size,
+            Some(loaded) if !slot.kept.load(Ordering::Relaxed) => loaded.memory_cost(),
             _ => 0,
         };
         let mut on_demand: u64 = slots.iter().map(|(_, slot)| cost(slot)).sum();
@@ -238,6 +239,8 @@ mod tests {
                 source: Default::default(),
                 signature: Default::default(),
                 signature_change: None,
+                layout: None,
+                artifact: None,
             };
             registry
                 .lock(&name(model))

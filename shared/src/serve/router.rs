@@ -158,8 +158,16 @@ async fn model_metadata(
     resident.sort_unstable();
     body["resident_versions"] = json!(resident.iter().map(u64::to_string).collect::<Vec<_>>());
     let status = inference.live_status(&model);
-    if let Some(loaded) = status.loaded {
-        body["loaded_version"] = json!(loaded.to_string());
+    if let Some(version) = status.loaded {
+        body["loaded_version"] = json!(version.to_string());
+        if let Some(loaded) = inference.cache().get(&model, version) {
+            body["engine"] = json!({
+                "loaded_from": loaded.loaded_from,
+                "layout": loaded.engine.layout(),
+                "load_ms": loaded.load_time.as_millis() as u64,
+                "plans": loaded.engine.resident_plans(),
+            });
+        }
     }
     if let Some(failure) = status.failure {
         body["load_error"] =
@@ -226,7 +234,7 @@ async fn infer_live(
     let model = model_name(&model)?;
     let request = read_request(&inference, &headers, body).await?;
     let loaded = inference.live(&model).await?;
-    infer(loaded, request).await
+    infer(&inference, loaded, request).await
 }
 
 async fn infer_version(
@@ -239,7 +247,7 @@ async fn infer_version(
     let version = version_number(&model, &version)?;
     let request = read_request(&inference, &headers, body).await?;
     let loaded = pinned(&inference, &model, version).await?;
-    infer(loaded, request).await
+    infer(&inference, loaded, request).await
 }
 
 /// Reads the body, refusing one over the limit before reading it when its length is declared,
@@ -282,7 +290,11 @@ async fn read_request(
     protocol::parse(bytes, header_length).map_err(ApiError::bad_request)
 }
 
-async fn infer(loaded: Arc<LoadedModel>, parsed: ParsedRequest) -> ApiResult<Response> {
+async fn infer(
+    inference: &Inference,
+    loaded: Arc<LoadedModel>,
+    parsed: ParsedRequest,
+) -> ApiResult<Response> {
     let signature = loaded.engine.signature();
     for input in parsed.inputs() {
         if !signature.inputs.iter().any(|spec| spec.name == input.name) {
@@ -307,6 +319,7 @@ async fn infer(loaded: Arc<LoadedModel>, parsed: ParsedRequest) -> ApiResult<Res
     let wanted = parsed
         .wanted_outputs(signature)
         .map_err(ApiError::bad_request)?;
+    let plans = loaded.engine.resident_plans();
     let outputs = if loaded.runs_quickly(&tensors) {
         loaded.engine.run(tensors)
     } else {
@@ -323,6 +336,10 @@ async fn infer(loaded: Arc<LoadedModel>, parsed: ParsedRequest) -> ApiResult<Res
     // The inputs matched the signature, so a failure here is the request's values (e.g. an
     // index out of range): a client error.
     .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if loaded.engine.resident_plans() > plans {
+        // A plan for a new input shape: the version costs more memory now.
+        inference.cache().trim();
+    }
     let selected: Vec<Output> = wanted
         .iter()
         .map(|w| Output {

@@ -20,6 +20,8 @@ fn main() {
             source: Default::default(),
             signature: Default::default(),
             signature_change: None,
+            layout: None,
+            artifact: None,
         };
         let version = registry
             .lock(&model)

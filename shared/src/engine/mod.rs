@@ -1,13 +1,21 @@
-//! The one place that drives tract: load an ONNX file into a runnable plan, read its signature,
-//! run it. Panics inside tract (hostile models can trigger them) become errors here.
+//! The one place that drives tract: load an ONNX file (or the artifact compiled from it at
+//! ingest) into a model, read its signature, run it through plans specialised per input shape.
+//! Panics inside tract (hostile models can trigger them) become errors here.
+
+mod artifact;
+mod layout;
+mod plans;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tract_onnx::prelude::*;
 
+pub use self::artifact::TRACT_VERSION;
+pub use self::layout::{Layout, LayoutChoice};
+pub use self::plans::MAX_SHAPE_PLANS;
+use self::plans::Plans;
 use crate::signature::{DataType, Signature, TensorSpec};
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -22,9 +30,10 @@ pub enum EngineError {
 
 /// A model ready to run, with the signature read from it.
 pub struct Engine {
-    plan: Arc<TypedRunnableModel>,
+    plans: Plans,
     signature: Signature,
-    /// Time spent parsing and optimising.
+    /// Time spent parsing (or reading the artifact), decluttering and planning for the smoke
+    /// input's shapes.
     pub load_time: Duration,
 }
 
@@ -103,22 +112,122 @@ pub fn use_threads(threads: Option<usize>) -> usize {
 }
 
 impl Engine {
-    /// Parses, types, optimises and plans the model at `path`.
+    /// Parses, types, declutters and plans the ONNX model at `path`, its convolutions plain.
     pub fn load(path: &Path) -> Result<Self, EngineError> {
+        Self::load_onnx(path, Layout::Plain)
+    }
+
+    /// Parses, types, declutters and plans the ONNX model at `path`.
+    pub fn load_onnx(path: &Path, layout: Layout) -> Result<Self, EngineError> {
         let started = Instant::now();
         let typed = guarded(EngineError::Load, || {
             tract_onnx::onnx().model_for_path(path)?.into_typed()
         })?;
         let signature = read_signature(&typed)?;
         check_tensor_sizes(&typed)?;
-        let plan = guarded(EngineError::Load, || {
-            typed.into_optimized()?.into_runnable()
-        })?;
-        Ok(Self {
-            plan,
+        let decluttered = guarded(EngineError::Load, || typed.into_decluttered())?;
+        Self::ready(decluttered, signature, layout, started)
+    }
+
+    /// Reads the artifact compiled at ingest for a model whose manifest records `signature`.
+    /// An artifact whose inputs or outputs differ from it is refused.
+    pub fn load_artifact(
+        path: &Path,
+        signature: &Signature,
+        layout: Layout,
+    ) -> Result<Self, EngineError> {
+        let started = Instant::now();
+        let model = guarded(EngineError::Load, || artifact::read(path))?;
+        let found = read_signature(&model)?;
+        if !same_tensors(&found, signature) {
+            return Err(EngineError::Load(format!(
+                "the artifact's inputs and outputs ({}) differ from the manifest's ({})",
+                describe(&found),
+                describe(signature)
+            )));
+        }
+        check_tensor_sizes(&model)?;
+        Self::ready(model, signature.clone(), layout, started)
+    }
+
+    /// Plans the decluttered `model` for the smoke input's shapes, so that the first request of
+    /// that shape finds its plan ready.
+    fn ready(
+        model: TypedModel,
+        signature: Signature,
+        layout: Layout,
+        started: Instant,
+    ) -> Result<Self, EngineError> {
+        let plans = guarded(EngineError::Load, || Plans::new(model, layout))?;
+        let engine = Self {
+            plans,
             signature,
+            load_time: Duration::ZERO,
+        };
+        let shapes = shapes_of(&engine.smoke_inputs()?);
+        guarded(EngineError::Load, || engine.plans.get(shapes))?;
+        Ok(Self {
             load_time: started.elapsed(),
+            ..engine
         })
+    }
+
+    /// Writes the decluttered model as an NNEF tar at `path` (see [`Self::load_artifact`]).
+    pub fn write_artifact(&self, path: &Path) -> Result<(), EngineError> {
+        guarded(EngineError::Load, || artifact::write(self.plans.model(), path))
+    }
+
+    /// Times the plain plan against the `conv_nhwc` one on the smoke input (interleaved, the
+    /// fastest of [`LAYOUT_TRIALS`] runs each after a warm-up) and keeps the faster. A model
+    /// without convolutions stays plain, untried.
+    pub fn choose_layout(&self) -> Result<LayoutChoice, EngineError> {
+        let inputs = self.smoke_inputs()?;
+        let shapes = shapes_of(&inputs);
+        let plain = guarded(EngineError::Run, || self.plans.get(shapes.clone()))?;
+        let nhwc = if layout::has_convolution(self.plans.model()) {
+            // A model the transform cannot rewrite keeps the plain layout.
+            guarded(EngineError::Load, || {
+                let model = self.plans.model().clone();
+                let model = plans::specialise(&model, &shapes)?;
+                plans::build(model, Layout::Nhwc)
+            })
+            .ok()
+        } else {
+            None
+        };
+        let values = || inputs.iter().cloned().map(TValue::from).collect::<TVec<_>>();
+        let time = |plan: &plans::Plan| -> Result<u64, EngineError> {
+            let started = Instant::now();
+            guarded(EngineError::Run, || plan.run(values()))?;
+            Ok(started.elapsed().as_micros() as u64)
+        };
+        if let Some(nhwc) = &nhwc {
+            time(nhwc)?;
+        }
+        let (mut plain_us, mut nhwc_us) = (u64::MAX, nhwc.as_ref().map(|_| u64::MAX));
+        for _ in 0..LAYOUT_TRIALS {
+            plain_us = plain_us.min(time(&plain)?);
+            if let (Some(plan), Some(best)) = (&nhwc, nhwc_us.as_mut()) {
+                *best = (*best).min(time(plan)?);
+            }
+        }
+        Ok(LayoutChoice::fastest(plain_us, nhwc_us))
+    }
+
+    /// The convolution layout its plans use.
+    pub fn layout(&self) -> Layout {
+        self.plans.layout()
+    }
+
+    /// Plans in memory (one per input shape seen, at most [`MAX_SHAPE_PLANS`] +1); each holds
+    /// its own copy of the packed weights.
+    pub fn resident_plans(&self) -> usize {
+        self.plans.resident()
+    }
+
+    /// Plans built since the load, evicted ones included.
+    pub fn plans_built(&self) -> usize {
+        self.plans.built()
     }
 
     pub fn signature(&self) -> &Signature {
@@ -127,8 +236,9 @@ impl Engine {
 
     /// Runs the model on inputs given in signature order; outputs come in signature order.
     pub fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, EngineError> {
+        let plan = guarded(EngineError::Run, || self.plans.get(shapes_of(&inputs)))?;
         let inputs: TVec<TValue> = inputs.into_iter().map(TValue::from).collect();
-        let outputs = guarded(EngineError::Run, || self.plan.run(inputs))?;
+        let outputs = guarded(EngineError::Run, || plan.run(inputs))?;
         Ok(outputs.into_iter().map(TValue::into_tensor).collect())
     }
 
@@ -171,6 +281,36 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// Timed runs of each layout when choosing one.
+const LAYOUT_TRIALS: usize = 2;
+
+fn shapes_of(inputs: &[Tensor]) -> Vec<TVec<usize>> {
+    inputs.iter().map(|t| t.shape().into()).collect()
+}
+
+/// Same number, datatypes and shapes of inputs and outputs (names are the manifest's).
+fn same_tensors(a: &Signature, b: &Signature) -> bool {
+    let same = |a: &[TensorSpec], b: &[TensorSpec]| {
+        a.len() == b.len()
+            && a
+                .iter()
+                .zip(b)
+                .all(|(a, b)| a.datatype == b.datatype && a.shape == b.shape)
+    };
+    same(&a.inputs, &b.inputs) && same(&a.outputs, &b.outputs)
+}
+
+fn describe(signature: &Signature) -> String {
+    let list = |specs: &[TensorSpec]| {
+        specs
+            .iter()
+            .map(|s| format!("{} {}", s.datatype, crate::signature::Shape(&s.shape)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!("{} → {}", list(&signature.inputs), list(&signature.outputs))
 }
 
 fn tensor_of<T: Datum>(shape: &[usize], elements: Vec<T>) -> Tensor {
@@ -275,3 +415,6 @@ pub fn datum_type(dt: DataType) -> DatumType {
         DataType::Bytes => DatumType::String,
     }
 }
+
+#[cfg(test)]
+mod tests;
