@@ -8,7 +8,12 @@ RUN curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --pr
 ENV PATH=/root/.cargo/bin:$PATH
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --bin inference
+# The CPU baseline of every Lambda host of the architecture, as scripts/package.sh builds the zips.
+ARG TARGETARCH
+RUN case "${TARGETARCH:-$(uname -m)}" in \
+      arm64|aarch64) cpu=neoverse-n1 ;; \
+      *) cpu=x86-64-v3 ;; \
+    esac && RUSTFLAGS="-C target-cpu=$cpu" cargo build --release --locked --bin inference
 
 FROM public.ecr.aws/lambda/provided:al2023
 # A registry folder made by `modelctl bake DIR MODEL=FILE...` (served read-only from /opt/models,

@@ -50,8 +50,8 @@ export interface InferenceOptions {
 export interface ModelpipeStackProps extends StackProps {
   /**
    * Folder holding `validator/`, `publisher/` and `inference/`, each with the `bootstrap`
-   * binary or `bootstrap.zip` (`cargo lambda build --release --output-format zip` writes
-   * target/lambda/<name>/bootstrap.zip).
+   * binary or `bootstrap.zip` (`bash scripts/package.sh`, i.e. `cargo lambda build --release
+   * --output-format zip` for the Lambda hosts' CPU, writes target/lambda/<name>/bootstrap.zip).
    */
   readonly artifacts: string;
   /** Where the registry lives ['efs']. 's3' needs no VPC: MODEL_ROOT=s3://<bucket>/registry. */
@@ -74,7 +74,7 @@ function functionCode(artifacts: string, name: string): lambda.Code {
   if (fs.existsSync(zip)) return lambda.Code.fromAsset(zip);
   if (fs.existsSync(path.join(folder, 'bootstrap'))) return lambda.Code.fromAsset(folder);
   throw new Error(
-    `${folder} has neither bootstrap.zip nor bootstrap: run \`cargo lambda build --release --output-format zip\` first`,
+    `${folder} has neither bootstrap.zip nor bootstrap: run \`bash scripts/package.sh\` (cargo lambda build --release --output-format zip) first`,
   );
 }
 
