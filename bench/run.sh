@@ -10,6 +10,6 @@ cd "$(dirname "$0")/.."
 [ -x bench/.venv/bin/python ] || python3 -m venv bench/.venv
 bench/.venv/bin/pip install --quiet --disable-pip-version-check -r bench/requirements.txt
 export PATH="$PWD/bench/.venv/bin:$PATH"
-cargo lambda build --release --x86-64 --output-format zip -p validator -p publisher -p inference
+bash scripts/package.sh
 cargo build --profile profiling -p modelpipe-bench -p modelctl
 exec target/profiling/compare "$@"

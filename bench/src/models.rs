@@ -1,12 +1,13 @@
-//! The two models every comparison uses, generated (no downloads here): a tabular MLP
-//! 4→64→64→3 and a MobileNetV2-shaped CNN (1×3×224×224 in, ~14 MB), each in two versions
-//! (different random weights), with one fixed input, tract's answer to it, and the requests and
-//! API Gateway events that carry it.
+//! The three models every comparison uses, generated (no downloads here): a tabular MLP
+//! 4→64→64→3, a MobileNetV2-shaped CNN (depthwise convolutions, ~14 MB) and a ResNet-18-shaped
+//! one (dense convolutions, ~47 MB), both 1×3×224×224 in; each in two versions (different
+//! random weights), with one fixed input, tract's answer to it, and the requests and API Gateway
+//! events that carry it.
 
 use std::path::{Path, PathBuf};
 
 use modelpipe::engine::Engine;
-use modelpipe::onnx_build::{Mlp, mobilenet_v2};
+use modelpipe::onnx_build::{Mlp, mobilenet_v2, resnet18};
 use serde_json::{Value, json};
 use tract_onnx::prelude::Tensor;
 
@@ -28,13 +29,18 @@ pub fn generate(name: &str, seed: u32) -> Vec<u8> {
     match name {
         "mlp" => Mlp::new(&[4, 64, 64, 3], seed).to_bytes(),
         "cnn" => mobilenet_v2(seed),
+        "resnet" => resnet18(seed),
         other => panic!("no generator for {other}"),
     }
 }
 
 impl BenchModel {
     pub fn all(dir: &Path) -> Vec<BenchModel> {
-        [("mlp", "MLP 4→64→64→3"), ("cnn", "MobileNetV2-shaped CNN")]
+        [
+            ("mlp", "MLP 4→64→64→3"),
+            ("cnn", "MobileNetV2-shaped CNN"),
+            ("resnet", "ResNet-18-shaped CNN"),
+        ]
             .into_iter()
             .map(|(name, label)| Self::new(name, label, dir))
             .collect()
@@ -76,6 +82,15 @@ impl BenchModel {
             input_shape,
             input,
             reference,
+        }
+    }
+
+    /// Runs of it that take about as long as one another (for per-sample counts).
+    pub fn scale(&self, mlp: usize, cnn: usize, resnet: usize) -> usize {
+        match self.name {
+            "mlp" => mlp,
+            "cnn" => cnn,
+            _ => resnet,
         }
     }
 

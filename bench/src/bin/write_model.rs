@@ -1,10 +1,10 @@
 //! Writes one of modelpipe's generated ONNX models to a file, for benchmarks and the Python
 //! baseline.
 //!
-//! `write_model KIND PATH [SEED]`, KIND one of: `iris`, `mobilenet`, `identity`,
+//! `write_model KIND PATH [SEED]`, KIND one of: `iris`, `mobilenet`, `resnet`, `identity`,
 //! `mlp:4,64,64,3` (layer widths), `linear:1536,2304` (inputs, outputs).
 
-use modelpipe::onnx_build::{Identity, LinearSoftmax, Mlp, mobilenet_v2};
+use modelpipe::onnx_build::{Identity, LinearSoftmax, Mlp, mobilenet_v2, resnet18};
 
 fn widths(spec: &str) -> Vec<usize> {
     spec.split(',')
@@ -14,12 +14,13 @@ fn widths(spec: &str) -> Vec<usize> {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: write_model iris|mobilenet|identity|mlp:W,W,..|linear:IN,OUT PATH [SEED]";
+    let usage = "usage: write_model iris|mobilenet|resnet|identity|mlp:W,W,..|linear:IN,OUT PATH [SEED]";
     let (kind, path) = (args.get(1).expect(usage), args.get(2).expect(usage));
     let seed: u32 = args.get(3).map_or(1, |s| s.parse().expect(usage));
     let bytes = match kind.split_once(':') {
         None if kind == "iris" => LinearSoftmax::iris(seed).to_bytes(),
         None if kind == "mobilenet" => mobilenet_v2(seed),
+        None if kind == "resnet" => resnet18(seed),
         None if kind == "identity" => Identity::all_types(3).to_bytes(),
         Some(("mlp", spec)) => Mlp::new(&widths(spec), seed).to_bytes(),
         Some(("linear", spec)) => {

@@ -1,13 +1,14 @@
-//! Raw compute: one run of the model on the fixed input, tract against onnxruntime, at 1 and 2
-//! threads, no handler around either. tract is driven as modelpipe serves it and with the levers
-//! that may help it: a concrete input shape (the MLP's batch is symbolic as exported) and the
-//! `conv_nhwc` layout transform (convolutions in channels-last order).
+//! Raw compute: one run of the model on the fixed input, tract against onnxruntime, at 1, 2 and
+//! 4 threads, no handler around either. tract is driven as modelpipe serves it now and as it
+//! served before this comparison's levers: the MLP through one generic plan for its symbolic
+//! batch (now: a plan per concrete shape), the CNNs in both convolution layouts (plain was the
+//! only one; now the one chosen at ingest, recorded in the manifest, is served).
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use modelpipe::engine::{Engine, use_threads};
+use modelpipe::ModelName;
+use modelpipe::engine::{Engine, Layout, use_threads};
 use tract_onnx::prelude::*;
 
 use super::Setup;
@@ -17,20 +18,29 @@ use crate::stats::{Rounds, median, us};
 type Run = Box<dyn Fn() -> Vec<f32>>;
 
 fn runs_per_sample(model: &BenchModel) -> usize {
-    if model.name == "mlp" { 5000 } else { 30 }
+    model.scale(5000, 30, 10)
 }
 
 /// The ways of driving tract compared for `model`: (label, run).
-fn tract_variants(model: &BenchModel) -> Vec<(&'static str, Run)> {
-    let path = model.files[0].clone();
-    let engine = Engine::load(&path).expect("load");
-    let input = model.input_tensor();
-    let served: Run = Box::new(move || first_output(engine.run(vec![input.clone()]).expect("run")));
-    let mut variants = vec![("as served", served)];
-    let concrete = |nhwc: bool| -> Run {
-        let plan = plan(&path, model, nhwc).expect("plan");
+fn tract_variants(setup: &Setup, model: &BenchModel) -> Vec<(String, Run)> {
+    let path = &model.files[0];
+    let name: ModelName = model.name.parse().expect("model name");
+    let chosen = setup
+        .registry
+        .manifest(&name, 1)
+        .expect("manifest")
+        .layout
+        .map(|choice| choice.layout)
+        .unwrap_or_default();
+    let engine_run = |layout: Layout| -> Run {
+        let engine = Engine::load_onnx(path, layout).expect("load");
         let input = model.input_tensor();
-        Box::new(move || {
+        Box::new(move || first_output(engine.run(vec![input.clone()]).expect("run")))
+    };
+    if model.name == "mlp" {
+        let plan = generic_plan(path).expect("plan");
+        let input = model.input_tensor();
+        let generic: Run = Box::new(move || {
             first_output(
                 plan.run(tvec![input.clone().into()])
                     .expect("run")
@@ -38,32 +48,34 @@ fn tract_variants(model: &BenchModel) -> Vec<(&'static str, Run)> {
                     .map(|v| v.into_tensor())
                     .collect(),
             )
-        })
-    };
-    if model.name == "mlp" {
-        variants.push(("concrete input shape", concrete(false)));
-    } else {
-        variants.push(("conv_nhwc", concrete(true)));
+        });
+        return vec![
+            ("one generic plan, symbolic batch (before)".into(), generic),
+            ("plan for the concrete shape (served)".into(), engine_run(Layout::Plain)),
+        ];
     }
-    variants
+    [Layout::Plain, Layout::Nhwc]
+        .into_iter()
+        .map(|layout| {
+            let mut label = match layout {
+                Layout::Plain => "plain (before)",
+                Layout::Nhwc => "conv_nhwc",
+            }
+            .to_string();
+            if layout == chosen {
+                label += " ← chosen at ingest, served";
+            }
+            (label, engine_run(layout))
+        })
+        .collect()
 }
 
-/// tract with the input fact set to the model's concrete shape, optionally through `conv_nhwc`
-/// (declutter, transform, declutter again, then optimise).
-fn plan(path: &Path, model: &BenchModel, nhwc: bool) -> TractResult<Arc<TypedRunnableModel>> {
-    let fact = f32::fact(&model.input_shape);
-    let mut typed = tract_onnx::onnx()
+/// The model optimised as it is, its batch left symbolic.
+fn generic_plan(path: &std::path::Path) -> TractResult<Arc<TypedRunnableModel>> {
+    tract_onnx::onnx()
         .model_for_path(path)?
-        .with_input_fact(0, fact.into())?
-        .into_typed()?
-        .into_decluttered()?;
-    if nhwc {
-        let transform = tract_onnx::tract_core::transform::get_transform("conv_nhwc")?
-            .expect("tract has conv_nhwc");
-        transform.transform(&mut typed)?;
-        typed = typed.into_decluttered()?;
-    }
-    typed.into_optimized()?.into_runnable()
+        .into_optimized()?
+        .into_runnable()
 }
 
 fn first_output(outputs: Vec<Tensor>) -> Vec<f32> {
@@ -131,18 +143,21 @@ fn onnxruntime(setup: &Setup, model: &BenchModel, threads: usize, n: usize) -> f
 
 pub fn run(setup: &Setup) -> String {
     let mut out = format!(
-        "One run on the fixed input, medians of {} (MLP) / {} (CNN) runs per round, {} rounds \
-         interleaved; cells are the median over rounds (min–max) in µs, and tract / onnxruntime. \
-         Every variant's output is checked against the reference.\n\n",
+        "One run on the fixed input, medians of {} (MLP) / {} (MobileNet) / {} (ResNet) runs per \
+         round, {} rounds interleaved; cells are the median over rounds (min–max) in µs, and \
+         tract / onnxruntime. Every variant's output is checked against the reference. This \
+         machine has {} vCPUs: 4 threads oversubscribe it (shown for the shape of the curve; on \
+         Lambda, threads = vCPUs).\n\n",
         runs_per_sample(&setup.models[0]),
         runs_per_sample(&setup.models[1]),
-        setup.rounds
+        runs_per_sample(&setup.models[2]),
+        setup.rounds,
+        setup.cpus,
     );
     out += "| model | threads | onnxruntime (µs) | tract variant | tract (µs) | tract / onnxruntime |\n";
     out += "|---|---:|---:|---|---:|---:|\n";
-    let thread_counts: Vec<usize> = [1, 2].into_iter().filter(|&t| t <= setup.cpus).collect();
     for model in &setup.models {
-        let variants = tract_variants(model);
+        let variants = tract_variants(setup, model);
         for (label, run) in &variants {
             assert!(
                 model.difference(&run()) < 1e-3,
@@ -151,7 +166,7 @@ pub fn run(setup: &Setup) -> String {
             );
         }
         let n = runs_per_sample(model);
-        for &threads in &thread_counts {
+        for threads in [1, 2, 4] {
             let mut ort = Rounds::default();
             let mut tract: Vec<Rounds> = vec![Rounds::default(); variants.len()];
             for _ in 0..setup.rounds {

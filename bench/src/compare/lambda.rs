@@ -5,8 +5,13 @@
 //! - warm: event handed out → answer received, what Lambda bills;
 //! - peak RSS with the model loaded and answering, and (modelpipe) while `live` moves to another
 //!   version and the request that notices it loads it.
+//!
+//! modelpipe runs twice: on versions compiled at ingest (artifact, layout chosen: what the
+//! validator commits now) and on the same versions committed without (it loads `model.onnx`,
+//! convolutions plain: the versions of before, and the fallback path).
 
 use modelpipe::ModelName;
+use modelpipe::registry::Registry;
 use modelpipe_tests::serving::publish;
 use serde_json::Value;
 
@@ -80,7 +85,7 @@ impl Side {
 }
 
 fn warm_invocations(model: &BenchModel) -> usize {
-    if model.name == "mlp" { 2000 } else { 40 }
+    model.scale(2000, 40, 20)
 }
 
 pub async fn run(setup: &Setup, targets: &mut Vec<Target>) -> String {
@@ -89,7 +94,10 @@ pub async fn run(setup: &Setup, targets: &mut Vec<Target>) -> String {
         "Both runtimes answer the same API Gateway HTTP API events (Open Inference Protocol JSON) \
          from the same Runtime API endpoint, {threads} compute thread(s) each; {rounds} rounds, \
          the two runtimes interleaved; each cell is the median over rounds (min–max). Warm \
-         latency per round: {mlp} MLP / {cnn} CNN invocations. The first two rows are the floor: \
+         latency per round: {mlp} MLP / {cnn} MobileNet / {resnet} ResNet invocations. \
+         \"modelpipe\" serves versions as the validator commits them now (compiled artifact, \
+         layout chosen at ingest); \"modelpipe, model.onnx\" serves the same versions committed \
+         without them (what every version was before, and the fallback). The first two rows are the floor: \
          a function that answers every event at once in each runtime (the Python one still \
          imports onnxruntime and builds the MLP's session at import, as the handler module does), \
          i.e. the Runtime API round trip over loopback that both pay before any work.\n\n",
@@ -97,6 +105,7 @@ pub async fn run(setup: &Setup, targets: &mut Vec<Target>) -> String {
         rounds = setup.rounds,
         mlp = warm_invocations(&setup.models[0]),
         cnn = warm_invocations(&setup.models[1]),
+        resnet = warm_invocations(&setup.models[2]),
     );
     out += "| model | runtime | init (ms) | cold start → first answer (ms) | warm p50 (µs) | warm p99 (µs) | peak RSS (MB) | peak RSS during a swap (MB) |\n";
     out += "|---|---|---:|---:|---:|---:|---:|---:|\n";
@@ -113,18 +122,27 @@ pub async fn run(setup: &Setup, targets: &mut Vec<Target>) -> String {
     }
     let mut ratios = String::new();
     for model in &setup.models {
-        let (mut ours, mut python) = (Side::default(), Side::default());
+        let (mut ours, mut before, mut python) =
+            (Side::default(), Side::default(), Side::default());
         for round in 0..setup.rounds {
-            let python_first = round % 2 == 1;
-            if python_first {
-                measure_python(setup, model, &mut python).await;
-            }
-            measure_ours(setup, model, &mut ours).await;
-            if !python_first {
-                measure_python(setup, model, &mut python).await;
+            // Each runtime goes first, second and third in turn.
+            for turn in 0..3 {
+                match (round + turn) % 3 {
+                    0 => measure_ours(setup, model, &setup.registry, &setup.registry_dir, &mut ours).await,
+                    1 => {
+                        let (registry, dir) = (&setup.uncompiled, &setup.uncompiled_dir);
+                        measure_ours(setup, model, registry, dir, &mut before).await
+                    }
+                    _ => measure_python(setup, model, &mut python).await,
+                }
             }
         }
         out += &ours.row(model.label, "modelpipe", &ours.swap_peak_mb.show(1));
+        out += &before.row(
+            model.label,
+            "modelpipe, model.onnx",
+            &before.swap_peak_mb.show(1),
+        );
         out += &python.row(
             model.label,
             "Python + onnxruntime",
@@ -151,27 +169,35 @@ pub async fn run(setup: &Setup, targets: &mut Vec<Target>) -> String {
                 });
             }
         }
-        ratios += &format!(
-            "| {} | {:.2}× | {:.2}× | {:.2}× | {:.2}× | {:.2e} / {:.2e} |\n",
-            model.label,
-            ours.cold_ms.ratio_to(&python.cold_ms),
-            ours.p50_us.ratio_to(&python.p50_us),
-            ours.p99_us.ratio_to(&python.p99_us),
-            ours.peak_mb.ratio_to(&python.peak_mb),
-            ours.worst_difference,
-            python.worst_difference,
-        );
+        for (label, side) in [("modelpipe", &ours), ("modelpipe, model.onnx", &before)] {
+            ratios += &format!(
+                "| {} | {label} | {:.2}× | {:.2}× | {:.2}× | {:.2}× | {:.2e} / {:.2e} |\n",
+                model.label,
+                side.cold_ms.ratio_to(&python.cold_ms),
+                side.p50_us.ratio_to(&python.p50_us),
+                side.p99_us.ratio_to(&python.p99_us),
+                side.peak_mb.ratio_to(&python.peak_mb),
+                side.worst_difference,
+                python.worst_difference,
+            );
+        }
     }
     out += "\nmodelpipe / Python (lower is better; targets: cold start ≤ 0.5×, MLP warm p50 and p99 ≤ 0.3×):\n\n";
-    out += "| model | cold start | warm p50 | warm p99 | peak RSS | answers vs tract's reference (max relative difference, modelpipe / Python) |\n";
-    out += "|---|---:|---:|---:|---:|---|\n";
+    out += "| model | modelpipe serving | cold start | warm p50 | warm p99 | peak RSS | answers vs tract's reference (max relative difference, modelpipe / Python) |\n";
+    out += "|---|---|---:|---:|---:|---:|---|\n";
     out += &ratios;
     out
 }
 
-async fn measure_ours(setup: &Setup, model: &BenchModel, side: &mut Side) {
+async fn measure_ours(
+    setup: &Setup,
+    model: &BenchModel,
+    registry: &Registry,
+    registry_dir: &std::path::Path,
+    side: &mut Side,
+) {
     let name: ModelName = model.name.parse().expect("model name");
-    publish(&setup.registry, &name, 1);
+    publish(registry, &name, 1);
     let function = Function::start(
         Launch {
             name: "inference",
@@ -179,7 +205,7 @@ async fn measure_ours(setup: &Setup, model: &BenchModel, side: &mut Side) {
             args: &[],
             dir: None,
             env: vec![
-                ("MODEL_ROOT", setup.registry_dir.display().to_string()),
+                ("MODEL_ROOT", registry_dir.display().to_string()),
                 ("PRELOAD_MODELS", model.name.to_string()),
                 ("RELOAD_CHECK_MS", "100".to_string()),
             ],
@@ -197,7 +223,7 @@ async fn measure_ours(setup: &Setup, model: &BenchModel, side: &mut Side) {
 
     // The swap: live moves to v2; requests go on until one is answered by v2.
     function.reset_peak();
-    publish(&setup.registry, &name, 2);
+    publish(registry, &name, 2);
     loop {
         let answer = function.invoke(model.event()).await;
         let (_, version) = parse_answer(answer.body.as_ref().unwrap());

@@ -5,6 +5,7 @@
 pub mod compute;
 pub mod ingest;
 pub mod lambda;
+pub mod load;
 pub mod machine;
 pub mod packages;
 pub mod upload;
@@ -15,7 +16,7 @@ use std::process::Command;
 
 use modelpipe::ModelName;
 use modelpipe::registry::Registry;
-use modelpipe_tests::serving::{commit, publish};
+use modelpipe_tests::serving::{commit, commit_uncompiled, publish};
 
 use crate::models::BenchModel;
 
@@ -50,9 +51,14 @@ pub struct Setup {
     pub work: PathBuf,
     pub logs: PathBuf,
     pub models: Vec<BenchModel>,
-    /// A directory registry holding versions 1 and 2 of every model, `live` on 1.
+    /// A directory registry holding versions 1 and 2 of every model, `live` on 1, committed as
+    /// the validator commits them (layout chosen, artifact compiled).
     pub registry: Registry,
     pub registry_dir: PathBuf,
+    /// The same versions committed as before ingest compiled models: inference loads
+    /// `model.onnx`, convolutions plain (the "before" of the load levers).
+    pub uncompiled: Registry,
+    pub uncompiled_dir: PathBuf,
     pub python: PathBuf,
     pub python_dir: PathBuf,
     target: PathBuf,
@@ -81,12 +87,17 @@ impl Setup {
         let models = BenchModel::all(&models_dir);
         let registry_dir = work.join("registry");
         let registry = Registry::open(&registry_dir).expect("registry");
+        let uncompiled_dir = work.join("registry-uncompiled");
+        let uncompiled = Registry::open(&uncompiled_dir).expect("registry");
         for model in &models {
             let name: ModelName = model.name.parse().expect("model name");
             for file in &model.files {
-                commit(&registry, &name, &std::fs::read(file).expect("model file"));
+                let bytes = std::fs::read(file).expect("model file");
+                commit(&registry, &name, &bytes);
+                commit_uncompiled(&uncompiled, &name, &bytes);
             }
             publish(&registry, &name, 1);
+            publish(&uncompiled, &name, 1);
         }
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let setup = Self {
@@ -98,6 +109,8 @@ impl Setup {
             models,
             registry,
             registry_dir,
+            uncompiled,
+            uncompiled_dir,
             python,
             python_dir: root.join("bench/python"),
             target,

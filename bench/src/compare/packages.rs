@@ -1,4 +1,4 @@
-//! What ships: each function's Lambda zip (`cargo lambda build --release --output-format zip`)
+//! What ships: each function's Lambda zip (`scripts/package.sh`)
 //! and its init time with no model: process spawned → first poll for an event, with an empty
 //! registry (the inference function preloads nothing).
 

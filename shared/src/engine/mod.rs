@@ -187,9 +187,7 @@ impl Engine {
         let nhwc = if layout::has_convolution(self.plans.model()) {
             // A model the transform cannot rewrite keeps the plain layout.
             guarded(EngineError::Load, || {
-                let model = self.plans.model().clone();
-                let model = plans::specialise(&model, &shapes)?;
-                plans::build(model, Layout::Nhwc)
+                plans::build(plans::specialise(self.plans.model(), &shapes)?, Layout::Nhwc)
             })
             .ok()
         } else {
