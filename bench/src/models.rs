@@ -41,9 +41,9 @@ impl BenchModel {
             ("cnn", "MobileNetV2-shaped CNN"),
             ("resnet", "ResNet-18-shaped CNN"),
         ]
-            .into_iter()
-            .map(|(name, label)| Self::new(name, label, dir))
-            .collect()
+        .into_iter()
+        .map(|(name, label)| Self::new(name, label, dir))
+        .collect()
     }
 
     fn new(name: &'static str, label: &'static str, dir: &Path) -> Self {

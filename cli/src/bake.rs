@@ -124,7 +124,14 @@ pub fn bake(dir: &Path, models: &[ModelFile], contracts: &[ModelFile]) -> CliRes
         compiled_dir,
     } in checked
     {
-        let version = commit(&registry, &model, &file, signature, &compiled, &compiled_dir)?;
+        let version = commit(
+            &registry,
+            &model,
+            &file,
+            signature,
+            &compiled,
+            &compiled_dir,
+        )?;
         apply(
             &registry,
             &PublisherRequest::Publish {

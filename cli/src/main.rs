@@ -207,13 +207,11 @@ async fn main() -> ExitCode {
             file,
             contract,
             artifact,
-        } => {
-            tokio::task::spawn_blocking(move || {
-                ops::validate(&file, contract.as_deref(), artifact.as_deref())
-            })
-                .await
-                .unwrap_or_else(|e| Err(e.to_string()))
-        }
+        } => tokio::task::spawn_blocking(move || {
+            ops::validate(&file, contract.as_deref(), artifact.as_deref())
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string())),
         Command::Bake {
             dir,
             models,

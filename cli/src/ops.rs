@@ -292,7 +292,11 @@ pub fn describe_compiled(compiled: &modelpipe::checks::Compiled) -> String {
         None => "layout plain (no convolution)".to_string(),
     }
     .to_lowercase();
-    let artifact = match (&compiled.artifact, compiled.artifact_load, &compiled.no_artifact) {
+    let artifact = match (
+        &compiled.artifact,
+        compiled.artifact_load,
+        &compiled.no_artifact,
+    ) {
         (Some(artifact), Some(load), _) => format!(
             "artifact {:.1} MB, loads in {:.0} ms",
             artifact.size as f64 / 1e6,

@@ -90,7 +90,9 @@ impl Checked {
         path: &Path,
         layout: &LayoutChoice,
     ) -> Result<(Artifact, Duration), String> {
-        self.engine.write_artifact(path).map_err(|e| e.to_string())?;
+        self.engine
+            .write_artifact(path)
+            .map_err(|e| e.to_string())?;
         let started = Instant::now();
         let reloaded = Engine::load_artifact(path, self.signature(), layout.layout)
             .map_err(|e| format!("reading it back: {e}"))?;

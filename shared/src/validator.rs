@@ -368,7 +368,9 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
                 allow_signature_change: allow,
             };
             let checked = check_model(&path, expect)?;
-            let dir = path.parent().expect("a staged model is in its staging directory");
+            let dir = path
+                .parent()
+                .expect("a staged model is in its staging directory");
             let compiled = checked.compile(dir);
             Ok::<_, crate::checks::CheckError>((checked, compiled))
         })

@@ -135,7 +135,9 @@ async fn each_input_shape_gets_its_own_plan_once_and_the_cache_counts_them() {
         json!({"inputs": [{"name": "input", "shape": [rows, 4], "datatype": "FP32", "data": data}]})
     };
     // Two rows: a plan beside the one the load made for the smoke input (one row).
-    let (status, answer) = s.infer("/v2/models/iris/infer", &request(json!(ROWS))).await;
+    let (status, answer) = s
+        .infer("/v2/models/iris/infer", &request(json!(ROWS)))
+        .await;
     assert_eq!(status, 200, "{answer}");
     assert_probabilities(&answer, &v1);
     assert_eq!(plans().await, 2);
@@ -147,7 +149,12 @@ async fn each_input_shape_gets_its_own_plan_once_and_the_cache_counts_them() {
     assert_eq!(plans().await, 2, "shapes seen before reuse their plans");
     let (status, answer) = s.infer("/v2/models/iris/infer", &batch(3)).await;
     assert_eq!(status, 200, "{answer}");
-    let want: Vec<f64> = ROWS.iter().cycle().take(3).flat_map(|row| v1.predict(row)).collect();
+    let want: Vec<f64> = ROWS
+        .iter()
+        .cycle()
+        .take(3)
+        .flat_map(|row| v1.predict(row))
+        .collect();
     let got: Vec<f64> = serde_json::from_value(answer["outputs"][0]["data"].clone()).unwrap();
     for (g, w) in got.iter().zip(&want) {
         assert!((g - w).abs() < 1e-5, "got {got:?}, want {want:?}");

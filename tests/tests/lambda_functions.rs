@@ -151,10 +151,7 @@ impl Stack {
     /// `GET /v2/models/iris` through an HTTP API event.
     async fn metadata(&self) -> Value {
         let answer = self
-            .invoke(
-                "inference",
-                &http_api_event("GET", "/v2/models/iris", None),
-            )
+            .invoke("inference", &http_api_event("GET", "/v2/models/iris", None))
             .await
             .unwrap();
         assert_eq!(answer["statusCode"], 200, "{answer}");
@@ -266,10 +263,16 @@ async fn lifecycle(mut stack: Stack) -> Stack {
     assert_eq!(status, 200, "{answer}");
     assert_answer(&answer, "1", &v1);
     // The validator compiled it; the inference function loaded the artifact, not the ONNX file.
-    let manifest = stack.registry.manifest(&"iris".parse().unwrap(), 1).unwrap();
+    let manifest = stack
+        .registry
+        .manifest(&"iris".parse().unwrap(), 1)
+        .unwrap();
     assert!(manifest.artifact.is_some(), "{manifest:?}");
     let metadata = stack.metadata().await;
-    assert_eq!(metadata["engine"]["loaded_from"], "model.nnef.tar", "{metadata}");
+    assert_eq!(
+        metadata["engine"]["loaded_from"], "model.nnef.tar",
+        "{metadata}"
+    );
 
     let outcome = stack.upload("models/iris/model.onnx", v2.to_bytes()).await;
     assert_eq!(outcome[0]["version"], 2, "{outcome}");
@@ -615,7 +618,10 @@ async fn a_baked_registry_is_served_read_only_without_hot_reload() {
     assert_eq!(metadata["hot_reload"]["enabled"], false, "{metadata}");
     // The bake compiled each version as the validator would; the image serves the artifact.
     assert!(baked.join("iris/versions/2/model.nnef.tar").is_file());
-    assert_eq!(metadata["engine"]["loaded_from"], "model.nnef.tar", "{metadata}");
+    assert_eq!(
+        metadata["engine"]["loaded_from"], "model.nnef.tar",
+        "{metadata}"
+    );
     assert!(
         metadata["hot_reload"]["reason"]
             .as_str()

@@ -274,7 +274,10 @@ fn validate_reports_a_good_model_and_refuses_a_bad_one() {
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("input  input FP32 [-1,4]"), "{stdout}");
-    assert!(stdout.contains("layout plain (no convolution); artifact"), "{stdout}");
+    assert!(
+        stdout.contains("layout plain (no convolution); artifact"),
+        "{stdout}"
+    );
     // The artifact written is one the engine reads back to the model's signature.
     let checked = modelpipe::checks::check_model(&good, Default::default()).unwrap();
     modelpipe::engine::Engine::load_artifact(&artifact, checked.signature(), Default::default())

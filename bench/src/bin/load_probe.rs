@@ -18,7 +18,13 @@ fn status_mb(field: &str) -> f64 {
     status
         .lines()
         .find_map(|line| line.strip_prefix(field))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
         .map(|kb| kb / 1024.0)
         .unwrap_or_else(|| panic!("no {field} in /proc/self/status"))
 }
@@ -37,9 +43,7 @@ fn main() {
     let started = Instant::now();
     let engine = match source.as_str() {
         "onnx" => Engine::load_onnx(&dir.join(MODEL_FILE), layout),
-        "artifact" => {
-            Engine::load_artifact(&dir.join(ARTIFACT_FILE), &manifest.signature, layout)
-        }
+        "artifact" => Engine::load_artifact(&dir.join(ARTIFACT_FILE), &manifest.signature, layout),
         other => panic!("source {other}: onnx or artifact"),
     }
     .expect("load");

@@ -14,7 +14,8 @@ fn widths(spec: &str) -> Vec<usize> {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: write_model iris|mobilenet|resnet|identity|mlp:W,W,..|linear:IN,OUT PATH [SEED]";
+    let usage =
+        "usage: write_model iris|mobilenet|resnet|identity|mlp:W,W,..|linear:IN,OUT PATH [SEED]";
     let (kind, path) = (args.get(1).expect(usage), args.get(2).expect(usage));
     let seed: u32 = args.get(3).map_or(1, |s| s.parse().expect(usage));
     let bytes = match kind.split_once(':') {

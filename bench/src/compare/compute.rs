@@ -51,7 +51,10 @@ fn tract_variants(setup: &Setup, model: &BenchModel) -> Vec<(String, Run)> {
         });
         return vec![
             ("one generic plan, symbolic batch (before)".into(), generic),
-            ("plan for the concrete shape (served)".into(), engine_run(Layout::Plain)),
+            (
+                "plan for the concrete shape (served)".into(),
+                engine_run(Layout::Plain),
+            ),
         ];
     }
     [Layout::Plain, Layout::Nhwc]

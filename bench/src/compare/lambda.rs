@@ -128,7 +128,16 @@ pub async fn run(setup: &Setup, targets: &mut Vec<Target>) -> String {
             // Each runtime goes first, second and third in turn.
             for turn in 0..3 {
                 match (round + turn) % 3 {
-                    0 => measure_ours(setup, model, &setup.registry, &setup.registry_dir, &mut ours).await,
+                    0 => {
+                        measure_ours(
+                            setup,
+                            model,
+                            &setup.registry,
+                            &setup.registry_dir,
+                            &mut ours,
+                        )
+                        .await
+                    }
                     1 => {
                         let (registry, dir) = (&setup.uncompiled, &setup.uncompiled_dir);
                         measure_ours(setup, model, registry, dir, &mut before).await

@@ -23,7 +23,11 @@ struct Probe {
 
 impl Probe {
     fn push(&mut self, answer: &Value) {
-        let field = |name: &str| answer[name].as_f64().unwrap_or_else(|| panic!("{name} in {answer}"));
+        let field = |name: &str| {
+            answer[name]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{name} in {answer}"))
+        };
         self.load_ms.push(field("load_ms"));
         self.first_run_ms.push(field("first_run_ms"));
         self.run_ms.push(field("run_ms"));

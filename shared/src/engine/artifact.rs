@@ -23,7 +23,10 @@ pub(super) fn write(model: &TypedModel, path: &Path) -> TractResult<()> {
     let file = File::create(path)?;
     let mut writer = NNEF.write_to_tar(model, BufWriter::new(file))?;
     writer.flush()?;
-    writer.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    writer
+        .into_inner()
+        .map_err(|e| e.into_error())?
+        .sync_all()?;
     Ok(())
 }
 

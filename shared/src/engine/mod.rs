@@ -174,7 +174,9 @@ impl Engine {
 
     /// Writes the decluttered model as an NNEF tar at `path` (see [`Self::load_artifact`]).
     pub fn write_artifact(&self, path: &Path) -> Result<(), EngineError> {
-        guarded(EngineError::Load, || artifact::write(self.plans.model(), path))
+        guarded(EngineError::Load, || {
+            artifact::write(self.plans.model(), path)
+        })
     }
 
     /// Times the plain plan against the `conv_nhwc` one on the smoke input (interleaved, the
@@ -187,13 +189,22 @@ impl Engine {
         let nhwc = if layout::has_convolution(self.plans.model()) {
             // A model the transform cannot rewrite keeps the plain layout.
             guarded(EngineError::Load, || {
-                plans::build(plans::specialise(self.plans.model(), &shapes)?, Layout::Nhwc)
+                plans::build(
+                    plans::specialise(self.plans.model(), &shapes)?,
+                    Layout::Nhwc,
+                )
             })
             .ok()
         } else {
             None
         };
-        let values = || inputs.iter().cloned().map(TValue::from).collect::<TVec<_>>();
+        let values = || {
+            inputs
+                .iter()
+                .cloned()
+                .map(TValue::from)
+                .collect::<TVec<_>>()
+        };
         let time = |plan: &plans::Plan| -> Result<u64, EngineError> {
             let started = Instant::now();
             guarded(EngineError::Run, || plan.run(values()))?;
@@ -292,8 +303,7 @@ fn shapes_of(inputs: &[Tensor]) -> Vec<TVec<usize>> {
 fn same_tensors(a: &Signature, b: &Signature) -> bool {
     let same = |a: &[TensorSpec], b: &[TensorSpec]| {
         a.len() == b.len()
-            && a
-                .iter()
+            && a.iter()
                 .zip(b)
                 .all(|(a, b)| a.datatype == b.datatype && a.shape == b.shape)
     };

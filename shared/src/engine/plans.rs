@@ -46,9 +46,7 @@ impl Plans {
             model,
             layout,
             symbolic,
-            cache: Mutex::new(LruCache::new(
-                MAX_SHAPE_PLANS.try_into().expect("non-zero"),
-            )),
+            cache: Mutex::new(LruCache::new(MAX_SHAPE_PLANS.try_into().expect("non-zero"))),
             generic: OnceLock::new(),
             built: AtomicUsize::new(0),
         })
@@ -94,7 +92,8 @@ impl Plans {
 
     /// Plans in memory.
     pub(super) fn resident(&self) -> usize {
-        self.cache.lock().expect("plan cache lock").len() + usize::from(self.generic.get().is_some())
+        self.cache.lock().expect("plan cache lock").len()
+            + usize::from(self.generic.get().is_some())
     }
 
     /// Plans built since the model was loaded (counting those evicted).
@@ -122,7 +121,11 @@ pub(super) fn specialise(model: &TypedModel, shapes: &[TVec<usize>]) -> TractRes
     );
     let mut values: HashMap<Symbol, TDim> = HashMap::new();
     for (fact, shape) in facts.iter().zip(shapes) {
-        ensure!(fact.rank() == shape.len(), "rank {} given for {fact:?}", shape.len());
+        ensure!(
+            fact.rank() == shape.len(),
+            "rank {} given for {fact:?}",
+            shape.len()
+        );
         for (dim, &given) in fact.shape.iter().zip(shape) {
             let given = TDim::Val(given as i64);
             match dim {
@@ -140,7 +143,11 @@ pub(super) fn specialise(model: &TypedModel, shapes: &[TVec<usize>]) -> TractRes
     let specialised = model.set_symbols(&values)?;
     for &outlet in specialised.input_outlets()? {
         ensure!(
-            specialised.outlet_fact(outlet)?.shape.as_concrete().is_some(),
+            specialised
+                .outlet_fact(outlet)?
+                .shape
+                .as_concrete()
+                .is_some(),
             "an input dimension stays symbolic"
         );
     }
@@ -149,5 +156,7 @@ pub(super) fn specialise(model: &TypedModel, shapes: &[TVec<usize>]) -> TractRes
 
 /// An optimised, runnable plan of `model` in `layout`.
 pub(super) fn build(model: TypedModel, layout: Layout) -> TractResult<Plan> {
-    layout::apply(model, layout)?.into_optimized()?.into_runnable()
+    layout::apply(model, layout)?
+        .into_optimized()?
+        .into_runnable()
 }

@@ -88,7 +88,10 @@ fn an_artifact_of_other_tensors_or_corrupt_bytes_is_refused() {
     let artifact = dir.path().join("model.nnef.tar");
     mlp.write_artifact(&artifact).unwrap();
     let err = Engine::load_artifact(&artifact, cnn.signature(), Layout::Plain).unwrap_err();
-    assert!(err.to_string().contains("differ from the manifest"), "{err}");
+    assert!(
+        err.to_string().contains("differ from the manifest"),
+        "{err}"
+    );
 
     let bytes = std::fs::read(&artifact).unwrap();
     let truncated = write(dir.path(), "truncated.tar", &bytes[..bytes.len() / 2]);

@@ -159,12 +159,18 @@ mod tests {
             ("resnet18", super::super::resnet18(1), 11.7e6),
         ] {
             let floats = bytes.len() as f64 / 4.0;
-            assert!((floats / params - 1.0).abs() < 0.03, "{name}: {floats} floats");
+            assert!(
+                (floats / params - 1.0).abs() < 0.03,
+                "{name}: {floats} floats"
+            );
             let path = dir.path().join(format!("{name}.onnx"));
             std::fs::write(&path, &bytes).unwrap();
             let engine = Engine::load(&path).unwrap();
             let signature = engine.signature();
-            assert_eq!(Shape(&signature.inputs[0].shape).to_string(), "[1,3,224,224]");
+            assert_eq!(
+                Shape(&signature.inputs[0].shape).to_string(),
+                "[1,3,224,224]"
+            );
             assert_eq!(Shape(&signature.outputs[0].shape).to_string(), "[1,1000]");
         }
     }

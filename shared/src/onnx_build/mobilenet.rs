@@ -70,7 +70,12 @@ pub fn small_cnn(seed: u32) -> Vec<u8> {
     let batch = || Dim::DimParam("N".into());
     b.graph(
         "small_cnn",
-        vec![batch(), Dim::DimValue(3), Dim::DimValue(16), Dim::DimValue(16)],
+        vec![
+            batch(),
+            Dim::DimValue(3),
+            Dim::DimValue(16),
+            Dim::DimValue(16),
+        ],
         vec![batch(), Dim::DimValue(4)],
     )
 }

@@ -356,10 +356,9 @@ impl Registry {
         };
         let (model, version) = (&manifest.model, manifest.version);
         let key = format!("{}/{ARTIFACT_FILE}", version_dir(model, version));
-        let tampered = |detail: String| {
-            self.tampered_file(model, version, ARTIFACT_FILE, detail)
-        };
-        let cannot = |e: io::Error| tampered(format!("cannot read {}: {e}", self.store.describe(&key)));
+        let tampered = |detail: String| self.tampered_file(model, version, ARTIFACT_FILE, detail);
+        let cannot =
+            |e: io::Error| tampered(format!("cannot read {}: {e}", self.store.describe(&key)));
         let copy = self
             .store
             .local_copy(&key, artifact.size, &artifact.sha256)

@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use tract_onnx::prelude::Tensor;
 use tracing::{info, warn};
+use tract_onnx::prelude::Tensor;
 
 use crate::engine::{Engine, EngineError, TRACT_VERSION};
 use crate::model_name::ModelName;
@@ -84,13 +84,20 @@ impl LoadedModel {
         let (verified, from_artifact) = std::thread::scope(|scope| {
             let verified = scope.spawn(|| registry.verified_local_file(model, version));
             let from_artifact = load_artifact(registry, &manifest);
-            (verified.join().expect("the hash check does not panic"), from_artifact)
+            (
+                verified.join().expect("the hash check does not panic"),
+                from_artifact,
+            )
         });
         let (manifest, file) = verified?;
         let (engine, loaded_from) = match from_artifact {
             Some(engine) => (engine, ARTIFACT_FILE),
             None => {
-                let layout = manifest.layout.as_ref().map(|c| c.layout).unwrap_or_default();
+                let layout = manifest
+                    .layout
+                    .as_ref()
+                    .map(|c| c.layout)
+                    .unwrap_or_default();
                 let engine = Engine::load_onnx(&file, layout).map_err(engine_error)?;
                 (engine, MODEL_FILE)
             }
@@ -152,7 +159,11 @@ fn load_artifact(registry: &Registry, manifest: &Manifest) -> Option<Engine> {
             return None;
         }
     };
-    let layout = manifest.layout.as_ref().map(|c| c.layout).unwrap_or_default();
+    let layout = manifest
+        .layout
+        .as_ref()
+        .map(|c| c.layout)
+        .unwrap_or_default();
     match Engine::load_artifact(&path, &manifest.signature, layout) {
         Ok(engine) => Some(engine),
         Err(error) => {
