@@ -35,13 +35,7 @@ pub(super) struct Plans {
 
 impl Plans {
     pub(super) fn new(model: TypedModel, layout: Layout) -> TractResult<Self> {
-        let symbolic = model
-            .input_outlets()?
-            .iter()
-            .map(|&outlet| model.outlet_fact(outlet))
-            .collect::<TractResult<Vec<_>>>()?
-            .iter()
-            .any(|fact| fact.shape.as_concrete().is_none());
+        let symbolic = !inputs_concrete(&model)?;
         Ok(Self {
             model,
             layout,
@@ -69,8 +63,8 @@ impl Plans {
         }
         let plan = match specialise(&self.model, &key) {
             Ok(model) => build(model, self.layout)?,
-            Err(_) if self.symbolic => return self.generic(),
-            Err(e) => return Err(e),
+            // Only a model with symbolic dimensions can fail to specialise.
+            Err(_) => return self.generic(),
         };
         self.built.fetch_add(1, Ordering::Relaxed);
         self.cache
@@ -105,14 +99,10 @@ impl Plans {
 /// `model` with its symbolic input dimensions bound to those of `shapes` (unchanged when it has
 /// none).
 pub(super) fn specialise(model: &TypedModel, shapes: &[TVec<usize>]) -> TractResult<TypedModel> {
-    let inputs = model.input_outlets()?;
-    let facts = inputs
-        .iter()
-        .map(|&outlet| model.outlet_fact(outlet))
-        .collect::<TractResult<Vec<_>>>()?;
-    if facts.iter().all(|fact| fact.shape.as_concrete().is_some()) {
+    if inputs_concrete(model)? {
         return Ok(model.clone());
     }
+    let facts = input_facts(model)?;
     ensure!(
         facts.len() == shapes.len(),
         "{} inputs given, the model has {}",
@@ -141,17 +131,26 @@ pub(super) fn specialise(model: &TypedModel, shapes: &[TVec<usize>]) -> TractRes
         }
     }
     let specialised = model.set_symbols(&values)?;
-    for &outlet in specialised.input_outlets()? {
-        ensure!(
-            specialised
-                .outlet_fact(outlet)?
-                .shape
-                .as_concrete()
-                .is_some(),
-            "an input dimension stays symbolic"
-        );
-    }
+    ensure!(
+        inputs_concrete(&specialised)?,
+        "an input dimension stays symbolic"
+    );
     Ok(specialised)
+}
+
+fn input_facts(model: &TypedModel) -> TractResult<Vec<&TypedFact>> {
+    model
+        .input_outlets()?
+        .iter()
+        .map(|&outlet| model.outlet_fact(outlet))
+        .collect()
+}
+
+/// Every input dimension of `model` is a number.
+fn inputs_concrete(model: &TypedModel) -> TractResult<bool> {
+    Ok(input_facts(model)?
+        .iter()
+        .all(|fact| fact.shape.as_concrete().is_some()))
 }
 
 /// An optimised, runnable plan of `model` in `layout`.

@@ -270,11 +270,7 @@ impl Registry {
             })
     }
 
-    fn tampered(&self, model: &ModelName, version: u64, detail: String) -> RegistryError {
-        self.tampered_file(model, version, MODEL_FILE, detail)
-    }
-
-    fn tampered_file(
+    fn tampered(
         &self,
         model: &ModelName,
         version: u64,
@@ -289,17 +285,24 @@ impl Registry {
         }
     }
 
-    /// Checks that a file has the size and SHA-256 its manifest records.
-    fn check_digest(&self, manifest: &Manifest, (sha256, size): (String, u64)) -> Result<()> {
-        if size != manifest.size || sha256 != manifest.sha256 {
+    /// Checks that `file` of the version `manifest` describes has the `expected` size and
+    /// SHA-256 recorded for it.
+    fn check_digest(
+        &self,
+        manifest: &Manifest,
+        file: &'static str,
+        (expected_sha256, expected_size): (&str, u64),
+        (sha256, size): (String, u64),
+    ) -> Result<()> {
+        if size != expected_size || sha256 != expected_sha256 {
             return Err(self.tampered(
                 &manifest.model,
                 manifest.version,
+                file,
                 format!(
-                    "{size} bytes with sha256 {}…, manifest says {} bytes with {}…",
+                    "{size} bytes with sha256 {}…, manifest says {expected_size} bytes with {}…",
                     &sha256[..12.min(sha256.len())],
-                    manifest.size,
-                    &manifest.sha256[..manifest.sha256.len().min(12)]
+                    &expected_sha256[..expected_sha256.len().min(12)]
                 ),
             ));
         }
@@ -315,10 +318,16 @@ impl Registry {
             self.tampered(
                 model,
                 version,
+                MODEL_FILE,
                 format!("cannot read {}: {e}", self.store.describe(&key)),
             )
         })?;
-        self.check_digest(&manifest, digest)?;
+        self.check_digest(
+            &manifest,
+            MODEL_FILE,
+            (&manifest.sha256, manifest.size),
+            digest,
+        )?;
         Ok(manifest)
     }
 
@@ -330,22 +339,14 @@ impl Registry {
         version: u64,
     ) -> Result<(Manifest, PathBuf)> {
         let manifest = self.manifest(model, version)?;
-        let key = model_key(model, version);
-        let cannot = |e: io::Error| {
-            self.tampered(
-                model,
-                version,
-                format!("cannot read {}: {e}", self.store.describe(&key)),
-            )
-        };
-        let copy = self
-            .store
-            .local_copy(&key, manifest.size, &manifest.sha256)
-            .map_err(cannot)?;
-        if !copy.verified {
-            self.check_digest(&manifest, sha256_file(&copy.path).map_err(cannot)?)?;
-        }
-        Ok((manifest, copy.path))
+        let path = self.verified_local_model(&manifest)?;
+        Ok((manifest, path))
+    }
+
+    /// The model file of the version `manifest` describes, on local disk and checked against
+    /// the manifest's size and SHA-256.
+    pub fn verified_local_model(&self, manifest: &Manifest) -> Result<PathBuf> {
+        self.verified_local_copy(manifest, MODEL_FILE, (&manifest.sha256, manifest.size))
     }
 
     /// The compiled artifact of the version `manifest` describes, on local disk and checked
@@ -354,27 +355,37 @@ impl Registry {
         let Some(artifact) = &manifest.artifact else {
             return Ok(None);
         };
+        self.verified_local_copy(manifest, ARTIFACT_FILE, (&artifact.sha256, artifact.size))
+            .map(Some)
+    }
+
+    /// `file` of the version `manifest` describes on local disk, with the `expected` SHA-256
+    /// and size (checked by the store while copying, or here).
+    fn verified_local_copy(
+        &self,
+        manifest: &Manifest,
+        file: &'static str,
+        expected: (&str, u64),
+    ) -> Result<PathBuf> {
         let (model, version) = (&manifest.model, manifest.version);
-        let key = format!("{}/{ARTIFACT_FILE}", version_dir(model, version));
-        let tampered = |detail: String| self.tampered_file(model, version, ARTIFACT_FILE, detail);
-        let cannot =
-            |e: io::Error| tampered(format!("cannot read {}: {e}", self.store.describe(&key)));
+        let key = format!("{}/{file}", version_dir(model, version));
+        let cannot = |e: io::Error| {
+            self.tampered(
+                model,
+                version,
+                file,
+                format!("cannot read {}: {e}", self.store.describe(&key)),
+            )
+        };
         let copy = self
             .store
-            .local_copy(&key, artifact.size, &artifact.sha256)
+            .local_copy(&key, expected.1, expected.0)
             .map_err(cannot)?;
         if !copy.verified {
-            let (sha256, size) = sha256_file(&copy.path).map_err(cannot)?;
-            if (sha256.as_str(), size) != (artifact.sha256.as_str(), artifact.size) {
-                return Err(tampered(format!(
-                    "{size} bytes with sha256 {}…, manifest says {} bytes with {}…",
-                    &sha256[..12],
-                    artifact.size,
-                    &artifact.sha256[..artifact.sha256.len().min(12)]
-                )));
-            }
+            let actual = sha256_file(&copy.path).map_err(cannot)?;
+            self.check_digest(manifest, file, expected, actual)?;
         }
-        Ok(Some(copy.path))
+        Ok(copy.path)
     }
 
     pub fn alias(&self, model: &ModelName, alias: &AliasName) -> Result<Option<AliasRecord>> {

@@ -82,14 +82,14 @@ impl LoadedModel {
         };
         let manifest = registry.manifest(model, version)?;
         let (verified, from_artifact) = std::thread::scope(|scope| {
-            let verified = scope.spawn(|| registry.verified_local_file(model, version));
+            let verified = scope.spawn(|| registry.verified_local_model(&manifest));
             let from_artifact = load_artifact(registry, &manifest);
             (
                 verified.join().expect("the hash check does not panic"),
                 from_artifact,
             )
         });
-        let (manifest, file) = verified?;
+        let file = verified?;
         let (engine, loaded_from) = match from_artifact {
             Some(engine) => (engine, ARTIFACT_FILE),
             None => {
