@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use modelpipe::checks::{Compiled, Expectations, check_model};
+use modelpipe::checks::{Expectations, check_model};
 use modelpipe::contract::Contract;
 use modelpipe::digest::sha256_file;
 use modelpipe::publish::{PublisherRequest, apply};
@@ -41,8 +41,9 @@ impl std::str::FromStr for ModelFile {
 struct Checked {
     model: ModelName,
     file: PathBuf,
-    signature: Signature,
-    compiled: Compiled,
+    version: NewVersion,
+    /// What `version` records of the engine choice and the compilation, for the summary line.
+    summary: String,
     /// Holds the compiled artifact until the version is committed.
     compiled_dir: tempfile::TempDir,
 }
@@ -71,6 +72,7 @@ pub fn bake(dir: &Path, models: &[ModelFile], contracts: &[ModelFile]) -> CliRes
             previous.insert(model, (alias.version, manifest.signature));
         }
     }
+    let limits = crate::ops::limits_from_env()?;
     let mut checked = Vec::new();
     let mut next_version = BTreeMap::new();
     for ModelFile { model, file } in models {
@@ -83,13 +85,25 @@ pub fn bake(dir: &Path, models: &[ModelFile], contracts: &[ModelFile]) -> CliRes
             Expectations {
                 live: before,
                 contract: contract_of.get(model),
-                allow_signature_change: false,
+                limits,
+                ..Default::default()
             },
         )
         .map_err(|e| format!("{model}={}: rejected: {e}", file.display()))?;
         let signature = result.signature().clone();
         let compiled_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let compiled = result.compile(compiled_dir.path());
+        let summary = format!(
+            "{}; {}",
+            crate::ops::describe_choice(&result.choice),
+            crate::ops::describe_compiled(compiled.as_ref())
+        );
+        let (sha256, size) = sha256_file(file).map_err(|e| e.to_string())?;
+        let source = Source {
+            key: file.display().to_string(),
+            ..Default::default()
+        };
+        let new = result.new_version(sha256, size, source, compiled);
         drop(result);
         // The next file of the same model is checked against this one, as a later upload would.
         let version = match next_version.get(model) {
@@ -105,8 +119,8 @@ pub fn bake(dir: &Path, models: &[ModelFile], contracts: &[ModelFile]) -> CliRes
         checked.push(Checked {
             model: model.clone(),
             file: file.clone(),
-            signature,
-            compiled,
+            version: new,
+            summary,
             compiled_dir,
         });
     }
@@ -119,19 +133,12 @@ pub fn bake(dir: &Path, models: &[ModelFile], contracts: &[ModelFile]) -> CliRes
     for Checked {
         model,
         file,
-        signature,
-        compiled,
+        version,
+        summary,
         compiled_dir,
     } in checked
     {
-        let version = commit(
-            &registry,
-            &model,
-            &file,
-            signature,
-            &compiled,
-            &compiled_dir,
-        )?;
+        let version = commit(&registry, &model, &file, version, &compiled_dir)?;
         apply(
             &registry,
             &PublisherRequest::Publish {
@@ -143,11 +150,7 @@ pub fn bake(dir: &Path, models: &[ModelFile], contracts: &[ModelFile]) -> CliRes
             None,
         )
         .map_err(|e| e.to_string())?;
-        println!(
-            "{model} v{version} ← {} (live; {})",
-            file.display(),
-            crate::ops::describe_compiled(&compiled)
-        );
+        println!("{model} v{version} ← {} (live; {summary})", file.display());
         live.insert(model.to_string(), version);
     }
     for model in registry.models().map_err(|e| e.to_string())? {
@@ -175,35 +178,21 @@ fn commit(
     registry: &Registry,
     model: &ModelName,
     file: &Path,
-    signature: Signature,
-    compiled: &Compiled,
+    version: NewVersion,
     compiled_dir: &tempfile::TempDir,
 ) -> CliResult<u64> {
     let staging = registry.stage(model).map_err(|e| e.to_string())?;
     std::fs::copy(file, staging.model_path()).map_err(|e| format!("{}: {e}", file.display()))?;
-    if compiled.artifact.is_some() {
+    if version.artifact.is_some() {
         std::fs::copy(
             compiled_dir.path().join(ARTIFACT_FILE),
             staging.dir().join(ARTIFACT_FILE),
         )
         .map_err(|e| format!("{ARTIFACT_FILE}: {e}"))?;
     }
-    let (sha256, size) = sha256_file(&staging.model_path()).map_err(|e| e.to_string())?;
-    let new = NewVersion {
-        sha256,
-        size,
-        source: Source {
-            key: file.display().to_string(),
-            ..Default::default()
-        },
-        signature,
-        signature_change: None,
-        layout: Some(compiled.layout.clone()),
-        artifact: compiled.artifact.clone(),
-    };
     let locked = registry.lock(model).map_err(|e| e.to_string())?;
     Ok(locked
-        .commit(staging, new)
+        .commit(staging, version)
         .map_err(|e| e.to_string())?
         .version())
 }

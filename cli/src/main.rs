@@ -45,8 +45,8 @@ enum Command {
     },
     /// Show the lifecycle end to end on the example models, then exit.
     Demo,
-    /// Run the validator's checks on a model file, offline, and compile it as ingest would
-    /// (convolution layout, artifact).
+    /// Run the validator's checks on a model file, offline: the engine choice (tract and
+    /// ONNX Runtime compared and timed), and what ingest compiles for tract (layout, artifact).
     Validate {
         file: PathBuf,
         #[arg(long)]
@@ -54,6 +54,9 @@ enum Command {
         /// Also write the compiled artifact (model.nnef.tar) the validator would store.
         #[arg(long)]
         artifact: Option<PathBuf>,
+        /// Use this engine instead of choosing one (as upload metadata engine= does).
+        #[arg(long)]
+        engine: Option<modelpipe::engine::EngineKind>,
     },
     /// Build a read-only registry to bake into a container image (MODEL_ROOT=DIR), with the
     /// validator's checks on each file.
@@ -207,8 +210,9 @@ async fn main() -> ExitCode {
             file,
             contract,
             artifact,
+            engine,
         } => tokio::task::spawn_blocking(move || {
-            ops::validate(&file, contract.as_deref(), artifact.as_deref())
+            ops::validate(&file, contract.as_deref(), artifact.as_deref(), engine)
         })
         .await
         .unwrap_or_else(|e| Err(e.to_string())),

@@ -224,7 +224,12 @@ pub fn fsck(location: &Location, repair: bool, leftover_age: std::time::Duration
     }
 }
 
-pub fn validate(file: &Path, contract: Option<&Path>, artifact: Option<&Path>) -> CliResult {
+pub fn validate(
+    file: &Path,
+    contract: Option<&Path>,
+    artifact: Option<&Path>,
+    engine: Option<modelpipe::engine::EngineKind>,
+) -> CliResult {
     let contract = match contract {
         Some(path) => Some(Contract::parse(
             &std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?,
@@ -238,18 +243,21 @@ pub fn validate(file: &Path, contract: Option<&Path>, artifact: Option<&Path>) -
         file,
         Expectations {
             contract: contract.as_ref(),
+            engine,
+            limits: limits_from_env()?,
             ..Default::default()
         },
     )
     .map_err(|e| format!("rejected: {e}"))?;
     let (sha256, size) = modelpipe::digest::sha256_file(file).map_err(|e| e.to_string())?;
     println!("ok: {} ({size} bytes, sha256 {sha256})", file.display());
+    println!("  engine: {}", describe_choice(&checked.choice));
     println!("  loads in {:?}", checked.engine.load_time);
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let compiled = checked.compile(dir.path());
-    println!("  compiled: {}", describe_compiled(&compiled));
+    println!("  compiled: {}", describe_compiled(compiled.as_ref()));
     if let Some(out) = artifact {
-        if compiled.artifact.is_none() {
+        if compiled.and_then(|c| c.artifact).is_none() {
             return Err(format!("no artifact to write to {}", out.display()));
         }
         std::fs::copy(dir.path().join(modelpipe::registry::ARTIFACT_FILE), out)
@@ -278,8 +286,43 @@ pub fn validate(file: &Path, contract: Option<&Path>, artifact: Option<&Path>) -
     Ok(())
 }
 
+/// `MAX_MODEL_NODES` and `MODEL_LOAD_BUDGET_MS`, as the validator reads them.
+pub fn limits_from_env() -> CliResult<modelpipe::engine::Limits> {
+    modelpipe::config::Config::from_env()
+        .map(|config| config.limits)
+        .map_err(|e| e.to_string())
+}
+
+/// The engine chosen, why, and each engine's figures, in one line.
+pub fn describe_choice(choice: &modelpipe::checks::engines::EngineChoice) -> String {
+    let trial = |name: &str, trial: &Option<modelpipe::checks::engines::Trial>| match trial {
+        None => None,
+        Some(t) => Some(match (&t.error, t.load_ms, t.run_us) {
+            (Some(error), _, _) => format!("{name} failed: {error}"),
+            (None, Some(load), Some(run)) => format!("{name} loads in {load} ms, runs in {run} µs"),
+            (None, Some(load), None) => format!("{name} loads in {load} ms"),
+            _ => format!("{name} not timed"),
+        }),
+    };
+    let mut parts = vec![format!("{} ({})", choice.engine, choice.reason)];
+    parts.extend(trial("tract", &choice.tract));
+    parts.extend(trial("onnxruntime", &choice.onnxruntime));
+    if let Some(agreement) = &choice.agreement {
+        parts.push(format!(
+            "{} on {} probes (max |Δ| {:.2e})",
+            if agreement.agree { "agree" } else { "DISAGREE" },
+            agreement.probes,
+            agreement.max_abs_diff
+        ));
+    }
+    parts.join("; ")
+}
+
 /// The layout chosen and the artifact written, in one line.
-pub fn describe_compiled(compiled: &modelpipe::checks::Compiled) -> String {
+pub fn describe_compiled(compiled: Option<&modelpipe::checks::Compiled>) -> String {
+    let Some(compiled) = compiled else {
+        return "nothing to compile (onnxruntime serves it)".into();
+    };
     let ms = |us: u64| format!("{:.1} ms", us as f64 / 1000.0);
     let layout = &compiled.layout;
     let layout = match layout.nhwc_us {

@@ -24,6 +24,7 @@ fuzz_target!(|data: &[u8]| {
             name: input.name.to_string(),
             datatype,
             shape: vec![-1; input.shape.len()],
+            class_labels: None,
         };
         let _ = decode_input(&input, &spec);
     }

@@ -50,8 +50,9 @@ export interface InferenceOptions {
 export interface ModelpipeStackProps extends StackProps {
   /**
    * Folder holding `validator/`, `publisher/` and `inference/`, each with the `bootstrap`
-   * binary or `bootstrap.zip` (`bash scripts/package.sh`, i.e. `cargo lambda build --release
-   * --output-format zip` for the Lambda hosts' CPU, writes target/lambda/<name>/bootstrap.zip).
+   * binary or `bootstrap.zip` (`bash scripts/package.sh`: `cargo lambda build --release` for the
+   * Lambda hosts' CPU, then target/lambda/<name>/bootstrap.zip with the onnxruntime wheel's
+   * libonnxruntime.so beside `bootstrap` for the validator and inference).
    */
   readonly artifacts: string;
   /** Where the registry lives ['efs']. 's3' needs no VPC: MODEL_ROOT=s3://<bucket>/registry. */
@@ -74,7 +75,7 @@ function functionCode(artifacts: string, name: string): lambda.Code {
   if (fs.existsSync(zip)) return lambda.Code.fromAsset(zip);
   if (fs.existsSync(path.join(folder, 'bootstrap'))) return lambda.Code.fromAsset(folder);
   throw new Error(
-    `${folder} has neither bootstrap.zip nor bootstrap: run \`bash scripts/package.sh\` (cargo lambda build --release --output-format zip) first`,
+    `${folder} has neither bootstrap.zip nor bootstrap: run \`bash scripts/package.sh\` (cargo lambda build --release, then the zips) first`,
   );
 }
 
@@ -231,7 +232,7 @@ export class ModelpipeStack extends Stack {
     if (options.modelCacheBytes !== undefined) inferenceEnv.MODEL_CACHE_BYTES = String(options.modelCacheBytes);
     const inferenceProps = {
       ...(baked ? {} : inVpc),
-      description: 'modelpipe inference: Open Inference Protocol v2 over tract',
+      description: 'modelpipe inference: Open Inference Protocol v2 over tract and ONNX Runtime',
       memorySize: memoryMb,
       // API Gateway answers 503 after 30 s anyway.
       timeout: Duration.seconds(30),

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::engine::{Limits, MAX_MODEL_NODES, MODEL_LOAD_BUDGET};
 use crate::model_name::ModelName;
 use crate::registry::{FileCacheConfig, Location, Registry, RegistryError};
 
@@ -26,6 +27,9 @@ pub struct Config {
     pub model_cache_bytes: Option<u64>,
     /// `MAX_REQUEST_BYTES` [10 MiB, API Gateway's limit]: larger inference bodies get 413.
     pub max_request_bytes: usize,
+    /// `MAX_MODEL_NODES` [10000] and `MODEL_LOAD_BUDGET_MS` [30000]: the work one model may
+    /// cost an engine (see [`Limits`]).
+    pub limits: Limits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +126,14 @@ impl Config {
                 get("MAX_REQUEST_BYTES"),
                 10 * 1024 * 1024,
             )?,
+            limits: Limits {
+                max_nodes: parse("MAX_MODEL_NODES", get("MAX_MODEL_NODES"), MAX_MODEL_NODES)?,
+                load_budget: Duration::from_millis(parse(
+                    "MODEL_LOAD_BUDGET_MS",
+                    get("MODEL_LOAD_BUDGET_MS"),
+                    MODEL_LOAD_BUDGET.as_millis() as u64,
+                )?),
+            },
         })
     }
 }
@@ -139,6 +151,8 @@ mod tests {
         assert_eq!(config.reload_check, Duration::from_millis(1000));
         assert!(config.preload_models.is_empty());
         assert_eq!(config.model_cache_bytes, None);
+        assert_eq!(config.limits.max_nodes, 10_000);
+        assert_eq!(config.limits.load_budget, Duration::from_secs(30));
     }
 
     #[test]

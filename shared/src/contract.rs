@@ -11,6 +11,7 @@
 
 use serde::Deserialize;
 use serde_json::Value;
+use tract_onnx::prelude::Tensor;
 
 use crate::engine::Engine;
 use crate::serve::tensors::{InputTensor, TensorData, decode_input, json_data, leaves};
@@ -70,6 +71,14 @@ impl Contract {
         }
     }
 
+    /// The inputs of every example that decodes for `signature` (to compare engines on).
+    pub fn example_inputs(&self, signature: &Signature) -> Vec<Vec<Tensor>> {
+        self.examples
+            .iter()
+            .filter_map(|example| example.inputs_for(signature).ok())
+            .collect()
+    }
+
     /// Runs every example; the first that does not match is reported.
     pub fn check_examples(&self, engine: &Engine) -> Result<(), String> {
         for (index, example) in self.examples.iter().enumerate() {
@@ -82,9 +91,9 @@ impl Contract {
 }
 
 impl Example {
-    fn check(&self, engine: &Engine) -> Result<(), String> {
-        let signature = engine.signature();
-        let inputs = signature
+    /// The example's inputs decoded for `signature`, in its order.
+    fn inputs_for(&self, signature: &Signature) -> Result<Vec<Tensor>, String> {
+        signature
             .inputs
             .iter()
             .map(|spec| {
@@ -101,7 +110,12 @@ impl Example {
                 };
                 decode_input(&input, spec)
             })
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect()
+    }
+
+    fn check(&self, engine: &Engine) -> Result<(), String> {
+        let signature = engine.signature();
+        let inputs = self.inputs_for(signature)?;
         let outputs = engine.run(inputs).map_err(|e| e.to_string())?;
         for expected in &self.outputs {
             let position = signature

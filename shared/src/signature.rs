@@ -6,6 +6,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::engine::ClassLabels;
+
 /// A tensor datatype, named as the Open Inference Protocol names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -57,6 +59,10 @@ pub struct TensorSpec {
     pub name: String,
     pub datatype: DataType,
     pub shape: Vec<i64>,
+    /// A classifier's probabilities (a ZipMap output in the file): the class label of each
+    /// column, in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_labels: Option<ClassLabels>,
 }
 
 impl TensorSpec {
@@ -155,6 +161,7 @@ mod tests {
             name: name.into(),
             datatype,
             shape: shape.to_vec(),
+            class_labels: None,
         }
     }
 

@@ -16,13 +16,14 @@ use tracing::{info, warn};
 use crate::checks::{Expectations, check_model};
 use crate::config::Config;
 use crate::contract::Contract;
+use crate::engine::{EngineKind, Limits};
 use crate::ingest::{IngestError, stream_to_file};
 use crate::model_name::{AliasName, ModelKey, ModelName, contract_key, decode_event_key};
 use crate::object_store::{ObjectRef, ObjectStore, StoreError, tag_value};
 use crate::publish::{PublisherRequest, PublisherResponse};
 use crate::registry::{
-    Commit, NewVersion, Registry, RegistryError, Rejection, Source, UploadRecord, UploadStatus,
-    now, sequencer_cmp,
+    Commit, Registry, RegistryError, Rejection, Source, UploadRecord, UploadStatus, now,
+    sequencer_cmp,
 };
 
 /// Where the validator sends a publish: the publisher Lambda in AWS, a direct call locally.
@@ -107,6 +108,8 @@ struct UploadOptions {
     alias: Option<AliasName>,
     allow_signature_change: bool,
     expected_sha256: Option<String>,
+    /// `engine=tract|onnxruntime`: serve with this engine instead of the one measured fastest.
+    engine: Option<EngineKind>,
 }
 
 impl UploadOptions {
@@ -128,10 +131,19 @@ impl UploadOptions {
             }
             other => other,
         };
+        let engine = match metadata.get("engine") {
+            Some(engine) => Some(
+                engine
+                    .parse::<EngineKind>()
+                    .map_err(|e| format!("metadata engine={engine:?}: {e}"))?,
+            ),
+            None => None,
+        };
         Ok(Self {
             alias: publish.then_some(alias),
             allow_signature_change,
             expected_sha256,
+            engine,
         })
     }
 }
@@ -160,6 +172,7 @@ pub struct Validator<S, P> {
     publisher: P,
     models_prefix: String,
     max_model_bytes: u64,
+    limits: Limits,
 }
 
 /// Contracts larger than this are refused rather than read.
@@ -173,6 +186,7 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
             publisher,
             models_prefix: config.models_prefix.clone(),
             max_model_bytes: config.max_model_bytes,
+            limits: config.limits,
         }
     }
 
@@ -360,12 +374,14 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
 
         let started = std::time::Instant::now();
         let path = staging.model_path();
-        let allow = options.allow_signature_change;
+        let (allow, engine, limits) = (options.allow_signature_change, options.engine, self.limits);
         let checked = tokio::task::spawn_blocking(move || {
             let expect = Expectations {
                 live: live.as_ref().map(|(v, s)| (*v, s)),
                 contract: contract.as_ref(),
                 allow_signature_change: allow,
+                engine,
+                limits,
             };
             let checked = check_model(&path, expect)?;
             let dir = path
@@ -380,20 +396,22 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
             Ok(checked) => checked,
             Err(e) => return reject(e.to_string(), Some(sha256)).await,
         };
-        info!(model = %model, ms = started.elapsed().as_millis() as u64, load_ms = checked.engine.load_time.as_millis() as u64, layout = ?compiled.layout.layout, plain_us = compiled.layout.plain_us, nhwc_us = compiled.layout.nhwc_us, artifact_load_ms = compiled.artifact_load.map(|d| d.as_millis() as u64), "validated");
-        if let Some(reason) = &compiled.no_artifact {
-            warn!(model = %model, reason = %reason, "no compiled artifact: inference will load model.onnx");
+        let choice = &checked.choice;
+        info!(model = %model, ms = started.elapsed().as_millis() as u64, load_ms = checked.engine.load_time.as_millis() as u64, engine = %choice.engine, reason = %choice.reason, "validated");
+        match (&choice.agreement, &compiled) {
+            (Some(agreement), _) if !agreement.agree => {
+                warn!(model = %model, difference = agreement.difference.as_deref().unwrap_or("-"), "tract and onnxruntime disagree: onnxruntime serves");
+            }
+            (_, Some(compiled)) => {
+                info!(model = %model, layout = ?compiled.layout.layout, plain_us = compiled.layout.plain_us, nhwc_us = compiled.layout.nhwc_us, artifact_load_ms = compiled.artifact_load.map(|d| d.as_millis() as u64), "compiled for tract");
+                if let Some(reason) = &compiled.no_artifact {
+                    warn!(model = %model, reason = %reason, "no compiled artifact: inference will load model.onnx");
+                }
+            }
+            _ => {}
         }
 
-        let new = NewVersion {
-            sha256: sha256.clone(),
-            size: ingested.size,
-            source,
-            signature: checked.signature().clone(),
-            signature_change: checked.signature_change.clone(),
-            layout: Some(compiled.layout),
-            artifact: compiled.artifact,
-        };
+        let new = checked.new_version(sha256.clone(), ingested.size, source, compiled);
         drop(checked);
         let registry = self.registry.clone();
         let (model_c, key_c, seq_c, alias_c) = (

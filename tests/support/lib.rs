@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use modelpipe::s3_event::{CreatedObject, object_created_event};
 
+pub mod dev;
 pub mod serving;
 
 pub fn workspace_root() -> PathBuf {
@@ -75,6 +76,10 @@ pub struct Server {
 }
 
 impl Server {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
@@ -198,8 +203,17 @@ pub fn binary(name: &str) -> PathBuf {
 /// (stdout and stderr) goes to `<MODELPIPE_FUNCTION_LOGS or the temp dir>/<name>-<pid>.log`,
 /// see [`function_log`].
 pub fn start_function(watch: &Server, name: &str, env: &[(&str, String)]) -> Server {
+    start_executable(watch, name, &binary(name), env)
+}
+
+/// [`start_function`] for the executable at `path` (an unpacked Lambda zip's `bootstrap`), run
+/// in its own directory as Lambda runs it in `/var/task`.
+pub fn start_executable(watch: &Server, name: &str, path: &Path, env: &[(&str, String)]) -> Server {
     let log = std::fs::File::create(function_log(watch, name)).expect("function log");
-    let mut command = Command::new(binary(name));
+    let mut command = Command::new(path);
+    if let Some(dir) = path.parent() {
+        command.current_dir(dir);
+    }
     command
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -221,6 +235,24 @@ pub fn start_function(watch: &Server, name: &str, env: &[(&str, String)]) -> Ser
     };
     server.assert_alive(name);
     server
+}
+
+/// The `libonnxruntime.so` of the onnxruntime wheel in the workspace's `.venv` (scripts/setup.sh
+/// installs it).
+pub fn venv_onnxruntime_library() -> PathBuf {
+    let lib = workspace_root().join(".venv/lib");
+    std::fs::read_dir(&lib)
+        .expect("the workspace .venv (bash scripts/setup.sh)")
+        .flatten()
+        .map(|python| python.path().join("site-packages/onnxruntime/capi"))
+        .filter_map(|capi| std::fs::read_dir(capi).ok())
+        .flat_map(|files| files.flatten().map(|f| f.path()))
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libonnxruntime.so"))
+        })
+        .expect("onnxruntime in .venv (scripts/requirements-test.txt)")
 }
 
 /// The secret key the functions get: distinctive, so a test can prove no log line carries it.

@@ -3,38 +3,57 @@
 
 use std::sync::Arc;
 
+use modelpipe::checks::{Expectations, check_model};
 use modelpipe::config::Config;
+use modelpipe::engine::EngineKind;
 use modelpipe::publish::{PublisherRequest, apply};
-use modelpipe::registry::{NewVersion, Registry};
+use modelpipe::registry::Registry;
 use modelpipe::serve::{Inference, SwapPolicy, router};
 use modelpipe::{AliasName, ModelName};
 
-/// Commits `bytes` as the next version of `model`, compiled (the validator's commit, without S3).
+/// Commits `bytes` as the next version of `model` served by tract, compiled (the validator's
+/// commit, without S3).
 pub fn commit(registry: &Registry, model: &ModelName, bytes: &[u8]) -> u64 {
-    commit_as(registry, model, bytes, true)
+    commit_as(registry, model, bytes, Some(EngineKind::Tract), true)
 }
 
 /// Commits `bytes` as a version committed before ingest compiled models: no layout chosen, no
 /// artifact (inference loads `model.onnx`).
 pub fn commit_uncompiled(registry: &Registry, model: &ModelName, bytes: &[u8]) -> u64 {
-    commit_as(registry, model, bytes, false)
+    commit_as(registry, model, bytes, Some(EngineKind::Tract), false)
 }
 
-fn commit_as(registry: &Registry, model: &ModelName, bytes: &[u8], compile: bool) -> u64 {
+/// Commits `bytes` as the validator does: in `engine`, or the engine the checks choose.
+pub fn commit_in(
+    registry: &Registry,
+    model: &ModelName,
+    bytes: &[u8],
+    engine: Option<EngineKind>,
+) -> u64 {
+    commit_as(registry, model, bytes, engine, true)
+}
+
+fn commit_as(
+    registry: &Registry,
+    model: &ModelName,
+    bytes: &[u8],
+    engine: Option<EngineKind>,
+    compile: bool,
+) -> u64 {
     let staging = registry.stage(model).unwrap();
     std::fs::write(staging.model_path(), bytes).unwrap();
-    let checked =
-        modelpipe::checks::check_model(&staging.model_path(), Default::default()).unwrap();
-    let compiled = compile.then(|| checked.compile(staging.dir()));
-    let new = NewVersion {
-        sha256: modelpipe::digest::sha256_bytes(bytes),
-        size: bytes.len() as u64,
-        source: Default::default(),
-        signature: checked.signature().clone(),
-        signature_change: None,
-        layout: compiled.as_ref().map(|c| c.layout.clone()),
-        artifact: compiled.and_then(|c| c.artifact),
+    let expect = Expectations {
+        engine,
+        ..Default::default()
     };
+    let checked = check_model(&staging.model_path(), expect).unwrap();
+    let compiled = compile.then(|| checked.compile(staging.dir())).flatten();
+    let new = checked.new_version(
+        modelpipe::digest::sha256_bytes(bytes),
+        bytes.len() as u64,
+        Default::default(),
+        compiled,
+    );
     drop(checked);
     registry
         .lock(model)

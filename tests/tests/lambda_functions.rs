@@ -108,16 +108,22 @@ impl Stack {
 
     /// Uploads to moto and invokes the validator with the event S3 would send.
     async fn upload(&mut self, key: &str, bytes: Vec<u8>) -> Value {
+        self.upload_with(key, bytes, &[]).await
+    }
+
+    /// [`Self::upload`] with object metadata (`aws s3 cp --metadata`).
+    async fn upload_with(&mut self, key: &str, bytes: Vec<u8>, metadata: &[(&str, &str)]) -> Value {
         let size = bytes.len() as u64;
-        let put = self
+        let mut put = self
             .s3
             .put_object()
             .bucket(&self.bucket)
             .key(key)
-            .body(ByteStream::from(bytes))
-            .send()
-            .await
-            .unwrap();
+            .body(ByteStream::from(bytes));
+        for (name, value) in metadata {
+            put = put.metadata(*name, *value);
+        }
+        let put = put.send().await.unwrap();
         self.sequencer += 1;
         let event = s3_put_event(
             &self.bucket,
@@ -251,8 +257,14 @@ async fn the_three_functions_share_an_s3_hosted_registry() {
 async fn lifecycle(mut stack: Stack) -> Stack {
     let (v1, v2) = (LinearSoftmax::iris(1), LinearSoftmax::iris(2));
 
+    // v1 in tract (compiled: the artifact path), v2 in ONNX Runtime (the library found beside
+    // the workspace's .venv, as `modelctl dev` users have it).
     let outcome = stack
-        .upload("models/iris/first model+v1.onnx", v1.to_bytes())
+        .upload_with(
+            "models/iris/first model+v1.onnx",
+            v1.to_bytes(),
+            &[("engine", "tract")],
+        )
         .await;
     assert_eq!(
         outcome,
@@ -274,9 +286,21 @@ async fn lifecycle(mut stack: Stack) -> Stack {
         "{metadata}"
     );
 
-    let outcome = stack.upload("models/iris/model.onnx", v2.to_bytes()).await;
+    let outcome = stack
+        .upload_with(
+            "models/iris/model.onnx",
+            v2.to_bytes(),
+            &[("engine", "onnxruntime")],
+        )
+        .await;
     assert_eq!(outcome[0]["version"], 2, "{outcome}");
     assert_answer(&stack.infer(ROW).await.1, "2", &v2);
+    let metadata = stack.metadata().await;
+    assert_eq!(metadata["engine"]["name"], "onnxruntime", "{metadata}");
+    assert_eq!(
+        metadata["engine"]["loaded_from"], "model.onnx",
+        "{metadata}"
+    );
 
     let outcome = stack
         .upload("models/iris/model.onnx", b"definitely not onnx".to_vec())
@@ -616,10 +640,23 @@ async fn a_baked_registry_is_served_read_only_without_hot_reload() {
         .unwrap();
     let metadata: Value = serde_json::from_str(metadata["body"].as_str().unwrap()).unwrap();
     assert_eq!(metadata["hot_reload"]["enabled"], false, "{metadata}");
-    // The bake compiled each version as the validator would; the image serves the artifact.
-    assert!(baked.join("iris/versions/2/model.nnef.tar").is_file());
+    // The bake chose and compiled each version as the validator would; the image serves the
+    // engine it chose, tract from the artifact.
+    let manifest: Value = serde_json::from_slice(
+        &std::fs::read(baked.join("iris/versions/2/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let engine = manifest["engine"]["engine"].as_str().unwrap();
+    assert_eq!(metadata["engine"]["name"], engine, "{metadata}");
+    let from_artifact = baked.join("iris/versions/2/model.nnef.tar").is_file();
+    assert_eq!(from_artifact, engine == "tract", "{manifest}");
+    let expected_file = if from_artifact {
+        "model.nnef.tar"
+    } else {
+        "model.onnx"
+    };
     assert_eq!(
-        metadata["engine"]["loaded_from"], "model.nnef.tar",
+        metadata["engine"]["loaded_from"], expected_file,
         "{metadata}"
     );
     assert!(

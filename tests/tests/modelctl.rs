@@ -2,12 +2,11 @@
 //! and multipart uploads, object tags) and curl-like HTTP calls, `rollback`/`status`/`history` on
 //! its registry, `demo`, and `validate`.
 
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::Duration;
+use std::process::{Command, Output};
 
 use modelpipe::onnx_build::LinearSoftmax;
-use modelpipe_tests::{binary, free_port, wait_for};
+use modelpipe_tests::dev::{Dev, WAIT, aws, tag, upload};
+use modelpipe_tests::{binary, wait_for};
 use serde_json::{Value, json};
 
 fn modelctl(args: &[&str]) -> Output {
@@ -15,51 +14,6 @@ fn modelctl(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("run modelctl")
-}
-
-fn aws(endpoint: &str, args: &[&str]) -> Output {
-    Command::new("aws")
-        .arg("--endpoint-url")
-        .arg(endpoint)
-        .args(args)
-        .env("AWS_ACCESS_KEY_ID", "modelpipe")
-        .env("AWS_SECRET_ACCESS_KEY", "modelpipe")
-        .env("AWS_DEFAULT_REGION", "us-east-1")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .output()
-        .expect("the aws CLI must be installed")
-}
-
-fn upload(endpoint: &str, file: &Path, key: &str, extra: &[&str]) {
-    let target = format!("s3://models/{key}");
-    let mut args = vec!["s3", "cp", file.to_str().unwrap(), target.as_str()];
-    args.extend_from_slice(extra);
-    let out = aws(endpoint, &args);
-    assert!(
-        out.status.success(),
-        "aws s3 cp failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn tag(endpoint: &str, key: &str, name: &str) -> Option<String> {
-    let out = aws(
-        endpoint,
-        &[
-            "s3api",
-            "get-object-tagging",
-            "--bucket",
-            "models",
-            "--key",
-            key,
-        ],
-    );
-    let tags: Value = serde_json::from_slice(&out.stdout).ok()?;
-    tags["TagSet"]
-        .as_array()?
-        .iter()
-        .find(|t| t["Key"] == name)
-        .and_then(|t| t["Value"].as_str().map(str::to_string))
 }
 
 async fn infer(http: &reqwest::Client, base: &str) -> Option<String> {
@@ -77,49 +31,11 @@ async fn infer(http: &reqwest::Client, base: &str) -> Option<String> {
     answer["model_version"].as_str().map(str::to_string)
 }
 
-const WAIT: Duration = Duration::from_secs(60);
-
-/// Kills `modelctl dev` if the test fails before stopping it.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn dev_serves_the_lifecycle_to_the_stock_aws_cli() {
     let data = tempfile::tempdir().unwrap();
-    let (s3_port, http_port) = (free_port(), free_port());
-    let mut child = KillOnDrop(
-        Command::new(binary("modelctl"))
-            .args([
-                "dev",
-                "--data",
-                data.path().to_str().unwrap(),
-                "--reload-check-ms",
-                "100",
-            ])
-            .args([
-                "--s3-addr",
-                &format!("127.0.0.1:{s3_port}"),
-                "--http-addr",
-                &format!("127.0.0.1:{http_port}"),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let endpoint = format!("http://127.0.0.1:{s3_port}");
-    let base = format!("http://127.0.0.1:{http_port}");
-    let http = reqwest::Client::new();
-    wait_for("the inference API", WAIT, || async {
-        http.get(format!("{base}/v2/health/live")).send().await.ok()
-    })
-    .await;
+    let mut dev = Dev::start(data.path(), &["--reload-check-ms", "100"]).await;
+    let (endpoint, base, http) = (dev.endpoint.clone(), dev.base.clone(), dev.http.clone());
 
     let files = tempfile::tempdir().unwrap();
     let write = |name: &str, bytes: &[u8]| {
@@ -227,10 +143,7 @@ async fn dev_serves_the_lifecycle_to_the_stock_aws_cli() {
     let history = modelctl(&["history", "iris", "--registry", registry]);
     assert_eq!(String::from_utf8_lossy(&history.stdout).lines().count(), 3);
 
-    let _ = Command::new("kill")
-        .args(["-INT", &child.0.id().to_string()])
-        .status();
-    let exit = child.0.wait().unwrap();
+    let exit = dev.interrupt();
     assert!(
         exit.success(),
         "modelctl dev should stop cleanly on Ctrl-C: {exit}"
@@ -270,10 +183,16 @@ fn validate_reports_a_good_model_and_refuses_a_bad_one() {
         good.to_str().unwrap(),
         "--artifact",
         artifact.to_str().unwrap(),
+        "--engine",
+        "tract",
     ]);
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("input  input FP32 [-1,4]"), "{stdout}");
+    assert!(
+        stdout.contains("engine: tract (engine=tract in the upload's metadata)"),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("layout plain (no convolution); artifact"),
         "{stdout}"
@@ -387,18 +306,8 @@ fn dev_refuses_to_listen_beyond_loopback() {
 #[tokio::test]
 async fn ten_concurrent_uploads_through_dev_become_ten_versions_live_at_the_latest() {
     let data = tempfile::tempdir().unwrap();
-    let s3_port = free_port();
-    let _dev = KillOnDrop(
-        Command::new(binary("modelctl"))
-            .args(["dev", "--data", data.path().to_str().unwrap()])
-            .args(["--s3-addr", &format!("127.0.0.1:{s3_port}")])
-            .args(["--http-addr", &format!("127.0.0.1:{}", free_port())])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let s3 = modelpipe_tests::dev_s3_client(s3_port).await;
+    let dev = Dev::start(data.path(), &[]).await;
+    let s3 = modelpipe_tests::dev_s3_client(dev.s3_port).await;
     let keys: Vec<String> = (0..10)
         .map(|i| format!("models/iris/upload-{i}.onnx"))
         .collect();

@@ -79,14 +79,17 @@ async fn main() {
         tasks.into_iter().for_each(|t| t.join().unwrap());
         let (mut from_dir, mut cold, mut warm) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..rounds {
-            let (loaded, t) = timed(|| LoadedModel::load(&dir, &model, 1).unwrap());
+            let (loaded, t) =
+                timed(|| LoadedModel::load(&dir, &model, 1, &Default::default()).unwrap());
             drop(loaded);
             from_dir.push(t);
             let fresh = open_s3(&format!("copies-{label}-{round}").replace(' ', "-"));
-            let (loaded, t) = timed(|| LoadedModel::load(&fresh, &model, 1).unwrap());
+            let (loaded, t) =
+                timed(|| LoadedModel::load(&fresh, &model, 1, &Default::default()).unwrap());
             drop(loaded);
             cold.push(t);
-            let (loaded, t) = timed(|| LoadedModel::load(&fresh, &model, 1).unwrap());
+            let (loaded, t) =
+                timed(|| LoadedModel::load(&fresh, &model, 1, &Default::default()).unwrap());
             drop(loaded);
             warm.push(t);
         }

@@ -26,7 +26,7 @@ async fn run() -> Result<(), Error> {
     // One request at a time per environment: its run can have every vCPU (with concurrent
     // requests, as in `modelctl dev`, they already keep the cores busy; see BENCHMARKS.md).
     let threads = modelpipe::engine::use_threads(None);
-    tracing::info!(threads, "tract threads");
+    tracing::info!(threads, "engine threads");
     // Lambda freezes the process between invocations: the request that notices a move loads it.
     let inference = Arc::new(Inference::new(registry, &config, SwapPolicy::Blocking));
     inference.preload().await;

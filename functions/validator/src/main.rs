@@ -11,6 +11,10 @@ async fn main() -> Result<(), Error> {
     modelpipe::telemetry::init_lambda();
     let config = Config::from_env()?;
     let registry = config.open_registry()?;
+    // The engines are timed on as many threads as the inference function gives them (one per
+    // vCPU; give both functions the same memory for the same vCPUs).
+    let threads = modelpipe::engine::use_threads(None);
+    tracing::info!(threads, "engine threads");
     let function = config
         .publisher_function
         .clone()

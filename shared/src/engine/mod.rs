@@ -1,22 +1,33 @@
-//! The one place that drives tract: load an ONNX file (or the artifact compiled from it at
-//! ingest) into a model, read its signature, run it through plans specialised per input shape.
-//! Panics inside tract (hostile models can trigger them) become errors here.
+//! The one place that runs models. Two engines stand behind [`Engine`]: tract ([`tract`], pure
+//! Rust, with per-shape plans, layouts and an ingest-time artifact) and ONNX Runtime
+//! ([`onnxruntime`], the reference implementation, for what tract cannot load or runs slower).
+//! Which one serves a version is decided at ingest (`crate::engine_choice`) and recorded in its
+//! manifest. Every load first reads the file's outline ([`graph`]) and is bounded by [`Limits`];
+//! panics inside an engine (hostile models can trigger them) become errors here.
 
 mod artifact;
+pub mod graph;
 mod layout;
+pub mod onnxruntime;
 mod plans;
+mod tract;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
 use tract_onnx::prelude::*;
 
 pub use self::artifact::TRACT_VERSION;
+pub use self::graph::{ClassLabels, Graph};
 pub use self::layout::{Layout, LayoutChoice};
+use self::onnxruntime::OrtModel;
+pub use self::onnxruntime::Spinning;
 pub use self::plans::MAX_SHAPE_PLANS;
-use self::plans::Plans;
-use crate::signature::{DataType, Signature, TensorSpec};
+use self::tract::TractModel;
+use crate::signature::{DataType, Signature};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum EngineError {
@@ -26,20 +37,116 @@ pub enum EngineError {
     Run(String),
     #[error("{0} '{1}' has datatype {2:?}, which modelpipe cannot serve")]
     UnsupportedType(&'static str, String, DatumType),
+    /// The model declares a tensor too large to allocate: refused whichever engine would run it.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The model exceeds [`Limits::max_nodes`]: refused whichever engine would run it.
+    #[error("{0}")]
+    Limit(String),
+    /// The engine did not load the model within [`Limits::load_budget`].
+    #[error("{0}")]
+    TooSlow(String),
+    #[error("ONNX Runtime is not available: {0}")]
+    Unavailable(String),
 }
 
-/// A model ready to run, with the signature read from it.
+impl EngineError {
+    /// The reason without the variant's prefix, to be joined with other engines' reasons.
+    pub fn detail(&self) -> String {
+        match self {
+            Self::Load(why) | Self::Run(why) => why.clone(),
+            other => other.to_string(),
+        }
+    }
+
+    /// Whether the error is about the model itself, so that no other engine should be tried.
+    pub fn refuses_the_model(&self) -> bool {
+        matches!(self, Self::TooLarge(_) | Self::Limit(_))
+    }
+}
+
+/// Which engine runs a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    Tract,
+    Onnxruntime,
+}
+
+impl EngineKind {
+    pub const ALL: [EngineKind; 2] = [EngineKind::Tract, EngineKind::Onnxruntime];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tract => "tract",
+            Self::Onnxruntime => "onnxruntime",
+        }
+    }
+}
+
+impl std::fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for EngineKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "tract" => Ok(Self::Tract),
+            "onnxruntime" | "ort" => Ok(Self::Onnxruntime),
+            other => Err(format!("engine {other:?} is not tract or onnxruntime")),
+        }
+    }
+}
+
+/// Bounds on the work one model may cost before any engine runs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// `MAX_MODEL_NODES`: graphs with more nodes (subgraphs counted) are refused unread.
+    pub max_nodes: usize,
+    /// `MODEL_LOAD_BUDGET_MS`: how long one engine may take to load a model; past it the engine
+    /// is given up on (its thread finishes in the background, bounded by `max_nodes`).
+    pub load_budget: Duration,
+}
+
+/// The default node limit. The largest real exports are a few thousand nodes (BERT-large and
+/// GPT-2 medium from torch: ~2,500–5,000); tract took 15 s for 10,000 chained nodes here and
+/// 82 s for 20,000, its load time growing faster than linearly.
+pub const MAX_MODEL_NODES: usize = 10_000;
+
+/// The default load budget: ResNet-50 loads in under 0.3 s in either engine, a 10,000-node
+/// chain in ~15 s in tract; a budget of 30 s keeps the validator well inside Lambda's limits.
+pub const MODEL_LOAD_BUDGET: Duration = Duration::from_secs(30);
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_nodes: MAX_MODEL_NODES,
+            load_budget: MODEL_LOAD_BUDGET,
+        }
+    }
+}
+
+/// A model ready to run in one engine, with the signature read from it.
 pub struct Engine {
-    plans: Plans,
+    backend: Backend,
     signature: Signature,
-    /// Time spent parsing (or reading the artifact), decluttering and planning for the smoke
-    /// input's shapes.
+    /// Time spent reading the file (or artifact) and preparing it, planned for the smoke input.
     pub load_time: Duration,
+}
+
+enum Backend {
+    Tract(TractModel),
+    Onnxruntime(OrtModel),
 }
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
+            .field("kind", &self.kind())
             .field("signature", &self.signature)
             .finish_non_exhaustive()
     }
@@ -58,7 +165,7 @@ fn guarded<T>(
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "unknown panic".into());
-            Err(what(format!("tract panicked: {message}")))
+            Err(what(format!("the engine panicked: {message}")))
         }
     }
 }
@@ -68,35 +175,11 @@ fn guarded<T>(
 /// model would exhaust the function's memory on its first run instead of being refused.
 pub const MAX_TENSOR_BYTES: u64 = 2 << 30;
 
-/// Refuses a model whose typed graph declares a tensor over [`MAX_TENSOR_BYTES`], before anything
-/// of that size is allocated.
-fn check_tensor_sizes(typed: &TypedModel) -> Result<(), EngineError> {
-    for node in typed.nodes() {
-        for (slot, outlet) in node.outputs.iter().enumerate() {
-            let fact = &outlet.fact;
-            let elements = fact
-                .shape
-                .iter()
-                .map(|d| d.to_i64().unwrap_or(1).max(0) as u64)
-                .try_fold(1u64, |n, d| n.checked_mul(d));
-            let bytes = elements.and_then(|n| n.checked_mul(fact.datum_type.size_of() as u64));
-            if bytes.is_none_or(|b| b > MAX_TENSOR_BYTES) {
-                return Err(EngineError::Load(format!(
-                    "node '{}' output {slot} has shape {:?} of {:?}: larger than the {} MiB allowed for one tensor",
-                    node.name,
-                    fact.shape,
-                    fact.datum_type,
-                    MAX_TENSOR_BYTES >> 20
-                )));
-            }
-        }
-    }
-    Ok(())
-}
+/// Threads each engine runs a model on (set by [`use_threads`]).
+static THREADS: AtomicUsize = AtomicUsize::new(1);
 
-/// Lets tract spread matmuls and element-wise work over `threads` threads (one thread is
-/// tract's default). Lambda gives a function more vCPUs as its memory grows; `None` uses them all.
-/// Returns the thread count in effect.
+/// Lets both engines spread a run over `threads` threads (tract's default is one). Lambda gives
+/// a function more vCPUs as its memory grows; `None` uses them all. Returns the thread count.
 pub fn use_threads(threads: Option<usize>) -> usize {
     let threads = threads
         .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
@@ -108,135 +191,194 @@ pub fn use_threads(threads: Option<usize>) -> usize {
         tract_linalg::multithread::Executor::SingleThread
     };
     tract_linalg::multithread::set_default_executor(executor);
+    THREADS.store(threads, Ordering::Relaxed);
     threads
 }
 
+/// Reads the outline of the model at `path` and holds it to `limits`' node bound.
+pub fn outline(path: &Path, limits: &Limits) -> Result<Graph, EngineError> {
+    let bytes = std::fs::read(path).map_err(|e| EngineError::Load(e.to_string()))?;
+    let graph = Graph::read(&bytes).map_err(EngineError::Load)?;
+    if graph.nodes > limits.max_nodes {
+        return Err(EngineError::Limit(format!(
+            "the graph has {} nodes, more than MAX_MODEL_NODES ({})",
+            graph.nodes, limits.max_nodes
+        )));
+    }
+    Ok(graph)
+}
+
+/// Runs `load` on a thread of its own and waits at most `budget` for it.
+fn within_budget<T: Send + 'static>(
+    engine: EngineKind,
+    budget: Duration,
+    load: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
+) -> Result<T, EngineError> {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name(format!("load-{engine}"))
+        .spawn(move || {
+            let _ = sender.send(load());
+        })
+        .map_err(|e| EngineError::Load(format!("cannot start a loading thread: {e}")))?;
+    match receiver.recv_timeout(budget) {
+        Ok(result) => result,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(EngineError::TooSlow(format!(
+            "{engine} did not load the model within MODEL_LOAD_BUDGET_MS ({} ms)",
+            budget.as_millis()
+        ))),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            Err(EngineError::Load(format!("{engine} stopped while loading")))
+        }
+    }
+}
+
 impl Engine {
-    /// Parses, types, declutters and plans the ONNX model at `path`, its convolutions plain.
+    /// Loads the ONNX model at `path` in tract, convolutions plain, with the default limits.
     pub fn load(path: &Path) -> Result<Self, EngineError> {
         Self::load_onnx(path, Layout::Plain)
     }
 
-    /// Parses, types, declutters and plans the ONNX model at `path`.
+    /// Loads the ONNX model at `path` in tract, with the default limits.
     pub fn load_onnx(path: &Path, layout: Layout) -> Result<Self, EngineError> {
-        let started = Instant::now();
-        let typed = guarded(EngineError::Load, || {
-            tract_onnx::onnx().model_for_path(path)?.into_typed()
-        })?;
-        let signature = read_signature(&typed)?;
-        check_tensor_sizes(&typed)?;
-        let decluttered = guarded(EngineError::Load, || typed.into_decluttered())?;
-        Self::ready(decluttered, signature, layout, started)
+        Self::load_with(
+            EngineKind::Tract,
+            path,
+            layout,
+            &Limits::default(),
+            Spinning::Allowed,
+        )
     }
 
-    /// Reads the artifact compiled at ingest for a model whose manifest records `signature`.
-    /// An artifact whose inputs or outputs differ from it is refused.
+    /// Loads the ONNX model at `path` in `kind`, held to `limits`, and plans it for the smoke
+    /// input. `layout` is tract's; `spinning` ONNX Runtime's.
+    pub fn load_with(
+        kind: EngineKind,
+        path: &Path,
+        layout: Layout,
+        limits: &Limits,
+        spinning: Spinning,
+    ) -> Result<Self, EngineError> {
+        let started = Instant::now();
+        let graph = outline(path, limits)?;
+        let path = path.to_path_buf();
+        let threads = THREADS.load(Ordering::Relaxed);
+        within_budget(kind, limits.load_budget, move || {
+            let (backend, signature) = match kind {
+                EngineKind::Tract => {
+                    let (model, signature) = TractModel::load_onnx(&path, &graph, layout)?;
+                    (Backend::Tract(model), signature)
+                }
+                EngineKind::Onnxruntime => {
+                    let (model, signature) = OrtModel::load(&path, &graph, threads, spinning)?;
+                    (Backend::Onnxruntime(model), signature)
+                }
+            };
+            Self::ready(backend, signature, started)
+        })
+    }
+
+    /// Reads the tract artifact compiled at ingest for a model whose manifest records
+    /// `signature`. An artifact whose inputs or outputs differ from it is refused.
     pub fn load_artifact(
         path: &Path,
         signature: &Signature,
         layout: Layout,
     ) -> Result<Self, EngineError> {
         let started = Instant::now();
-        let model = guarded(EngineError::Load, || artifact::read(path))?;
-        let found = read_signature(&model)?;
-        if !same_tensors(&found, signature) {
-            return Err(EngineError::Load(format!(
-                "the artifact's inputs and outputs ({}) differ from the manifest's ({})",
-                describe(&found),
-                describe(signature)
-            )));
-        }
-        check_tensor_sizes(&model)?;
-        Self::ready(model, signature.clone(), layout, started)
+        let model = TractModel::load_artifact(path, signature, layout)?;
+        Self::ready(Backend::Tract(model), signature.clone(), started)
     }
 
-    /// Plans the decluttered `model` for the smoke input's shapes, so that the first request of
-    /// that shape finds its plan ready.
+    /// Refuses declared inputs over [`MAX_TENSOR_BYTES`] (tract checks every tensor it
+    /// types), then plans the smoke input's shapes, so the first request of that shape finds its
+    /// plan ready.
     fn ready(
-        model: TypedModel,
+        backend: Backend,
         signature: Signature,
-        layout: Layout,
         started: Instant,
     ) -> Result<Self, EngineError> {
-        let plans = guarded(EngineError::Load, || Plans::new(model, layout))?;
+        for spec in &signature.inputs {
+            let elements = spec
+                .shape
+                .iter()
+                .try_fold(1u64, |n, &d| n.checked_mul(d.max(1) as u64));
+            let element = datum_type(spec.datatype).size_of() as u64;
+            if elements
+                .and_then(|n| n.checked_mul(element))
+                .is_none_or(|b| b > MAX_TENSOR_BYTES)
+            {
+                return Err(EngineError::TooLarge(format!(
+                    "input '{}' has shape {}: larger than the {} MiB allowed for one tensor",
+                    spec.name,
+                    crate::signature::Shape(&spec.shape),
+                    MAX_TENSOR_BYTES >> 20
+                )));
+            }
+        }
         let engine = Self {
-            plans,
+            backend,
             signature,
             load_time: Duration::ZERO,
         };
-        let shapes = shapes_of(&engine.smoke_inputs()?);
-        guarded(EngineError::Load, || engine.plans.get(shapes))?;
+        if let Backend::Tract(model) = &engine.backend {
+            model.plan_for(&engine.smoke_inputs()?)?;
+        }
         Ok(Self {
             load_time: started.elapsed(),
             ..engine
         })
     }
 
-    /// Writes the decluttered model as an NNEF tar at `path` (see [`Self::load_artifact`]).
+    pub fn kind(&self) -> EngineKind {
+        match self.backend {
+            Backend::Tract(_) => EngineKind::Tract,
+            Backend::Onnxruntime(_) => EngineKind::Onnxruntime,
+        }
+    }
+
+    /// Writes tract's decluttered model as an NNEF tar at `path` (see [`Self::load_artifact`]).
     pub fn write_artifact(&self, path: &Path) -> Result<(), EngineError> {
-        guarded(EngineError::Load, || {
-            artifact::write(self.plans.model(), path)
-        })
+        match &self.backend {
+            Backend::Tract(model) => model.write_artifact(path),
+            Backend::Onnxruntime(_) => Err(EngineError::Load(
+                "only tract models have a compiled artifact".into(),
+            )),
+        }
     }
 
-    /// Times the plain plan against the `conv_nhwc` one on the smoke input (interleaved, the
-    /// fastest of [`LAYOUT_TRIALS`] runs each after a warm-up) and keeps the faster. A model
-    /// without convolutions stays plain, untried.
+    /// Times tract's plain plan against the `conv_nhwc` one on the smoke input and keeps the
+    /// faster; ONNX Runtime models have no layout to choose.
     pub fn choose_layout(&self) -> Result<LayoutChoice, EngineError> {
-        let inputs = self.smoke_inputs()?;
-        let shapes = shapes_of(&inputs);
-        let plain = guarded(EngineError::Run, || self.plans.get(shapes.clone()))?;
-        let nhwc = if layout::has_convolution(self.plans.model()) {
-            // A model the transform cannot rewrite keeps the plain layout.
-            guarded(EngineError::Load, || {
-                plans::build(
-                    plans::specialise(self.plans.model(), &shapes)?,
-                    Layout::Nhwc,
-                )
-            })
-            .ok()
-        } else {
-            None
-        };
-        let values = || {
-            inputs
-                .iter()
-                .cloned()
-                .map(TValue::from)
-                .collect::<TVec<_>>()
-        };
-        let time = |plan: &plans::Plan| -> Result<u64, EngineError> {
-            let started = Instant::now();
-            guarded(EngineError::Run, || plan.run(values()))?;
-            Ok(started.elapsed().as_micros() as u64)
-        };
-        if let Some(nhwc) = &nhwc {
-            time(nhwc)?;
+        match &self.backend {
+            Backend::Tract(model) => model.choose_layout(&self.smoke_inputs()?),
+            Backend::Onnxruntime(_) => Ok(LayoutChoice::fastest(0, None)),
         }
-        let (mut plain_us, mut nhwc_us) = (u64::MAX, nhwc.as_ref().map(|_| u64::MAX));
-        for _ in 0..LAYOUT_TRIALS {
-            plain_us = plain_us.min(time(&plain)?);
-            if let (Some(plan), Some(best)) = (&nhwc, nhwc_us.as_mut()) {
-                *best = (*best).min(time(plan)?);
-            }
-        }
-        Ok(LayoutChoice::fastest(plain_us, nhwc_us))
     }
 
-    /// The convolution layout its plans use.
+    /// The convolution layout tract's plans use (plain for ONNX Runtime).
     pub fn layout(&self) -> Layout {
-        self.plans.layout()
+        match &self.backend {
+            Backend::Tract(model) => model.layout(),
+            Backend::Onnxruntime(_) => Layout::Plain,
+        }
     }
 
-    /// Plans in memory (one per input shape seen, at most [`MAX_SHAPE_PLANS`] +1); each holds
-    /// its own copy of the packed weights.
+    /// Plans in memory: tract's, one per input shape seen (at most [`MAX_SHAPE_PLANS`] + 1),
+    /// each holding its own copy of the packed weights; ONNX Runtime's one session.
     pub fn resident_plans(&self) -> usize {
-        self.plans.resident()
+        match &self.backend {
+            Backend::Tract(model) => model.resident_plans(),
+            Backend::Onnxruntime(_) => 1,
+        }
     }
 
     /// Plans built since the load, evicted ones included.
     pub fn plans_built(&self) -> usize {
-        self.plans.built()
+        match &self.backend {
+            Backend::Tract(model) => model.plans_built(),
+            Backend::Onnxruntime(_) => 1,
+        }
     }
 
     pub fn signature(&self) -> &Signature {
@@ -245,10 +387,13 @@ impl Engine {
 
     /// Runs the model on inputs given in signature order; outputs come in signature order.
     pub fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, EngineError> {
-        let plan = guarded(EngineError::Run, || self.plans.get(shapes_of(&inputs)))?;
-        let inputs: TVec<TValue> = inputs.into_iter().map(TValue::from).collect();
-        let outputs = guarded(EngineError::Run, || plan.run(inputs))?;
-        Ok(outputs.into_iter().map(TValue::into_tensor).collect())
+        match &self.backend {
+            Backend::Tract(model) => model.run(inputs),
+            Backend::Onnxruntime(model) => {
+                let signature = &self.signature;
+                guarded(EngineError::Run, || Ok(model.run(signature, inputs)))?
+            }
+        }
     }
 
     /// Zero-filled inputs of the declared shapes, dynamic dimensions set to 1.
@@ -276,7 +421,7 @@ impl Engine {
             .collect()
     }
 
-    /// One run on [`Self::smoke_inputs`]: proves the plan executes and warms it up.
+    /// One run on [`Self::smoke_inputs`]: proves the model executes and warms it up.
     /// Float outputs must be finite.
     pub fn smoke_test(&self) -> Result<(), EngineError> {
         let outputs = self.run(self.smoke_inputs()?)?;
@@ -292,33 +437,8 @@ impl Engine {
     }
 }
 
-/// Timed runs of each layout when choosing one.
-const LAYOUT_TRIALS: usize = 2;
-
 fn shapes_of(inputs: &[Tensor]) -> Vec<TVec<usize>> {
     inputs.iter().map(|t| t.shape().into()).collect()
-}
-
-/// Same number, datatypes and shapes of inputs and outputs (names are the manifest's).
-fn same_tensors(a: &Signature, b: &Signature) -> bool {
-    let same = |a: &[TensorSpec], b: &[TensorSpec]| {
-        a.len() == b.len()
-            && a.iter()
-                .zip(b)
-                .all(|(a, b)| a.datatype == b.datatype && a.shape == b.shape)
-    };
-    same(&a.inputs, &b.inputs) && same(&a.outputs, &b.outputs)
-}
-
-fn describe(signature: &Signature) -> String {
-    let list = |specs: &[TensorSpec]| {
-        specs
-            .iter()
-            .map(|s| format!("{} {}", s.datatype, crate::signature::Shape(&s.shape)))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    format!("{} → {}", list(&signature.inputs), list(&signature.outputs))
 }
 
 fn tensor_of<T: Datum>(shape: &[usize], elements: Vec<T>) -> Tensor {
@@ -341,50 +461,6 @@ pub fn is_finite(tensor: &Tensor) -> bool {
         DatumType::F64 => all::<f64>(tensor, |x| x.is_finite()),
         _ => true,
     }
-}
-
-fn read_signature(model: &TypedModel) -> Result<Signature, EngineError> {
-    let spec =
-        |kind: &'static str, outlet: OutletId, name: String| -> Result<TensorSpec, EngineError> {
-            let fact = model
-                .outlet_fact(outlet)
-                .map_err(|e| EngineError::Load(e.to_string()))?;
-            let datatype = data_type(fact.datum_type).ok_or(EngineError::UnsupportedType(
-                kind,
-                name.clone(),
-                fact.datum_type,
-            ))?;
-            let shape = fact
-                .shape
-                .iter()
-                .map(|d| d.to_i64().unwrap_or(-1))
-                .collect();
-            Ok(TensorSpec {
-                name,
-                datatype,
-                shape,
-            })
-        };
-    let load_err = |e: TractError| EngineError::Load(e.to_string());
-    let inputs = model
-        .input_outlets()
-        .map_err(load_err)?
-        .iter()
-        .map(|&o| spec("input", o, model.node(o.node).name.clone()))
-        .collect::<Result<_, _>>()?;
-    let outputs = model
-        .output_outlets()
-        .map_err(load_err)?
-        .iter()
-        .map(|&o| {
-            let name = model
-                .outlet_label(o)
-                .map(str::to_string)
-                .unwrap_or_else(|| model.node(o.node).name.clone());
-            spec("output", o, name)
-        })
-        .collect::<Result<_, _>>()?;
-    Ok(Signature { inputs, outputs })
 }
 
 pub fn data_type(dt: DatumType) -> Option<DataType> {

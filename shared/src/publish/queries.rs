@@ -37,14 +37,14 @@ impl PublisherQuery {
 }
 
 /// One model's aliases and versions.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelStatus {
     pub model: ModelName,
     pub aliases: BTreeMap<AliasName, AliasRecord>,
     pub versions: Vec<Manifest>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusAnswer {
     pub models: Vec<ModelStatus>,
 }

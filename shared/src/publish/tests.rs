@@ -20,6 +20,7 @@ fn registry_with_versions(n: usize) -> (tempfile::TempDir, Registry) {
             signature_change: None,
             layout: None,
             artifact: None,
+            engine: None,
         };
         assert!(matches!(
             registry

@@ -38,6 +38,7 @@ pub use self::records::*;
 pub use self::s3_store::FileCacheConfig;
 use self::s3_store::S3Store;
 pub use self::store::{LocalCopy, Location, Store};
+use crate::checks::engines::EngineChoice;
 use crate::digest::{sha256_bytes, sha256_file};
 use crate::engine::LayoutChoice;
 use crate::model_name::{AliasName, ModelName};
@@ -77,6 +78,8 @@ pub struct NewVersion {
     pub layout: Option<LayoutChoice>,
     /// Set when the staging directory holds [`ARTIFACT_FILE`].
     pub artifact: Option<Artifact>,
+    /// The engine chosen at ingest; none: tract.
+    pub engine: Option<EngineChoice>,
 }
 
 /// What [`Locked::commit`] did.
@@ -536,6 +539,7 @@ impl Locked<'_> {
                 validated_at: now(),
                 layout: new.layout.clone(),
                 artifact: new.artifact.clone(),
+                engine: new.engine.clone(),
             };
             let manifest_path = staged.join(MANIFEST_FILE);
             atomic::write_file(&manifest_path, &to_json(&manifest)).map_err(|source| {

@@ -4,7 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::LayoutChoice;
+use crate::checks::engines::EngineChoice;
+use crate::engine::{EngineKind, Layout, LayoutChoice};
 use crate::model_name::{AliasName, ModelName};
 use crate::signature::Signature;
 
@@ -19,7 +20,7 @@ pub struct Source {
 }
 
 /// `versions/<N>/manifest.json`: immutable once committed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     pub model: ModelName,
     pub version: u64,
@@ -37,6 +38,22 @@ pub struct Manifest {
     /// `model.nnef.tar` beside `model.onnx`, compiled at ingest; absent when none was written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact: Option<Artifact>,
+    /// The engine that serves this version and why, chosen at ingest; absent in versions
+    /// committed before there was a choice, which tract serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<EngineChoice>,
+}
+
+impl Manifest {
+    /// The engine that serves this version.
+    pub fn engine_kind(&self) -> EngineKind {
+        self.engine.as_ref().map_or(EngineKind::Tract, |c| c.engine)
+    }
+
+    /// The convolution layout tract's plans use.
+    pub fn layout(&self) -> Layout {
+        self.layout.as_ref().map(|c| c.layout).unwrap_or_default()
+    }
 }
 
 /// The compiled artifact of a version (see [`crate::engine::Engine::load_artifact`]).

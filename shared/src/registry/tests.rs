@@ -22,6 +22,7 @@ pub(crate) fn stage_bytes(
         signature_change: None,
         layout: None,
         artifact: None,
+        engine: None,
     };
     (staging, new)
 }

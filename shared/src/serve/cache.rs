@@ -21,6 +21,7 @@ use tokio::sync::OnceCell;
 use tracing::{info, warn};
 
 use super::loaded::{LoadError, LoadedModel};
+use crate::engine::Limits;
 use crate::model_name::ModelName;
 use crate::registry::Registry;
 
@@ -49,6 +50,8 @@ impl Slot {
 pub struct ModelCache {
     registry: Registry,
     budget: Option<u64>,
+    /// What one load may cost an engine.
+    limits: Limits,
     slots: Mutex<LruCache<Key, Arc<Slot>>>,
 }
 
@@ -61,10 +64,11 @@ pub struct Resident {
 }
 
 impl ModelCache {
-    pub fn new(registry: Registry, budget: Option<u64>) -> Self {
+    pub fn new(registry: Registry, budget: Option<u64>, limits: Limits) -> Self {
         Self {
             registry,
             budget,
+            limits,
             slots: Mutex::new(LruCache::unbounded()),
         }
     }
@@ -114,15 +118,15 @@ impl ModelCache {
                 if let Some(error) = slot.recent_failure() {
                     return Err(error);
                 }
-                let (registry, name) = (self.registry.clone(), model.clone());
+                let (registry, name, limits) = (self.registry.clone(), model.clone(), self.limits);
                 let loaded = tokio::task::spawn_blocking(move || {
-                    LoadedModel::load(&registry, &name, version)
+                    LoadedModel::load(&registry, &name, version, &limits)
                 })
                 .await
                 .unwrap_or_else(|e| Err(LoadError::Registry(format!("load task failed: {e}"))));
                 match loaded {
                     Ok(loaded) => {
-                        info!(model = %loaded.manifest.model, version, ms = loaded.load_time.as_millis() as u64, bytes = loaded.manifest.size, from = loaded.loaded_from, "model loaded");
+                        info!(model = %loaded.manifest.model, version, ms = loaded.load_time.as_millis() as u64, bytes = loaded.manifest.size, engine = %loaded.engine.kind(), from = loaded.loaded_from, "model loaded");
                         Ok(Arc::new(loaded))
                     }
                     Err(e) => {
@@ -241,6 +245,7 @@ mod tests {
                 signature_change: None,
                 layout: None,
                 artifact: None,
+                engine: None,
             };
             registry
                 .lock(&name(model))
@@ -269,7 +274,7 @@ mod tests {
     #[tokio::test]
     async fn the_least_recently_used_version_is_evicted_first() {
         let (_dir, registry, size) = registry_with(&["a", "b", "c"]);
-        let cache = ModelCache::new(registry, Some(2 * size));
+        let cache = ModelCache::new(registry, Some(2 * size), Limits::default());
         load_and_trim(&cache, "a").await;
         load_and_trim(&cache, "b").await;
         assert!(cache.get(&name("a"), 1).is_some());
@@ -280,7 +285,7 @@ mod tests {
     #[tokio::test]
     async fn a_version_a_request_is_using_is_never_evicted() {
         let (_dir, registry, size) = registry_with(&["a", "b", "c"]);
-        let cache = ModelCache::new(registry, Some(size));
+        let cache = ModelCache::new(registry, Some(size), Limits::default());
         let in_use = cache.load(&name("a"), 1, false).await.unwrap();
         load_and_trim(&cache, "b").await;
         assert_eq!(resident(&cache), ["a"], "b is evicted, a is in use");
@@ -292,7 +297,7 @@ mod tests {
     #[tokio::test]
     async fn preloaded_versions_are_kept_outside_the_budget() {
         let (_dir, registry, _) = registry_with(&["a", "b"]);
-        let cache = ModelCache::new(registry, Some(0));
+        let cache = ModelCache::new(registry, Some(0), Limits::default());
         cache.load(&name("a"), 1, true).await.unwrap();
         load_and_trim(&cache, "b").await;
         assert_eq!(resident(&cache), ["a"]);
@@ -302,7 +307,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_first_requests_share_one_load() {
         let (_dir, registry, _) = registry_with(&["a"]);
-        let cache = Arc::new(ModelCache::new(registry, None));
+        let cache = Arc::new(ModelCache::new(registry, None, Limits::default()));
         let loads: Vec<_> = (0..8)
             .map(|_| {
                 let cache = cache.clone();
@@ -322,7 +327,7 @@ mod tests {
         let file = registry.model_file(&name("a"), 1).unwrap();
         let good = std::fs::read(&file).unwrap();
         std::fs::write(&file, b"damaged").unwrap();
-        let cache = ModelCache::new(registry, None);
+        let cache = ModelCache::new(registry, None, Limits::default());
         let first = cache.load(&name("a"), 1, false).await.unwrap_err();
         assert!(first.to_string().contains("no longer matches"), "{first}");
         std::fs::write(&file, good).unwrap();

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 use tract_onnx::prelude::Tensor;
 
-use crate::engine::{Engine, EngineError, TRACT_VERSION};
+use crate::engine::{Engine, EngineError, EngineKind, Limits, Spinning, TRACT_VERSION};
 use crate::model_name::ModelName;
 use crate::registry::{ARTIFACT_FILE, MODEL_FILE, Manifest, Registry, RegistryError};
 
@@ -69,11 +69,17 @@ impl From<RegistryError> for LoadError {
 const INLINE_RUN: Duration = Duration::from_micros(200);
 
 impl LoadedModel {
-    /// Verifies, loads and warms `version` of `model` (blocking, CPU-bound): from its compiled
-    /// artifact when it has one this tract can read and whose SHA-256 matches the manifest, else
-    /// from `model.onnx`. `model.onnx` is checked against its manifest either way (on another
-    /// thread while the artifact loads): a version whose file was altered is never served.
-    pub fn load(registry: &Registry, model: &ModelName, version: u64) -> Result<Self, LoadError> {
+    /// Verifies, loads and warms `version` of `model` (blocking, CPU-bound) in the engine its
+    /// manifest records, held to `limits`. tract loads the compiled artifact when the version has
+    /// one this tract can read and whose SHA-256 matches the manifest, else `model.onnx`.
+    /// `model.onnx` is checked against its manifest either way (on another thread while the
+    /// artifact loads): a version whose file was altered is never served.
+    pub fn load(
+        registry: &Registry,
+        model: &ModelName,
+        version: u64,
+        limits: &Limits,
+    ) -> Result<Self, LoadError> {
         let started = Instant::now();
         let engine_error = |error| LoadError::Engine {
             model: model.clone(),
@@ -81,9 +87,13 @@ impl LoadedModel {
             error,
         };
         let manifest = registry.manifest(model, version)?;
+        let kind = manifest.engine_kind();
         let (verified, from_artifact) = std::thread::scope(|scope| {
             let verified = scope.spawn(|| registry.verified_local_model(&manifest));
-            let from_artifact = load_artifact(registry, &manifest);
+            let from_artifact = match kind {
+                EngineKind::Tract => load_artifact(registry, &manifest),
+                EngineKind::Onnxruntime => None,
+            };
             (
                 verified.join().expect("the hash check does not panic"),
                 from_artifact,
@@ -93,12 +103,9 @@ impl LoadedModel {
         let (engine, loaded_from) = match from_artifact {
             Some(engine) => (engine, ARTIFACT_FILE),
             None => {
-                let layout = manifest
-                    .layout
-                    .as_ref()
-                    .map(|c| c.layout)
-                    .unwrap_or_default();
-                let engine = Engine::load_onnx(&file, layout).map_err(engine_error)?;
+                let engine =
+                    Engine::load_with(kind, &file, manifest.layout(), limits, Spinning::Allowed)
+                        .map_err(engine_error)?;
                 (engine, MODEL_FILE)
             }
         };
@@ -159,12 +166,7 @@ fn load_artifact(registry: &Registry, manifest: &Manifest) -> Option<Engine> {
             return None;
         }
     };
-    let layout = manifest
-        .layout
-        .as_ref()
-        .map(|c| c.layout)
-        .unwrap_or_default();
-    match Engine::load_artifact(&path, &manifest.signature, layout) {
+    match Engine::load_artifact(&path, &manifest.signature, manifest.layout()) {
         Ok(engine) => Some(engine),
         Err(error) => {
             warn!(%model, version, %error, "artifact does not load: loading model.onnx");
@@ -181,10 +183,9 @@ mod tests {
     use tract_onnx::tract_core::internal::Approximation;
 
     use super::*;
-    use crate::checks::check_model;
+    use crate::checks::{Expectations, check_model};
     use crate::digest::sha256_bytes;
     use crate::onnx_build::{Mlp, Weights, small_cnn};
-    use crate::registry::NewVersion;
 
     struct Fixture {
         dir: tempfile::TempDir,
@@ -202,20 +203,21 @@ mod tests {
         let onnx = small_cnn(3);
         let staging = registry.stage(&model).unwrap();
         std::fs::write(staging.model_path(), &onnx).unwrap();
-        let checked = check_model(&staging.model_path(), Default::default()).unwrap();
-        let compiled = compile.then(|| checked.compile(staging.dir()));
+        let expect = Expectations {
+            engine: Some(EngineKind::Tract),
+            ..Default::default()
+        };
+        let checked = check_model(&staging.model_path(), expect).unwrap();
+        let compiled = compile.then(|| checked.compile(staging.dir()).expect("tract compiles"));
         if let Some(compiled) = &compiled {
             assert!(compiled.artifact.is_some(), "{:?}", compiled.no_artifact);
         }
-        let new = NewVersion {
-            sha256: sha256_bytes(&onnx),
-            size: onnx.len() as u64,
-            source: Default::default(),
-            signature: checked.signature().clone(),
-            signature_change: None,
-            layout: compiled.as_ref().map(|c| c.layout.clone()),
-            artifact: compiled.and_then(|c| c.artifact),
-        };
+        let new = checked.new_version(
+            sha256_bytes(&onnx),
+            onnx.len() as u64,
+            Default::default(),
+            compiled,
+        );
         registry.lock(&model).unwrap().commit(staging, new).unwrap();
         Fixture {
             dir,
@@ -239,7 +241,7 @@ mod tests {
         }
 
         fn load(&self) -> LoadedModel {
-            LoadedModel::load(&self.registry, &self.model, 1).unwrap()
+            LoadedModel::load(&self.registry, &self.model, 1, &Limits::default()).unwrap()
         }
 
         /// The loaded version answers as the ONNX file does.

@@ -45,7 +45,11 @@ impl Inference {
     pub fn new(registry: Registry, config: &Config, policy: SwapPolicy) -> Self {
         Self {
             reload_check: (!registry.is_baked()).then_some(config.reload_check),
-            cache: Arc::new(ModelCache::new(registry, config.model_cache_bytes)),
+            cache: Arc::new(ModelCache::new(
+                registry,
+                config.model_cache_bytes,
+                config.limits,
+            )),
             policy,
             max_request_bytes: config.max_request_bytes,
             preload: config.preload_models.clone(),

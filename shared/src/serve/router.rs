@@ -147,6 +147,13 @@ async fn model_metadata(
         .collect();
     let mut body = metadata(&model, versions, &manifest.signature);
     body["live_version"] = json!(alias.version.to_string());
+    // Which engine serves the live version and why, as decided at ingest.
+    body["engine_choice"] = match &manifest.engine {
+        Some(choice) => json!(choice),
+        None => {
+            json!({"engine": "tract", "reason": "committed before engines were chosen at ingest"})
+        }
+    };
     body["hot_reload"] = inference.hot_reload();
     let mut resident: Vec<u64> = inference
         .cache()
@@ -162,6 +169,7 @@ async fn model_metadata(
         body["loaded_version"] = json!(version.to_string());
         if let Some(loaded) = inference.cache().get(&model, version) {
             body["engine"] = json!({
+                "name": loaded.engine.kind(),
                 "loaded_from": loaded.loaded_from,
                 "layout": loaded.engine.layout(),
                 "load_ms": loaded.load_time.as_millis() as u64,

@@ -358,6 +358,7 @@ mod tests {
             name: "x".into(),
             datatype,
             shape: shape.to_vec(),
+            class_labels: None,
         }
     }
 

@@ -22,6 +22,7 @@ fn main() {
             signature_change: None,
             layout: None,
             artifact: None,
+            engine: None,
         };
         let version = registry
             .lock(&model)

@@ -1,6 +1,9 @@
 //! The validator's checks on a staged model file, shared by the validator Lambda and
-//! `modelctl validate`: it loads in tract, runs, keeps the signature its clients rely on, and
-//! reproduces its golden examples. Reading from S3 and writing the registry happen elsewhere.
+//! `modelctl validate`: it stays within the limits, loads and runs in an engine ([`engines`]
+//! chooses which), keeps the signature its clients rely on, and reproduces its golden examples.
+//! Reading from S3 and writing the registry happen elsewhere.
+
+pub mod engines;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -8,10 +11,11 @@ use std::time::{Duration, Instant};
 use tract_onnx::prelude::Tensor;
 use tract_onnx::tract_core::internal::Approximation;
 
+use self::engines::{Chosen, EngineChoice};
 use crate::contract::Contract;
 use crate::digest::sha256_file;
-use crate::engine::{Engine, EngineError, LayoutChoice, TRACT_VERSION};
-use crate::registry::{ARTIFACT_FILE, Artifact};
+use crate::engine::{Engine, EngineError, EngineKind, LayoutChoice, Limits, TRACT_VERSION};
+use crate::registry::{ARTIFACT_FILE, Artifact, NewVersion, Source};
 use crate::signature::Signature;
 
 /// Why a model was refused: one sentence a data scientist can act on.
@@ -41,12 +45,19 @@ pub struct Expectations<'a> {
     pub live: Option<(u64, &'a Signature)>,
     pub contract: Option<&'a Contract>,
     pub allow_signature_change: bool,
+    /// The engine the upload asks for (`engine=` metadata); none: chosen by measurement.
+    pub engine: Option<EngineKind>,
+    pub limits: Limits,
 }
 
 /// A model that passed every check.
 #[derive(Debug)]
 pub struct Checked {
     pub engine: Engine,
+    /// Which engine serves it, and why.
+    pub choice: EngineChoice,
+    /// tract's layout, when the engine choice already timed it.
+    layout: Option<LayoutChoice>,
     /// Set when the signature changed from live and the upload allowed it: what changed.
     pub signature_change: Option<String>,
 }
@@ -56,17 +67,48 @@ impl Checked {
         self.engine.signature()
     }
 
-    /// What ingest adds to a checked model so that loads are fast: the faster convolution
+    /// The version this model becomes: its bytes' digest and source, its signature, the engine
+    /// choice, and what ingest compiled for it (see [`Self::compile`]).
+    pub fn new_version(
+        &self,
+        sha256: String,
+        size: u64,
+        source: Source,
+        compiled: Option<Compiled>,
+    ) -> NewVersion {
+        let (layout, artifact) = match compiled {
+            Some(compiled) => (Some(compiled.layout), compiled.artifact),
+            None => (None, None),
+        };
+        NewVersion {
+            sha256,
+            size,
+            source,
+            signature: self.signature().clone(),
+            signature_change: self.signature_change.clone(),
+            layout,
+            artifact,
+            engine: Some(self.choice.clone()),
+        }
+    }
+
+    /// What ingest adds to a model tract serves so that loads are fast: the faster convolution
     /// layout, and the compiled artifact written as `dir/model.nnef.tar`, read back and run
     /// against the ONNX model before it is recorded. Neither is needed to serve the model: a
-    /// failure leaves the plain layout or no artifact, and says why.
-    pub fn compile(&self, dir: &Path) -> Compiled {
-        let layout = self.engine.choose_layout().unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "layout trial failed; keeping the plain layout");
-            LayoutChoice::fastest(0, None)
+    /// failure leaves the plain layout or no artifact, and says why. ONNX Runtime models get
+    /// neither (`None`).
+    pub fn compile(&self, dir: &Path) -> Option<Compiled> {
+        if self.engine.kind() != EngineKind::Tract {
+            return None;
+        }
+        let layout = self.layout.clone().unwrap_or_else(|| {
+            self.engine.choose_layout().unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "layout trial failed; keeping the plain layout");
+                LayoutChoice::fastest(0, None)
+            })
         });
         let path = dir.join(ARTIFACT_FILE);
-        match self.write_artifact(&path, &layout) {
+        Some(match self.write_artifact(&path, &layout) {
             Ok((artifact, artifact_load)) => Compiled {
                 layout,
                 artifact: Some(artifact),
@@ -82,7 +124,7 @@ impl Checked {
                     no_artifact: Some(reason),
                 }
             }
-        }
+        })
     }
 
     fn write_artifact(
@@ -151,8 +193,22 @@ pub fn check_model(path: &Path, expect: Expectations<'_>) -> Result<Checked, Che
     {
         return Err(CheckError::Empty);
     }
-    let engine = Engine::load(path).map_err(CheckError::Load)?;
-    engine.smoke_test().map_err(CheckError::Smoke)?;
+    let probes = |signature: &Signature| {
+        expect
+            .contract
+            .map(|c| c.example_inputs(signature))
+            .unwrap_or_default()
+    };
+    let Chosen {
+        engine,
+        choice,
+        layout,
+    } = engines::choose(path, &expect.limits, expect.engine, probes).map_err(|none| match none
+        .error()
+    {
+        run @ EngineError::Run(_) => CheckError::Smoke(run),
+        other => CheckError::Load(other),
+    })?;
     if let Some(contract) = expect.contract {
         let problems = engine
             .signature()
@@ -183,6 +239,8 @@ pub fn check_model(path: &Path, expect: Expectations<'_>) -> Result<Checked, Che
     }
     Ok(Checked {
         engine,
+        choice,
+        layout,
         signature_change,
     })
 }

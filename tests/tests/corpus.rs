@@ -1,0 +1,184 @@
+//! The corpus of real converter output (`tests/corpus`, written once by
+//! `scripts/make_corpus.py`: skl2onnx, onnxmltools with XGBoost and LightGBM, torch with both
+//! exporters): every model goes through `modelctl dev` as a user's upload does — `aws s3 cp`, the
+//! validator, the registry, inference over HTTP — and must answer as onnxruntime answered when
+//! the corpus was made.
+
+use std::path::{Path, PathBuf};
+
+use modelpipe_tests::dev::Dev;
+use modelpipe_tests::workspace_root;
+use serde_json::{Value, json};
+
+struct Case {
+    name: String,
+    dir: PathBuf,
+    case: Value,
+}
+
+fn cases() -> Vec<Case> {
+    let root = workspace_root().join("tests/corpus");
+    let mut cases: Vec<Case> = std::fs::read_dir(&root)
+        .expect("tests/corpus")
+        .flatten()
+        .filter(|e| e.path().join("case.json").is_file())
+        .map(|e| Case {
+            name: e.file_name().to_string_lossy().replace('_', "-"),
+            dir: e.path(),
+            case: serde_json::from_slice(&std::fs::read(e.path().join("case.json")).unwrap())
+                .unwrap(),
+        })
+        .collect();
+    cases.sort_by(|a, b| a.name.cmp(&b.name));
+    assert!(cases.len() >= 20, "the corpus has {} cases", cases.len());
+    cases
+}
+
+/// The request for a case's inputs. A float input holding NaN (JSON has none) travels as a
+/// binary tensor; every other input as JSON.
+fn request(case: &Value) -> (Vec<u8>, Option<usize>) {
+    let mut binary = Vec::new();
+    let inputs: Vec<Value> = case["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|input| {
+            let data = input["data"].as_array().unwrap();
+            if !data.iter().any(Value::is_null) {
+                return input.clone();
+            }
+            assert_eq!(input["datatype"], "FP32");
+            let start = binary.len();
+            for x in data {
+                binary.extend_from_slice(&(x.as_f64().unwrap_or(f64::NAN) as f32).to_le_bytes());
+            }
+            json!({
+                "name": input["name"], "datatype": "FP32", "shape": input["shape"],
+                "parameters": {"binary_data_size": binary.len() - start},
+            })
+        })
+        .collect();
+    let mut body = serde_json::to_vec(&json!({ "inputs": inputs })).unwrap();
+    if binary.is_empty() {
+        return (body, None);
+    }
+    let json_length = body.len();
+    body.extend_from_slice(&binary);
+    (body, Some(json_length))
+}
+
+/// `got` matches onnxruntime's `want`: floats to 1e-4 + 1e-3·|want| (both engines compute in FP32
+/// but sum in other orders), labels exactly.
+fn assert_same(case: &str, got: &Value, want: &Value) {
+    let name = &want["name"];
+    assert_eq!(got["datatype"], want["datatype"], "{case} {name}");
+    assert_eq!(got["shape"], want["shape"], "{case} {name}");
+    let (got, want) = (
+        got["data"].as_array().unwrap(),
+        want["data"].as_array().unwrap(),
+    );
+    assert_eq!(got.len(), want.len(), "{case} {name}");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        match (g.as_f64(), w.as_f64()) {
+            (Some(g), Some(w)) if w.fract() != 0.0 || g.fract() != 0.0 => assert!(
+                (g - w).abs() <= 1e-4 + 1e-3 * w.abs(),
+                "{case} {name}[{i}]: {g} vs onnxruntime's {w}"
+            ),
+            _ => assert_eq!(g, w, "{case} {name}[{i}]"),
+        }
+    }
+}
+
+async fn infer(dev: &Dev, model: &str, case: &Value) -> (u16, Value) {
+    let (body, json_length) = request(case);
+    let mut post = dev
+        .http
+        .post(format!("{}/v2/models/{model}/infer", dev.base))
+        .body(body);
+    if let Some(length) = json_length {
+        post = post
+            .header("content-type", "application/octet-stream")
+            .header("inference-header-content-length", length.to_string());
+    }
+    let response = post.send().await.unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+fn upload(dev: &Dev, dir: &Path, model: &str) -> String {
+    let key = format!("models/{model}/model.onnx");
+    dev.upload(&dir.join("model.onnx"), &key, &[]);
+    key
+}
+
+#[tokio::test]
+async fn every_corpus_model_goes_live_and_answers_as_onnxruntime_does() {
+    let data = tempfile::tempdir().unwrap();
+    let dev = Dev::start(data.path(), &[]).await;
+    let mut engines = Vec::new();
+    for Case { name, dir, case } in cases() {
+        let key = upload(&dev, &dir, &name);
+        let (status, reason) = dev.outcome(&key).await;
+        if let Some(expected) = case["rejected_because"].as_str() {
+            assert_eq!(status, "rejected", "{name}");
+            let reason = reason.unwrap_or_default();
+            assert!(reason.contains(expected), "{name}: {reason}");
+            continue;
+        }
+        assert_eq!(status, "published", "{name}: {reason:?}");
+
+        let (code, answer) = infer(&dev, &name, &case).await;
+        assert_eq!(code, 200, "{name}: {answer}");
+        assert_eq!(answer["model_version"], "1", "{name}");
+        for want in case["outputs"].as_array().unwrap() {
+            let got = answer["outputs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|o| o["name"] == want["name"])
+                .unwrap_or_else(|| panic!("{name}: no output {} in {answer}", want["name"]));
+            assert_same(&name, got, want);
+        }
+
+        let (_, metadata) = dev.get(&format!("/v2/models/{name}")).await;
+        for want in case["outputs"].as_array().unwrap() {
+            let spec = metadata["outputs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|o| o["name"] == want["name"])
+                .unwrap();
+            // A ZipMap output is served as [batch, classes] FP32, labels in the metadata.
+            if let Some(labels) = want.get("class_labels") {
+                assert_eq!(&spec["class_labels"], labels, "{name}");
+                assert_eq!(spec["datatype"], "FP32", "{name}");
+                assert_eq!(spec["shape"][1], labels.as_array().unwrap().len(), "{name}");
+            } else {
+                assert!(spec.get("class_labels").is_none(), "{name}");
+            }
+        }
+        let engine = metadata["engine_choice"]["engine"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(metadata["engine"]["name"], engine, "{name}: {metadata}");
+        engines.push((name, engine));
+    }
+    // Both engines serve part of this corpus (which one is measured per model).
+    eprintln!("engines chosen: {engines:?}");
+    assert!(
+        engines.iter().any(|(_, e)| e == "onnxruntime"),
+        "{engines:?}"
+    );
+}
+
+#[test]
+fn requests_with_nan_travel_as_binary_tensors() {
+    let case = json!({"inputs": [{"name": "X", "datatype": "FP32", "shape": [1, 2], "data": [1.5, null]}]});
+    let (body, json_length) = request(&case);
+    let length = json_length.unwrap();
+    let header: Value = serde_json::from_slice(&body[..length]).unwrap();
+    assert_eq!(header["inputs"][0]["parameters"]["binary_data_size"], 8);
+    let tail = &body[length..];
+    assert_eq!(f32::from_le_bytes(tail[..4].try_into().unwrap()), 1.5);
+    assert!(f32::from_le_bytes(tail[4..].try_into().unwrap()).is_nan());
+}
