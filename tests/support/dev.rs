@@ -87,6 +87,16 @@ impl Dev {
         (status, self.tag(key, "modelpipe-reason"))
     }
 
+    /// [`Self::outcome`] of a new upload to `key`, whose previous upload was tagged `previous`:
+    /// waits for the tag to change.
+    pub async fn outcome_after(&self, key: &str, previous: &str) -> (String, Option<String>) {
+        let status = wait_for(&format!("a new outcome of {key}"), WAIT, || async {
+            self.tag(key, "modelpipe-status").filter(|s| s != previous)
+        })
+        .await;
+        (status, self.tag(key, "modelpipe-reason"))
+    }
+
     /// `GET` on the inference API: status and JSON body.
     pub async fn get(&self, path: &str) -> (u16, Value) {
         let response = self

@@ -4,7 +4,7 @@
 use tract_onnx::pb::TensorProto;
 use tract_onnx::pb::tensor_proto::DataLocation;
 
-use super::{Dim, GraphProto, PbType, float_tensor, model_bytes, node, value_info};
+use super::{Dim, GraphProto, PbType, float_tensor, ints_attribute, model_bytes, node, value_info};
 
 fn graph(
     nodes: Vec<tract_onnx::pb::NodeProto>,
@@ -100,4 +100,29 @@ pub fn deep_chain(depth: usize) -> Vec<u8> {
         .map(|pair| node("Relu", &[&pair[0]], &[&pair[1]], vec![]))
         .collect();
     graph(nodes, vec![1, 4], vec![])
+}
+
+/// `y = x + RandomUniform(shape=[1,4], seed=1)`: a valid model whose answers depend on the
+/// engine's random generator, so tract and ONNX Runtime disagree on it (the planted
+/// disagreement).
+pub fn random_noise() -> Vec<u8> {
+    let seed = tract_onnx::pb::AttributeProto {
+        name: "seed".into(),
+        r#type: tract_onnx::pb::attribute_proto::AttributeType::Float as i32,
+        f: 1.0,
+        ..Default::default()
+    };
+    graph(
+        vec![
+            node(
+                "RandomUniform",
+                &[],
+                &["noise"],
+                vec![seed, ints_attribute("shape", &[1, 4])],
+            ),
+            node("Add", &["x", "noise"], &["y"], vec![]),
+        ],
+        vec![1, 4],
+        vec![],
+    )
 }
