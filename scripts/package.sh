@@ -15,19 +15,22 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 arch=--x86-64
 cpu=x86-64-v3
-wheel_platform=manylinux_2_27_x86_64
+machine=x86_64
 if [ "${1:-}" = --arm64 ]; then
   arch=--arm64
   cpu=neoverse-n1
-  wheel_platform=manylinux_2_27_aarch64
+  machine=aarch64
   shift
 fi
 ORT_VERSION=$(sed -n 's/^onnxruntime==//p' scripts/requirements-test.txt)
-cache=target/lambda/.onnxruntime/$wheel_platform
+cache=target/lambda/.onnxruntime/$machine
 if ! ls "$cache"/libonnxruntime.so* >/dev/null 2>&1; then
   mkdir -p "$cache"
+  # Any manylinux up to glibc 2.34 runs on Lambda's Amazon Linux 2023.
+  platforms=()
+  for glibc in 2_34 2_28 2_27 2_17; do platforms+=(--platform "manylinux_${glibc}_$machine"); done
   python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
-    --platform "$wheel_platform" --python-version 3.11 -d "$cache" "onnxruntime==$ORT_VERSION"
+    "${platforms[@]}" --python-version 3.11 -d "$cache" "onnxruntime==$ORT_VERSION"
   python3 - "$cache" <<'PY'
 import glob, sys, zipfile
 cache = sys.argv[1]

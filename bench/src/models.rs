@@ -6,6 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use modelpipe::engine::Engine;
 use modelpipe::onnx_build::{Mlp, mobilenet_v2, resnet18};
 use serde_json::{Value, json};
@@ -18,6 +20,7 @@ pub struct BenchModel {
     /// Version 1 and version 2 (the upload a swap or an upload cycle brings in).
     pub files: [PathBuf; 2],
     pub input_name: String,
+    pub output_name: String,
     pub input_shape: Vec<usize>,
     pub input: Vec<f32>,
     /// tract's output for `input` from version 1, flattened: the answer every runtime must give.
@@ -79,6 +82,7 @@ impl BenchModel {
             label,
             files,
             input_name: spec.name.clone(),
+            output_name: engine.signature().outputs[0].name.clone(),
             input_shape,
             input,
             reference,
@@ -122,6 +126,27 @@ impl BenchModel {
         )
     }
 
+    /// An API Gateway HTTP API event carrying the input with the binary tensor extension (JSON
+    /// header, then the tensor's little-endian bytes; base64 in the event, as API Gateway sends
+    /// binary bodies), asking for the output in binary too.
+    pub fn binary_event(&self) -> Value {
+        let header = json!({
+            "inputs": [{"name": self.input_name, "shape": self.input_shape, "datatype": "FP32",
+                        "parameters": {"binary_data_size": self.input.len() * 4}}],
+            "outputs": [{"name": self.output_name, "parameters": {"binary_data": true}}],
+        })
+        .to_string();
+        let mut body = header.clone().into_bytes();
+        body.extend(self.input.iter().flat_map(|x| x.to_le_bytes()));
+        let path = format!("/v2/models/{}/infer", self.name);
+        let mut event = modelpipe_tests::http_api_event("POST", &path, None);
+        event["body"] = BASE64.encode(&body).into();
+        event["isBase64Encoded"] = true.into();
+        event["headers"]["content-type"] = "application/octet-stream".into();
+        event["headers"]["inference-header-content-length"] = header.len().to_string().into();
+        event
+    }
+
     /// Writes the input as raw little-endian f32 to `path`, its shape to `path.shape`.
     pub fn write_raw_input(&self, path: &Path) {
         let bytes: Vec<u8> = self.input.iter().flat_map(|x| x.to_le_bytes()).collect();
@@ -149,18 +174,37 @@ impl BenchModel {
 }
 
 /// An answer's first output, and the version it names (modelpipe's answers only), from an API
-/// Gateway response whose body is an Open Inference Protocol response.
+/// Gateway response whose body is an Open Inference Protocol response, JSON or binary (a base64
+/// body whose JSON header's length is in `inference-header-content-length`).
 pub fn parse_answer(response: &[u8]) -> (Vec<f32>, Option<u64>) {
     let response: Value = serde_json::from_slice(response).expect("API Gateway response JSON");
     assert_eq!(response["statusCode"], 200, "answer: {response}");
-    let body: Value = serde_json::from_str(response["body"].as_str().expect("a string body"))
-        .expect("a JSON body");
-    let data = body["outputs"][0]["data"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no output data in {body}"))
-        .iter()
-        .map(|x| x.as_f64().expect("numbers") as f32)
-        .collect();
+    let raw = response["body"].as_str().expect("a string body");
+    let (body, data) = if response["isBase64Encoded"] == true {
+        let bytes = BASE64.decode(raw).expect("a base64 body");
+        let headers = &response["headers"];
+        let length: usize = headers["inference-header-content-length"]
+            .as_str()
+            .or_else(|| headers["Inference-Header-Content-Length"].as_str())
+            .expect("a binary answer says its JSON length")
+            .parse()
+            .expect("a length");
+        let body: Value = serde_json::from_slice(&bytes[..length]).expect("a JSON header");
+        let data = bytes[length..]
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+            .collect();
+        (body, data)
+    } else {
+        let body: Value = serde_json::from_str(raw).expect("a JSON body");
+        let data = body["outputs"][0]["data"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no output data in {body}"))
+            .iter()
+            .map(|x| x.as_f64().expect("numbers") as f32)
+            .collect();
+        (body, data)
+    };
     let version = body["model_version"]
         .as_str()
         .and_then(|v| v.parse().ok())

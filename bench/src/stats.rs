@@ -29,6 +29,10 @@ pub fn us(d: Duration) -> f64 {
 pub struct Rounds(Vec<f64>);
 
 impl Rounds {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub fn push(&mut self, value: f64) {
         self.0.push(value);
     }

@@ -17,8 +17,9 @@ RUN case "${TARGETARCH:-$(uname -m)}" in \
 # ONNX Runtime for the models tract cannot serve: the onnxruntime wheel's library, for this
 # architecture, at /opt/lib/libonnxruntime.so (where the function looks without configuration).
 RUN version=$(sed -n 's/^onnxruntime==//p' scripts/requirements-test.txt) && \
-    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.11 \
-      --platform "manylinux_2_27_$(uname -m)" -d /tmp/ort "onnxruntime==$version" && \
+    m=$(uname -m) && python3 -m pip download --no-deps --only-binary=:all: --python-version 3.11 \
+      --platform manylinux_2_34_$m --platform manylinux_2_28_$m --platform manylinux_2_27_$m \
+      -d /tmp/ort "onnxruntime==$version" && \
     unzip -q /tmp/ort/onnxruntime-*.whl 'onnxruntime/capi/libonnxruntime.so*' -d /tmp/ort && \
     mkdir -p /opt/lib && cp /tmp/ort/onnxruntime/capi/libonnxruntime.so* /opt/lib/libonnxruntime.so
 

@@ -5,6 +5,7 @@ the server. Run by tests/tests/tritonclient.rs, which builds the registry, start
 passes MODELPIPE_URL (host:port) and MODELPIPE_REGISTRY (the registry directory).
 """
 
+import json
 import os
 import unittest
 
@@ -15,6 +16,8 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 URL = os.environ["MODELPIPE_URL"]
 REGISTRY = os.environ["MODELPIPE_REGISTRY"]
+# The corpus of converter output served too: `name=dir` pairs, comma-separated.
+CORPUS = [pair.split("=", 1) for pair in os.environ.get("MODELPIPE_CORPUS", "").split(",") if pair]
 
 # Every datatype the identity model carries, with the numpy type tritonclient maps it to.
 TYPES = {
@@ -153,6 +156,61 @@ class TritonClient(unittest.TestCase):
         self.assertEqual(caught.exception.status(), "404")
         # The model keeps serving.
         self.assertTrue(self.client.is_model_ready("iris"))
+
+
+def corpus_input(spec):
+    """A case.json input as numpy: NaN where JSON had null, strings as str objects (what
+    onnxruntime takes; tritonclient sends them UTF-8 encoded)."""
+    if spec["datatype"] == "BYTES":
+        data = np.array(spec["data"], dtype=np.object_)
+    else:
+        dtype = TYPES[spec["datatype"]]
+        data = np.array([np.nan if x is None else x for x in spec["data"]], dtype=dtype)
+    return data.reshape(spec["shape"])
+
+
+def zipmap_as_tensor(rows, labels):
+    """onnxruntime's ZipMap answer (a list of {label: probability}) as modelpipe serves it."""
+    return np.array([[row[label] for label in labels] for row in rows], dtype=np.float32)
+
+
+class Corpus(unittest.TestCase):
+    """Every corpus model through tritonclient (binary tensors, its default), against onnxruntime
+    running the registry's own file."""
+
+    def test_every_corpus_model_answers_as_onnxruntime(self):
+        self.assertTrue(CORPUS, "no corpus models were served")
+        client = httpclient.InferenceServerClient(URL)
+        for name, directory in CORPUS:
+            with self.subTest(model=name):
+                with open(os.path.join(directory, "case.json")) as f:
+                    case = json.load(f)
+                feeds = {spec["name"]: corpus_input(spec) for spec in case["inputs"]}
+                inputs = []
+                for spec in case["inputs"]:
+                    tensor = httpclient.InferInput(spec["name"], spec["shape"], spec["datatype"])
+                    tensor.set_data_from_numpy(feeds[spec["name"]])
+                    inputs.append(tensor)
+                result = client.infer(name, inputs)
+                metadata = client.get_model_metadata(name)
+                path = os.path.join(REGISTRY, name, "versions", "1", "model.onnx")
+                session = onnxruntime.InferenceSession(path)
+                answers = session.run(None, feeds)
+                for output, want in zip(session.get_outputs(), answers):
+                    spec = next(o for o in metadata["outputs"] if o["name"] == output.name)
+                    if "class_labels" in spec:
+                        want = zipmap_as_tensor(want, spec["class_labels"])
+                    got = result.as_numpy(output.name)
+                    want = np.asarray(want)
+                    self.assertEqual(got.shape, want.shape, output.name)
+                    if want.dtype.kind == "f":
+                        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4, err_msg=output.name)
+                    elif want.dtype.kind in "OSU":
+                        self.assertEqual([g.decode() if isinstance(g, bytes) else g for g in got.ravel()],
+                                         [str(w) for w in want.ravel()], output.name)
+                    else:
+                        np.testing.assert_array_equal(got, want, err_msg=output.name)
+        client.close()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 //! Runs tests/python/test_tritonclient.py: the stock Python `tritonclient[http]` against the
 //! inference server, JSON and binary tensors, answers checked against onnxruntime on the same
-//! model files. The registry and server are set up here; the Python suite's verdict is the test's.
+//! model files, and every model of the corpus of converter output (tests/corpus). The registry and
+//! server are set up here; the Python suite's verdict is the test's.
 
 use modelpipe::ModelName;
 use modelpipe::onnx_build::{Identity, LinearSoftmax, Mlp};
@@ -25,11 +26,27 @@ async fn tritonclient_suite_passes_against_the_server() {
         let version = serving::commit(&registry, &name(model), bytes);
         serving::publish(&registry, &name(model), version);
     }
+    // The corpus of converter output, each in the engine the validator chooses for it.
+    let mut corpus = Vec::new();
+    for entry in std::fs::read_dir(workspace_root().join("tests/corpus")).unwrap() {
+        let dir = entry.unwrap().path();
+        let case: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("case.json")).unwrap()).unwrap();
+        if case.get("rejected_because").is_some() {
+            continue;
+        }
+        let model = dir.file_name().unwrap().to_string_lossy().replace('_', "-");
+        let bytes = std::fs::read(dir.join("model.onnx")).unwrap();
+        let version = serving::commit_in(&registry, &name(&model), &bytes, None);
+        serving::publish(&registry, &name(&model), version);
+        corpus.push(format!("{model}={}", dir.display()));
+    }
     let base = serving::serve(&registry, &[]).await;
     let output = tokio::process::Command::new(tool("python"))
         .arg(workspace_root().join("tests/python/test_tritonclient.py"))
         .env("MODELPIPE_URL", base.trim_start_matches("http://"))
         .env("MODELPIPE_REGISTRY", dir.path())
+        .env("MODELPIPE_CORPUS", corpus.join(","))
         .output()
         .await
         .expect("run python (scripts/setup.sh installs it in .venv)");

@@ -21,7 +21,7 @@ struct Args {
     /// The report to update between its generated markers.
     #[arg(long, default_value = "BENCHMARKS.md")]
     out: PathBuf,
-    /// Run only these sections (packages, lambda, load, compute, ingest, upload) and print them
+    /// Run only these sections (packages, lambda, engines, load, compute, ingest, upload) and print them
     /// instead of updating the report.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -42,6 +42,12 @@ async fn main() {
         section(
             "Lambda handler: cold start, warm latency, memory",
             compare::lambda::run(&setup, &mut targets).await,
+        );
+    }
+    if wanted("engines") {
+        section(
+            "Engine choice per model: tract vs ONNX Runtime at ingest",
+            compare::engines::run(&setup),
         );
     }
     if wanted("load") {

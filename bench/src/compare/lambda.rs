@@ -6,9 +6,11 @@
 //! - peak RSS with the model loaded and answering, and (modelpipe) while `live` moves to another
 //!   version and the request that notices it loads it.
 //!
-//! modelpipe runs twice: on versions compiled at ingest (artifact, layout chosen: what the
-//! validator commits now) and on the same versions committed without (it loads `model.onnx`,
-//! convolutions plain: the versions of before, and the fallback path).
+//! modelpipe runs twice: on versions committed for tract (artifact, layout chosen at ingest) and
+//! on the same versions committed for ONNX Runtime (`engine=onnxruntime`; the library opened from
+//! beside `bootstrap`), so each engine's function is measured whichever the validator would
+//! choose. The CNNs are also served with the binary tensor extension (the input's bytes instead
+//! of 150,528 JSON numbers), against the Python handler reading binary too.
 
 use modelpipe::ModelName;
 use modelpipe::registry::Registry;
@@ -95,9 +97,9 @@ pub async fn run(setup: &Setup, targets: &mut Vec<Target>) -> String {
          from the same Runtime API endpoint, {threads} compute thread(s) each; {rounds} rounds, \
          the two runtimes interleaved; each cell is the median over rounds (min–max). Warm \
          latency per round: {mlp} MLP / {cnn} MobileNet / {resnet} ResNet invocations. \
-         \"modelpipe\" serves versions as the validator commits them now (compiled artifact, \
-         layout chosen at ingest); \"modelpipe, model.onnx\" serves the same versions committed \
-         without them (what every version was before, and the fallback). The first two rows are the floor: \
+         \"modelpipe, tract\" serves versions committed for tract (compiled artifact, layout \
+         chosen at ingest); \"modelpipe, onnxruntime\" the same versions committed with \
+         engine=onnxruntime (which the validator chooses for the CNNs). The first two rows are the floor: \
          a function that answers every event at once in each runtime (the Python one still \
          imports onnxruntime and builds the MLP's session at import, as the handler module does), \
          i.e. the Runtime API round trip over loopback that both pay before any work.\n\n",
@@ -121,43 +123,50 @@ pub async fn run(setup: &Setup, targets: &mut Vec<Target>) -> String {
         out += &side.row("none: a handler that answers at once", runtime, "");
     }
     let mut ratios = String::new();
+    let mut binary = String::new();
     for model in &setup.models {
-        let (mut ours, mut before, mut python) =
-            (Side::default(), Side::default(), Side::default());
+        let json_event = model.event();
+        let variants: &[(&str, Option<&Registry>)] = &[
+            ("modelpipe, tract", Some(&setup.registry)),
+            ("modelpipe, onnxruntime", Some(&setup.onnxruntime)),
+            ("Python + onnxruntime", None),
+        ];
+        let dirs = [&setup.registry_dir, &setup.onnxruntime_dir];
+        let mut sides: Vec<Side> = variants.iter().map(|_| Side::default()).collect();
+        let mut binary_sides: Vec<Side> = variants.iter().map(|_| Side::default()).collect();
+        let binary_event = (model.name != "mlp").then(|| model.binary_event());
         for round in 0..setup.rounds {
             // Each runtime goes first, second and third in turn.
-            for turn in 0..3 {
-                match (round + turn) % 3 {
-                    0 => {
-                        measure_ours(
-                            setup,
-                            model,
-                            &setup.registry,
-                            &setup.registry_dir,
-                            &mut ours,
-                        )
-                        .await
+            for turn in 0..variants.len() {
+                let i = (round + turn) % variants.len();
+                let events = std::iter::once((&json_event, &mut sides[i]))
+                    .chain(binary_event.as_ref().map(|e| (e, &mut binary_sides[i])));
+                for (event, side) in events {
+                    match variants[i].1 {
+                        Some(registry) => {
+                            measure_ours(setup, model, registry, dirs[i], event, side).await
+                        }
+                        None => measure_python(setup, model, event, side).await,
                     }
-                    1 => {
-                        let (registry, dir) = (&setup.uncompiled, &setup.uncompiled_dir);
-                        measure_ours(setup, model, registry, dir, &mut before).await
-                    }
-                    _ => measure_python(setup, model, &mut python).await,
                 }
             }
         }
-        out += &ours.row(model.label, "modelpipe", &ours.swap_peak_mb.show(1));
-        out += &before.row(
-            model.label,
-            "modelpipe, model.onnx",
-            &before.swap_peak_mb.show(1),
-        );
-        out += &python.row(
-            model.label,
-            "Python + onnxruntime",
-            "n/a: a new model is a redeploy (a cold start)",
-        );
-        let cold = ours.cold_ms.ratio_to(&python.cold_ms);
+        for ((label, _), side) in variants.iter().zip(&sides) {
+            let swap = if label.starts_with("modelpipe") {
+                side.swap_peak_mb.show(1)
+            } else {
+                "n/a: a new model is a redeploy (a cold start)".to_string()
+            };
+            out += &side.row(model.label, label, &swap);
+        }
+        let python = &sides[2];
+        // The function the validator would deploy for this model: ONNX Runtime for the CNNs.
+        let chosen = if model.name == "mlp" {
+            &sides[0]
+        } else {
+            &sides[1]
+        };
+        let cold = chosen.cold_ms.ratio_to(&python.cold_ms);
         targets.push(Target {
             what: format!("cold start → first answer, {}", model.label),
             goal: "≤ 0.5× Python".into(),
@@ -166,8 +175,8 @@ pub async fn run(setup: &Setup, targets: &mut Vec<Target>) -> String {
         });
         if model.name == "mlp" {
             for (label, ours, python) in [
-                ("p50", &ours.p50_us, &python.p50_us),
-                ("p99", &ours.p99_us, &python.p99_us),
+                ("p50", &sides[0].p50_us, &python.p50_us),
+                ("p99", &sides[0].p99_us, &python.p99_us),
             ] {
                 let ratio = ours.ratio_to(python);
                 targets.push(Target {
@@ -178,7 +187,7 @@ pub async fn run(setup: &Setup, targets: &mut Vec<Target>) -> String {
                 });
             }
         }
-        for (label, side) in [("modelpipe", &ours), ("modelpipe, model.onnx", &before)] {
+        for ((label, _), side) in variants.iter().zip(&sides).take(2) {
             ratios += &format!(
                 "| {} | {label} | {:.2}× | {:.2}× | {:.2}× | {:.2}× | {:.2e} / {:.2e} |\n",
                 model.label,
@@ -190,11 +199,33 @@ pub async fn run(setup: &Setup, targets: &mut Vec<Target>) -> String {
                 python.worst_difference,
             );
         }
+        if binary_event.is_some() {
+            let python = &binary_sides[2];
+            for ((label, _), side) in variants.iter().zip(&binary_sides) {
+                binary += &format!(
+                    "| {} | {label} | {} | {} | {:.2}× |\n",
+                    model.label,
+                    side.p50_us.show(0),
+                    side.p99_us.show(0),
+                    side.p50_us.ratio_to(&python.p50_us),
+                );
+            }
+            let ratio = binary_sides[1].p50_us.ratio_to(&python.p50_us);
+            targets.push(Target {
+                what: format!("served p50 with binary tensors, {}", model.label),
+                goal: "≤ 1.1× Python (binary)".into(),
+                measured: format!("{ratio:.2}×"),
+                met: ratio <= 1.1,
+            });
+        }
     }
     out += "\nmodelpipe / Python (lower is better; targets: cold start ≤ 0.5×, MLP warm p50 and p99 ≤ 0.3×):\n\n";
     out += "| model | modelpipe serving | cold start | warm p50 | warm p99 | peak RSS | answers vs tract's reference (max relative difference, modelpipe / Python) |\n";
     out += "|---|---|---:|---:|---:|---:|---|\n";
     out += &ratios;
+    out += "\nThe CNNs with the binary tensor extension (input and output as little-endian bytes, base64 through API Gateway), same rounds:\n\n";
+    out += "| model | runtime | warm p50 (µs) | warm p99 (µs) | p50 / Python's |\n|---|---|---:|---:|---:|\n";
+    out += &binary;
     out
 }
 
@@ -203,6 +234,7 @@ async fn measure_ours(
     model: &BenchModel,
     registry: &Registry,
     registry_dir: &std::path::Path,
+    event: &Value,
     side: &mut Side,
 ) {
     let name: ModelName = model.name.parse().expect("model name");
@@ -223,7 +255,7 @@ async fn measure_ours(
     )
     .await;
     let (first, last) = side
-        .measure(&function, &model.event(), warm_invocations(model))
+        .measure(&function, event, warm_invocations(model))
         .await;
     for answer in [first, last] {
         let version = side.check(model, &answer);
@@ -243,7 +275,7 @@ async fn measure_ours(
     side.swap_peak_mb.push(function.peak_rss_mb());
 }
 
-async fn measure_python(setup: &Setup, model: &BenchModel, side: &mut Side) {
+async fn measure_python(setup: &Setup, model: &BenchModel, event: &Value, side: &mut Side) {
     let function = Function::start(
         Launch {
             name: "python-handler",
@@ -261,7 +293,7 @@ async fn measure_python(setup: &Setup, model: &BenchModel, side: &mut Side) {
     )
     .await;
     let (first, last) = side
-        .measure(&function, &model.event(), warm_invocations(model))
+        .measure(&function, event, warm_invocations(model))
         .await;
     side.check(model, &first);
     side.check(model, &last);

@@ -3,6 +3,7 @@
 //! comparison, each returning its part of the report.
 
 pub mod compute;
+pub mod engines;
 pub mod ingest;
 pub mod lambda;
 pub mod load;
@@ -15,8 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use modelpipe::ModelName;
+use modelpipe::engine::EngineKind;
 use modelpipe::registry::Registry;
-use modelpipe_tests::serving::{commit, commit_uncompiled, publish};
+use modelpipe_tests::serving::{commit, commit_in, publish};
 
 use crate::models::BenchModel;
 
@@ -52,13 +54,13 @@ pub struct Setup {
     pub logs: PathBuf,
     pub models: Vec<BenchModel>,
     /// A directory registry holding versions 1 and 2 of every model, `live` on 1, committed as
-    /// the validator commits them (layout chosen, artifact compiled).
+    /// the validator commits them for tract (layout chosen, artifact compiled).
     pub registry: Registry,
     pub registry_dir: PathBuf,
-    /// The same versions committed as before ingest compiled models: inference loads
-    /// `model.onnx`, convolutions plain (the "before" of the load levers).
-    pub uncompiled: Registry,
-    pub uncompiled_dir: PathBuf,
+    /// The same versions committed with `engine=onnxruntime`: the function serves them through
+    /// ONNX Runtime (the library beside its `bootstrap`).
+    pub onnxruntime: Registry,
+    pub onnxruntime_dir: PathBuf,
     pub python: PathBuf,
     pub python_dir: PathBuf,
     target: PathBuf,
@@ -87,17 +89,17 @@ impl Setup {
         let models = BenchModel::all(&models_dir);
         let registry_dir = work.join("registry");
         let registry = Registry::open(&registry_dir).expect("registry");
-        let uncompiled_dir = work.join("registry-uncompiled");
-        let uncompiled = Registry::open(&uncompiled_dir).expect("registry");
+        let onnxruntime_dir = work.join("registry-onnxruntime");
+        let onnxruntime = Registry::open(&onnxruntime_dir).expect("registry");
         for model in &models {
             let name: ModelName = model.name.parse().expect("model name");
             for file in &model.files {
                 let bytes = std::fs::read(file).expect("model file");
                 commit(&registry, &name, &bytes);
-                commit_uncompiled(&uncompiled, &name, &bytes);
+                commit_in(&onnxruntime, &name, &bytes, Some(EngineKind::Onnxruntime));
             }
             publish(&registry, &name, 1);
-            publish(&uncompiled, &name, 1);
+            publish(&onnxruntime, &name, 1);
         }
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let setup = Self {
@@ -109,8 +111,8 @@ impl Setup {
             models,
             registry,
             registry_dir,
-            uncompiled,
-            uncompiled_dir,
+            onnxruntime,
+            onnxruntime_dir,
             python,
             python_dir: root.join("bench/python"),
             target,
