@@ -102,19 +102,20 @@ class TritonClient(unittest.TestCase):
         result = self.client.infer("mlp", [tensor])
         np.testing.assert_allclose(result.as_numpy("logits"), reference("mlp", 1, {"input": rows})[0], rtol=1e-4, atol=1e-5)
 
-    def test_every_datatype_round_trips_in_both_encodings(self):
+    def test_every_datatype_round_trips_in_both_encodings_and_both_engines(self):
         values = {dt: sample(dt, self.rng) for dt in TYPES}
-        for binary in (False, True):
+        # "identity" is served by tract, "identity-ort" (the same file) by ONNX Runtime.
+        for model, binary in [(m, b) for m in ("identity", "identity-ort") for b in (False, True)]:
             inputs = []
             for datatype, array in values.items():
                 tensor = httpclient.InferInput(f"x_{datatype.lower()}", [2, 3], datatype)
                 tensor.set_data_from_numpy(array, binary_data=binary)
                 inputs.append(tensor)
             outputs = [httpclient.InferRequestedOutput(f"y_{dt.lower()}", binary_data=binary) for dt in TYPES]
-            result = self.client.infer("identity", inputs, outputs=outputs)
+            result = self.client.infer(model, inputs, outputs=outputs)
             for datatype, array in values.items():
                 got = result.as_numpy(f"y_{datatype.lower()}")
-                with self.subTest(datatype=datatype, binary=binary):
+                with self.subTest(model=model, datatype=datatype, binary=binary):
                     self.assertEqual(result.get_output(f"y_{datatype.lower()}")["datatype"], datatype)
                     if datatype == "BYTES":
                         got = [v if isinstance(v, bytes) else v.encode() for v in got.flatten()]

@@ -4,6 +4,7 @@
 //! server are set up here; the Python suite's verdict is the test's.
 
 use modelpipe::ModelName;
+use modelpipe::engine::EngineKind;
 use modelpipe::onnx_build::{Identity, LinearSoftmax, Mlp};
 use modelpipe::registry::Registry;
 use modelpipe_tests::{serving, tool, workspace_root};
@@ -26,6 +27,14 @@ async fn tritonclient_suite_passes_against_the_server() {
         let version = serving::commit(&registry, &name(model), bytes);
         serving::publish(&registry, &name(model), version);
     }
+    let identity = Identity::all_types(3).to_bytes();
+    let version = serving::commit_in(
+        &registry,
+        &name("identity-ort"),
+        &identity,
+        Some(EngineKind::Onnxruntime),
+    );
+    serving::publish(&registry, &name("identity-ort"), version);
     // The corpus of converter output, each in the engine the validator chooses for it.
     let mut corpus = Vec::new();
     for entry in std::fs::read_dir(workspace_root().join("tests/corpus")).unwrap() {
