@@ -3,8 +3,10 @@
 
 use tracing_subscriber::EnvFilter;
 
+/// ONNX Runtime (through `ort`) narrates its start at info level (the library it opened, the
+/// devices it found): warnings and errors only, unless `RUST_LOG` says otherwise.
 fn filter() -> EnvFilter {
-    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,ort=warn"))
 }
 
 /// JSON, no ANSI colours, no timestamps (CloudWatch adds its own).

@@ -140,7 +140,12 @@ pub fn choose(
                 scope.spawn(move || {
                     let engine =
                         Engine::load_with(kind, path, Layout::Plain, limits, Spinning::Off)?;
-                    engine.smoke_test()?;
+                    engine.smoke_test().map_err(|e| {
+                        EngineError::Run(format!(
+                            "{} (on the zero input, dynamic dimensions 1)",
+                            e.detail()
+                        ))
+                    })?;
                     Ok(engine)
                 })
             })
