@@ -240,19 +240,8 @@ pub fn start_executable(watch: &Server, name: &str, path: &Path, env: &[(&str, S
 /// The `libonnxruntime.so` of the onnxruntime wheel in the workspace's `.venv` (scripts/setup.sh
 /// installs it).
 pub fn venv_onnxruntime_library() -> PathBuf {
-    let lib = workspace_root().join(".venv/lib");
-    std::fs::read_dir(&lib)
-        .expect("the workspace .venv (bash scripts/setup.sh)")
-        .flatten()
-        .map(|python| python.path().join("site-packages/onnxruntime/capi"))
-        .filter_map(|capi| std::fs::read_dir(capi).ok())
-        .flat_map(|files| files.flatten().map(|f| f.path()))
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("libonnxruntime.so"))
-        })
-        .expect("onnxruntime in .venv (scripts/requirements-test.txt)")
+    modelpipe::engine::onnxruntime::wheel_library(&workspace_root().join(".venv"))
+        .expect("onnxruntime in .venv (bash scripts/setup.sh; scripts/requirements-test.txt)")
 }
 
 /// The secret key the functions get: distinctive, so a test can prove no log line carries it.

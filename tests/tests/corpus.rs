@@ -91,6 +91,19 @@ fn assert_same(case: &str, got: &Value, want: &Value) {
     }
 }
 
+/// Every output of the case is in `answer`, as onnxruntime gave it.
+fn assert_answers(name: &str, answer: &Value, case: &Value) {
+    for want in case["outputs"].as_array().unwrap() {
+        let got = answer["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["name"] == want["name"])
+            .unwrap_or_else(|| panic!("{name}: no output {} in {answer}", want["name"]));
+        assert_same(name, got, want);
+    }
+}
+
 async fn infer(dev: &Dev, model: &str, case: &Value) -> (u16, Value) {
     let (body, json_length) = request(case);
     let mut post = dev
@@ -170,15 +183,7 @@ async fn every_corpus_model_goes_live_and_answers_as_onnxruntime_does() {
         let (code, answer) = infer(&dev, &name, &case).await;
         assert_eq!(code, 200, "{name}: {answer}");
         assert_eq!(answer["model_version"], "1", "{name}");
-        for want in case["outputs"].as_array().unwrap() {
-            let got = answer["outputs"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|o| o["name"] == want["name"])
-                .unwrap_or_else(|| panic!("{name}: no output {} in {answer}", want["name"]));
-            assert_same(&name, got, want);
-        }
+        assert_answers(&name, &answer, &case);
 
         let (_, metadata) = dev.get(&format!("/v2/models/{name}")).await;
         for want in case["outputs"].as_array().unwrap() {
@@ -283,15 +288,7 @@ async fn every_corpus_model_tract_loads_answers_as_onnxruntime_does_in_tract() {
         let response = post.send().await.unwrap();
         assert_eq!(response.status(), 200, "{name}");
         let answer: Value = response.json().await.unwrap();
-        for want in case["outputs"].as_array().unwrap() {
-            let got = answer["outputs"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|o| o["name"] == want["name"])
-                .unwrap_or_else(|| panic!("{name}: no output {} in {answer}", want["name"]));
-            assert_same(name, got, want);
-        }
+        assert_answers(name, &answer, case);
         let metadata: Value = http
             .get(format!("{base}/v2/models/{name}"))
             .send()

@@ -17,39 +17,33 @@ use modelpipe_tests::{
 };
 use serde_json::{Value, json};
 
-fn zip_entries(zip: &Path) -> Vec<String> {
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import sys, zipfile; print('\\n'.join(zipfile.ZipFile(sys.argv[1]).namelist()))",
-        ])
-        .arg(zip)
-        .output()
-        .unwrap();
+/// Runs `python3 ARGS...`, which must succeed; its standard output.
+fn python3(args: &[&std::ffi::OsStr]) -> String {
+    let out = Command::new("python3").args(args).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout)
-        .unwrap()
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn zip_entries(zip: &Path) -> Vec<String> {
+    let list = "import sys, zipfile; print('\\n'.join(zipfile.ZipFile(sys.argv[1]).namelist()))";
+    python3(&["-c".as_ref(), list.as_ref(), zip.as_os_str()])
         .lines()
         .map(str::to_string)
         .collect()
 }
 
 fn unzip(zip: &Path, into: &Path) {
-    let out = Command::new("python3")
-        .args(["-m", "zipfile", "-e"])
-        .arg(zip)
-        .arg(into)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    python3(&[
+        "-m".as_ref(),
+        "zipfile".as_ref(),
+        "-e".as_ref(),
+        zip.as_os_str(),
+        into.as_os_str(),
+    ]);
     // zipfile does not restore modes; Lambda does (the zip records 0755).
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(
@@ -75,18 +69,15 @@ async fn the_inference_zip_serves_an_onnxruntime_model_with_no_configuration() {
     for name in ["validator", "publisher", "inference"] {
         std::fs::copy(binary(name), bins.join(name)).unwrap();
     }
-    let out = Command::new("python3")
-        .arg(workspace_root().join("scripts/lambda_zip.py"))
-        .args([&bins, &zips])
-        .arg("--onnxruntime")
-        .arg(venv_onnxruntime_library())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let script = workspace_root().join("scripts/lambda_zip.py");
+    let library = venv_onnxruntime_library();
+    python3(&[
+        script.as_os_str(),
+        bins.as_os_str(),
+        zips.as_os_str(),
+        "--onnxruntime".as_ref(),
+        library.as_os_str(),
+    ]);
     for (name, with_library) in [
         ("validator", true),
         ("publisher", false),

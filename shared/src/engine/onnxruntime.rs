@@ -93,7 +93,7 @@ fn library_in(dir: &Path) -> Option<PathBuf> {
 }
 
 /// `lib/python3.*/site-packages/onnxruntime/capi/libonnxruntime.so*` under `venv`.
-fn wheel_library(venv: &Path) -> Option<PathBuf> {
+pub fn wheel_library(venv: &Path) -> Option<PathBuf> {
     std::fs::read_dir(venv.join("lib"))
         .ok()?
         .flatten()
