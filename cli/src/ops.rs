@@ -253,6 +253,11 @@ pub fn validate(
     println!("ok: {} ({size} bytes, sha256 {sha256})", file.display());
     println!("  engine: {}", describe_choice(&checked.choice));
     println!("  loads in {:?}", checked.engine.load_time);
+    if let Some(shapes) = checked.engine.smoke_shapes() {
+        println!(
+            "  smoke input shapes {shapes:?}: the declared dynamic dimensions do not run at 1 (a baked length?)"
+        );
+    }
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let compiled = checked.compile(dir.path());
     println!("  compiled: {}", describe_compiled(compiled.as_ref()));

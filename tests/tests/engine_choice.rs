@@ -62,6 +62,20 @@ fn when_both_load_the_choice_is_the_measured_one_and_the_numbers_are_recorded() 
 }
 
 #[test]
+fn a_sequence_length_baked_by_the_exporter_is_found_for_the_smoke_test_and_recorded() {
+    // torch's legacy exporter declared the sequence dynamic but reshapes to the example's 7.
+    let path = workspace_root().join("tests/corpus/torch_encoder_legacy/model.onnx");
+    let checked = check_model(&path, Expectations::default()).unwrap();
+    assert_eq!(checked.engine.smoke_shapes(), Some(&[vec![1, 7]][..]));
+    let version = checked.new_version(String::new(), 0, Default::default(), None);
+    assert_eq!(version.smoke_shapes, Some(vec![vec![1, 7]]));
+    // A model that runs at 1 records nothing.
+    let dynamo = workspace_root().join("tests/corpus/torch_encoder_dynamo/model.onnx");
+    let checked = check_model(&dynamo, Expectations::default()).unwrap();
+    assert_eq!(checked.engine.smoke_shapes(), None);
+}
+
+#[test]
 fn a_planted_disagreement_hands_the_model_to_the_reference() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(&dir, "noise.onnx", &hostile::random_noise());

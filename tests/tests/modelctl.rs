@@ -199,8 +199,13 @@ fn validate_reports_a_good_model_and_refuses_a_bad_one() {
     );
     // The artifact written is one the engine reads back to the model's signature.
     let checked = modelpipe::checks::check_model(&good, Default::default()).unwrap();
-    modelpipe::engine::Engine::load_artifact(&artifact, checked.signature(), Default::default())
-        .unwrap();
+    modelpipe::engine::Engine::load_artifact(
+        &artifact,
+        checked.signature(),
+        Default::default(),
+        None,
+    )
+    .unwrap();
     let bad = dir.path().join("bad.onnx");
     std::fs::write(&bad, b"garbage").unwrap();
     let out = modelctl(&["validate", bad.to_str().unwrap()]);

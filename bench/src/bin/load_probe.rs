@@ -38,12 +38,16 @@ fn main() {
     let manifest: Manifest =
         serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).expect("manifest"))
             .expect("manifest JSON");
-    let layout = manifest.layout.map(|c| c.layout).unwrap_or_default();
+    let layout = manifest.layout();
     use_threads(Some(1));
     let started = Instant::now();
     let engine = match source.as_str() {
         "onnx" => Engine::load_onnx(&dir.join(MODEL_FILE), layout),
-        "artifact" => Engine::load_artifact(&dir.join(ARTIFACT_FILE), &manifest.signature, layout),
+        "artifact" => {
+            let artifact = dir.join(ARTIFACT_FILE);
+            let smoke = manifest.smoke_shapes.as_deref();
+            Engine::load_artifact(&artifact, &manifest.signature, layout, smoke)
+        }
         other => panic!("source {other}: onnx or artifact"),
     }
     .expect("load");

@@ -183,9 +183,9 @@ pub fn choose(
             .iter()
             .map(|&kind| {
                 scope.spawn(move || {
-                    let engine =
-                        Engine::load_with(kind, path, Layout::Plain, limits, Spinning::Off)?;
-                    engine.smoke_test().map_err(|e| {
+                    let mut engine =
+                        Engine::load_with(kind, path, Layout::Plain, limits, Spinning::Off, None)?;
+                    engine.smoke_test_finding_shapes().map_err(|e| {
                         EngineError::Run(format!(
                             "{} (on the zero input, dynamic dimensions 1)",
                             e.detail()

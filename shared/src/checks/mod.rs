@@ -89,6 +89,7 @@ impl Checked {
             layout,
             artifact,
             engine: Some(self.choice.clone()),
+            smoke_shapes: self.engine.smoke_shapes().map(<[Vec<usize>]>::to_vec),
         }
     }
 
@@ -136,7 +137,8 @@ impl Checked {
             .write_artifact(path)
             .map_err(|e| e.to_string())?;
         let started = Instant::now();
-        let reloaded = Engine::load_artifact(path, self.signature(), layout.layout)
+        let smoke = self.engine.smoke_shapes();
+        let reloaded = Engine::load_artifact(path, self.signature(), layout.layout, smoke)
             .map_err(|e| format!("reading it back: {e}"))?;
         let load = started.elapsed();
         let inputs = self.engine.smoke_inputs().map_err(|e| e.to_string())?;

@@ -45,6 +45,8 @@ struct NodeOutline {
 struct AttributeOutline {
     #[prost(string, tag = "1")]
     name: String,
+    #[prost(message, optional, tag = "5")]
+    t: Option<InitializerOutline>,
     #[prost(message, optional, tag = "6")]
     g: Option<GraphOutline>,
     #[prost(int64, repeated, tag = "8")]
@@ -57,10 +59,38 @@ struct AttributeOutline {
 
 #[derive(Clone, PartialEq, Message)]
 struct InitializerOutline {
+    #[prost(int64, repeated, tag = "1")]
+    dims: Vec<i64>,
+    #[prost(int32, tag = "2")]
+    data_type: i32,
+    #[prost(int64, repeated, tag = "7")]
+    int64_data: Vec<i64>,
     #[prost(string, tag = "8")]
     name: String,
+    /// Shares the file's buffer: weights are not copied.
+    #[prost(bytes = "bytes", tag = "9")]
+    raw_data: bytes::Bytes,
     #[prost(int32, tag = "14")]
     data_location: i32,
+}
+
+impl InitializerOutline {
+    /// The values of a short 1-D INT64 tensor (a Reshape's target shape, say).
+    fn short_ints(&self) -> Option<Vec<i64>> {
+        let short = self.dims.len() == 1 && (1..=8).contains(&self.dims[0]);
+        if !short || self.data_type != pb::tensor_proto::DataType::Int64 as i32 {
+            return None;
+        }
+        if !self.int64_data.is_empty() {
+            return Some(self.int64_data.clone());
+        }
+        let values: Vec<i64> = self
+            .raw_data
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
+            .collect();
+        (values.len() as i64 == self.dims[0]).then_some(values)
+    }
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -107,17 +137,41 @@ pub struct Graph {
     /// Nodes, counting those of subgraphs (If, Loop, Scan bodies).
     pub nodes: usize,
     pub zipmaps: Vec<ZipMapOutput>,
+    /// Sizes the graph's short integer constants name (2 to 4096, smallest first, at most
+    /// [`MAX_LENGTHS`]): where a model declares a dimension dynamic but an exporter baked one
+    /// size into its reshapes, that size is among them.
+    pub lengths: Vec<usize>,
 }
+
+/// Candidate sizes kept from a graph's constants.
+pub const MAX_LENGTHS: usize = 8;
 
 impl Graph {
     /// Reads the outline of the ONNX model in `bytes`; refuses a model whose weights live in
     /// other files (the registry keeps one file per version, and a path in a model must never
     /// make an engine read outside it).
-    pub fn read(bytes: &[u8]) -> Result<Self, String> {
-        let model = ModelOutline::decode(bytes).map_err(|e| format!("not an ONNX model: {e}"))?;
+    pub fn read(bytes: Vec<u8>) -> Result<Self, String> {
+        let model = ModelOutline::decode(bytes::Bytes::from(bytes))
+            .map_err(|e| format!("not an ONNX model: {e}"))?;
         let graph = model.graph.ok_or("the model has no graph")?;
         let mut nodes = 0;
         count_nodes(&graph, &mut nodes)?;
+        let constants = graph.initializer.iter().chain(
+            graph
+                .node
+                .iter()
+                .flat_map(|n| &n.attribute)
+                .filter_map(|a| a.t.as_ref()),
+        );
+        let mut lengths: Vec<usize> = constants
+            .filter_map(InitializerOutline::short_ints)
+            .flatten()
+            .filter(|v| (2..=4096).contains(v))
+            .map(|v| v as usize)
+            .collect();
+        lengths.sort_unstable();
+        lengths.dedup();
+        lengths.truncate(MAX_LENGTHS);
         let outputs: Vec<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
         let zipmaps = graph
             .node
@@ -133,7 +187,11 @@ impl Graph {
                 })
             })
             .collect();
-        Ok(Self { nodes, zipmaps })
+        Ok(Self {
+            nodes,
+            zipmaps,
+            lengths,
+        })
     }
 
     pub fn zipmap(&self, output: &str) -> Option<&ZipMapOutput> {
@@ -305,7 +363,7 @@ mod tests {
     #[test]
     fn zipmap_outputs_and_their_labels_are_found_and_removed_for_tract() {
         let mut model = zipmap_model();
-        let graph = Graph::read(&model.encode_to_vec()).unwrap();
+        let graph = Graph::read(model.encode_to_vec()).unwrap();
         assert_eq!(graph.nodes, 3);
         assert_eq!(
             graph.zipmaps,
@@ -351,7 +409,7 @@ mod tests {
             }],
             ..Default::default()
         });
-        assert_eq!(Graph::read(&model.encode_to_vec()).unwrap().nodes, 7);
+        assert_eq!(Graph::read(model.encode_to_vec()).unwrap().nodes, 7);
         model
             .graph
             .as_mut()
@@ -362,7 +420,7 @@ mod tests {
                 data_location: Some(pb::tensor_proto::DataLocation::External as i32),
                 ..Default::default()
             });
-        let err = Graph::read(&model.encode_to_vec()).unwrap_err();
+        let err = Graph::read(model.encode_to_vec()).unwrap_err();
         assert!(err.contains("initializer 'w'"), "{err}");
     }
 }

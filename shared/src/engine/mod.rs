@@ -136,6 +136,11 @@ impl Default for Limits {
 pub struct Engine {
     backend: Backend,
     signature: Signature,
+    /// The shapes of the smoke input (and the warm-up): the declared ones, dynamic dimensions 1,
+    /// unless [`Self::smoke_test_finding_shapes`] had to find others.
+    smoke_shapes: Vec<Vec<usize>>,
+    /// Sizes the graph's constants name (see [`Graph::lengths`]).
+    lengths: Vec<usize>,
     /// Time spent reading the file (or artifact) and preparing it, planned for the smoke input.
     pub load_time: Duration,
 }
@@ -200,7 +205,7 @@ pub fn use_threads(threads: Option<usize>) -> usize {
 /// Reads the outline of the model at `path` and holds it to `limits`' node bound.
 pub fn outline(path: &Path, limits: &Limits) -> Result<Graph, EngineError> {
     let bytes = std::fs::read(path).map_err(|e| EngineError::Load(e.to_string()))?;
-    let graph = Graph::read(&bytes).map_err(EngineError::Load)?;
+    let graph = Graph::read(bytes).map_err(EngineError::Load)?;
     if graph.nodes > limits.max_nodes {
         return Err(EngineError::Limit(format!(
             "the graph has {} nodes, more than MAX_MODEL_NODES ({})",
@@ -249,22 +254,26 @@ impl Engine {
             layout,
             &Limits::default(),
             Spinning::Allowed,
+            None,
         )
     }
 
     /// Loads the ONNX model at `path` in `kind`, held to `limits`, and plans it for the smoke
-    /// input. `layout` is tract's; `spinning` ONNX Runtime's.
+    /// input (of `smoke` shapes when given: those the manifest recorded). `layout` is tract's;
+    /// `spinning` ONNX Runtime's.
     pub fn load_with(
         kind: EngineKind,
         path: &Path,
         layout: Layout,
         limits: &Limits,
         spinning: Spinning,
+        smoke: Option<&[Vec<usize>]>,
     ) -> Result<Self, EngineError> {
         let started = Instant::now();
         let graph = outline(path, limits)?;
         let path = path.to_path_buf();
         let threads = THREADS.load(Ordering::Relaxed);
+        let smoke = smoke.map(<[Vec<usize>]>::to_vec);
         within_budget(kind, limits.load_budget, move || {
             let (backend, signature) = match kind {
                 EngineKind::Tract => {
@@ -276,7 +285,7 @@ impl Engine {
                     (Backend::Onnxruntime(model), signature)
                 }
             };
-            Self::ready(backend, signature, started)
+            Self::ready(backend, signature, smoke, graph.lengths, started)
         })
     }
 
@@ -286,10 +295,18 @@ impl Engine {
         path: &Path,
         signature: &Signature,
         layout: Layout,
+        smoke: Option<&[Vec<usize>]>,
     ) -> Result<Self, EngineError> {
         let started = Instant::now();
         let model = TractModel::load_artifact(path, signature, layout)?;
-        Self::ready(Backend::Tract(model), signature.clone(), started)
+        let smoke = smoke.map(<[Vec<usize>]>::to_vec);
+        Self::ready(
+            Backend::Tract(model),
+            signature.clone(),
+            smoke,
+            Vec::new(),
+            started,
+        )
     }
 
     /// Refuses declared inputs over [`MAX_TENSOR_BYTES`] (tract checks every tensor it
@@ -298,6 +315,8 @@ impl Engine {
     fn ready(
         backend: Backend,
         signature: Signature,
+        smoke: Option<Vec<Vec<usize>>>,
+        lengths: Vec<usize>,
         started: Instant,
     ) -> Result<Self, EngineError> {
         for spec in &signature.inputs {
@@ -319,8 +338,10 @@ impl Engine {
             }
         }
         let engine = Self {
+            smoke_shapes: smoke.unwrap_or_else(|| smoke_shapes(&signature, 1)),
             backend,
             signature,
+            lengths,
             load_time: Duration::ZERO,
         };
         if let Backend::Tract(model) = &engine.backend {
@@ -398,25 +419,27 @@ impl Engine {
         }
     }
 
-    /// Zero-filled inputs of the declared shapes, dynamic dimensions set to 1.
+    /// The smoke input's shapes when they are not the declared ones with dynamic dimensions 1
+    /// (the manifest records them, so that inference warms up on them too).
+    pub fn smoke_shapes(&self) -> Option<&[Vec<usize>]> {
+        (self.smoke_shapes != smoke_shapes(&self.signature, 1)).then_some(&self.smoke_shapes)
+    }
+
+    /// Zero-filled inputs of the smoke shapes (the declared ones, dynamic dimensions 1).
     pub fn smoke_inputs(&self) -> Result<Vec<Tensor>, EngineError> {
         self.signature
             .inputs
             .iter()
-            .map(|spec| {
-                let shape: Vec<usize> = spec
-                    .shape
-                    .iter()
-                    .map(|&d| if d < 0 { 1 } else { d as usize })
-                    .collect();
+            .zip(&self.smoke_shapes)
+            .map(|(spec, shape)| {
                 let elements = shape.iter().product();
                 Ok(match spec.datatype {
                     // Neither has a numeric zero in tract; "" and false stand in for it.
-                    DataType::Bytes => tensor_of(&shape, vec![String::new(); elements]),
-                    DataType::Bool => tensor_of(&shape, vec![false; elements]),
+                    DataType::Bytes => tensor_of(shape, vec![String::new(); elements]),
+                    DataType::Bool => tensor_of(shape, vec![false; elements]),
                     other => {
                         let dt = datum_type(other);
-                        guarded(EngineError::Run, || Tensor::zero_dt(dt, &shape))?
+                        guarded(EngineError::Run, || Tensor::zero_dt(dt, shape))?
                     }
                 })
             })
@@ -437,6 +460,48 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+impl Engine {
+    /// [`Self::smoke_test`]; when the zero input with dynamic dimensions 1 fails to run, tries
+    /// the sizes the graph's constants name for the dynamic dimensions after the first (the
+    /// batch stays 1) and keeps the first that runs. A torch export can declare a sequence axis
+    /// dynamic while its reshapes hold the example's length: it runs at that length only.
+    pub fn smoke_test_finding_shapes(&mut self) -> Result<(), EngineError> {
+        let first = match self.smoke_test() {
+            Ok(()) => return Ok(()),
+            Err(e @ EngineError::Run(_)) => e,
+            Err(other) => return Err(other),
+        };
+        let declared = std::mem::take(&mut self.smoke_shapes);
+        for length in self.lengths.clone() {
+            self.smoke_shapes = smoke_shapes(&self.signature, length);
+            if self.smoke_shapes != declared && self.smoke_test().is_ok() {
+                return Ok(());
+            }
+        }
+        self.smoke_shapes = declared;
+        Err(first)
+    }
+}
+
+/// The declared input shapes, a dynamic first dimension 1 and other dynamic ones `length`.
+fn smoke_shapes(signature: &Signature, length: usize) -> Vec<Vec<usize>> {
+    signature
+        .inputs
+        .iter()
+        .map(|spec| {
+            spec.shape
+                .iter()
+                .enumerate()
+                .map(|(axis, &d)| match (d < 0, axis) {
+                    (false, _) => d as usize,
+                    (true, 0) => 1,
+                    (true, _) => length,
+                })
+                .collect()
+        })
+        .collect()
 }
 
 fn shapes_of(inputs: &[Tensor]) -> Vec<TVec<usize>> {

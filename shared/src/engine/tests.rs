@@ -71,7 +71,7 @@ fn the_artifact_reloads_to_the_same_answers_in_either_layout() {
     let input = images(2, 3);
     let expected = onnx.run(vec![input.clone()]).unwrap();
     for layout in [Layout::Plain, Layout::Nhwc] {
-        let reloaded = Engine::load_artifact(&artifact, onnx.signature(), layout).unwrap();
+        let reloaded = Engine::load_artifact(&artifact, onnx.signature(), layout, None).unwrap();
         assert_eq!(reloaded.layout(), layout);
         assert_eq!(reloaded.signature(), onnx.signature());
         let actual = reloaded.run(vec![input.clone()]).unwrap();
@@ -87,7 +87,7 @@ fn an_artifact_of_other_tensors_or_corrupt_bytes_is_refused() {
     let mlp = Engine::load(&write(dir.path(), "mlp.onnx", &mlp.to_bytes())).unwrap();
     let artifact = dir.path().join("model.nnef.tar");
     mlp.write_artifact(&artifact).unwrap();
-    let err = Engine::load_artifact(&artifact, cnn.signature(), Layout::Plain).unwrap_err();
+    let err = Engine::load_artifact(&artifact, cnn.signature(), Layout::Plain, None).unwrap_err();
     assert!(
         err.to_string().contains("differ from the manifest"),
         "{err}"
@@ -95,9 +95,9 @@ fn an_artifact_of_other_tensors_or_corrupt_bytes_is_refused() {
 
     let bytes = std::fs::read(&artifact).unwrap();
     let truncated = write(dir.path(), "truncated.tar", &bytes[..bytes.len() / 2]);
-    assert!(Engine::load_artifact(&truncated, mlp.signature(), Layout::Plain).is_err());
+    assert!(Engine::load_artifact(&truncated, mlp.signature(), Layout::Plain, None).is_err());
     let garbage = write(dir.path(), "garbage.tar", &vec![0x5a; bytes.len()]);
-    assert!(Engine::load_artifact(&garbage, mlp.signature(), Layout::Plain).is_err());
+    assert!(Engine::load_artifact(&garbage, mlp.signature(), Layout::Plain, None).is_err());
 }
 
 #[test]

@@ -21,6 +21,7 @@ fn registry_with_versions(n: usize) -> (tempfile::TempDir, Registry) {
             layout: None,
             artifact: None,
             engine: None,
+            smoke_shapes: None,
         };
         assert!(matches!(
             registry

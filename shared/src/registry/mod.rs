@@ -80,6 +80,8 @@ pub struct NewVersion {
     pub artifact: Option<Artifact>,
     /// The engine chosen at ingest; none: tract.
     pub engine: Option<EngineChoice>,
+    /// The smoke test's input shapes, when not the declared ones with dynamic dimensions 1.
+    pub smoke_shapes: Option<Vec<Vec<usize>>>,
 }
 
 /// What [`Locked::commit`] did.
@@ -540,6 +542,7 @@ impl Locked<'_> {
                 layout: new.layout.clone(),
                 artifact: new.artifact.clone(),
                 engine: new.engine.clone(),
+                smoke_shapes: new.smoke_shapes.clone(),
             };
             let manifest_path = staged.join(MANIFEST_FILE);
             atomic::write_file(&manifest_path, &to_json(&manifest)).map_err(|source| {

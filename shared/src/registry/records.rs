@@ -42,6 +42,10 @@ pub struct Manifest {
     /// committed before there was a choice, which tract serves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub engine: Option<EngineChoice>,
+    /// The input shapes the smoke test ran and inference warms up on, when the declared ones
+    /// with dynamic dimensions 1 do not run (an export that baked a sequence length).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smoke_shapes: Option<Vec<Vec<usize>>>,
 }
 
 impl Manifest {

@@ -23,6 +23,7 @@ pub(crate) fn stage_bytes(
         layout: None,
         artifact: None,
         engine: None,
+        smoke_shapes: None,
     };
     (staging, new)
 }

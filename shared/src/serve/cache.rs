@@ -246,6 +246,7 @@ mod tests {
                 layout: None,
                 artifact: None,
                 engine: None,
+                smoke_shapes: None,
             };
             registry
                 .lock(&name(model))

@@ -103,8 +103,10 @@ impl LoadedModel {
         let (engine, loaded_from) = match from_artifact {
             Some(engine) => (engine, ARTIFACT_FILE),
             None => {
+                let smoke = manifest.smoke_shapes.as_deref();
+                let layout = manifest.layout();
                 let engine =
-                    Engine::load_with(kind, &file, manifest.layout(), limits, Spinning::Allowed)
+                    Engine::load_with(kind, &file, layout, limits, Spinning::Allowed, smoke)
                         .map_err(engine_error)?;
                 (engine, MODEL_FILE)
             }
@@ -166,7 +168,8 @@ fn load_artifact(registry: &Registry, manifest: &Manifest) -> Option<Engine> {
             return None;
         }
     };
-    match Engine::load_artifact(&path, &manifest.signature, manifest.layout()) {
+    let smoke = manifest.smoke_shapes.as_deref();
+    match Engine::load_artifact(&path, &manifest.signature, manifest.layout(), smoke) {
         Ok(engine) => Some(engine),
         Err(error) => {
             warn!(%model, version, %error, "artifact does not load: loading model.onnx");

@@ -23,6 +23,7 @@ fn main() {
             layout: None,
             artifact: None,
             engine: None,
+            smoke_shapes: None,
         };
         let version = registry
             .lock(&model)
