@@ -53,7 +53,7 @@ test('an S3-hosted registry needs no VPC or EFS, and inference may only read it'
 });
 
 test('missing function artifacts are a clear error at synth time', () => {
-  assert.throws(() => synth({ artifacts: path.join(fixtures, 'nowhere') }), /cargo lambda build --release --output-format zip/);
+  assert.throws(() => synth({ artifacts: path.join(fixtures, 'nowhere') }), /bash scripts\/package.sh/);
 });
 
 test('no function may touch S3, Lambda or EFS on every resource (EFS mounts: the access point only), in either registry mode', () => {
