@@ -150,8 +150,8 @@ impl Graph {
     /// Reads the outline of the ONNX model in `bytes`; refuses a model whose weights live in
     /// other files (the registry keeps one file per version, and a path in a model must never
     /// make an engine read outside it).
-    pub fn read(bytes: Vec<u8>) -> Result<Self, String> {
-        let model = ModelOutline::decode(bytes::Bytes::from(bytes))
+    pub fn read(bytes: impl Into<bytes::Bytes>) -> Result<Self, String> {
+        let model = ModelOutline::decode(bytes.into())
             .map_err(|e| format!("not an ONNX model: {e}"))?;
         let graph = model.graph.ok_or("the model has no graph")?;
         let mut nodes = 0;

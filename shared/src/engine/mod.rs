@@ -202,10 +202,16 @@ pub fn use_threads(threads: Option<usize>) -> usize {
     threads
 }
 
-/// Reads the outline of the model at `path` and holds it to `limits`' node bound.
+/// Reads the outline of the model at `path` (mapped, not copied) and holds it to `limits`'
+/// node bound.
 pub fn outline(path: &Path, limits: &Limits) -> Result<Graph, EngineError> {
-    let bytes = std::fs::read(path).map_err(|e| EngineError::Load(e.to_string()))?;
-    let graph = Graph::read(bytes).map_err(EngineError::Load)?;
+    let io = |e: std::io::Error| EngineError::Load(format!("{}: {e}", path.display()));
+    let file = std::fs::File::open(path).map_err(io)?;
+    // SAFETY: the file is neither written nor truncated while mapped: a version's files are
+    // immutable once committed, and a staged upload is complete before it is checked (tract
+    // maps the same file the same way).
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+    let graph = Graph::read(bytes::Bytes::from_owner(map)).map_err(EngineError::Load)?;
     if graph.nodes > limits.max_nodes {
         return Err(EngineError::Limit(format!(
             "the graph has {} nodes, more than MAX_MODEL_NODES ({})",
