@@ -151,8 +151,8 @@ impl Graph {
     /// other files (the registry keeps one file per version, and a path in a model must never
     /// make an engine read outside it).
     pub fn read(bytes: impl Into<bytes::Bytes>) -> Result<Self, String> {
-        let model = ModelOutline::decode(bytes.into())
-            .map_err(|e| format!("not an ONNX model: {e}"))?;
+        let model =
+            ModelOutline::decode(bytes.into()).map_err(|e| format!("not an ONNX model: {e}"))?;
         let graph = model.graph.ok_or("the model has no graph")?;
         let mut nodes = 0;
         count_nodes(&graph, &mut nodes)?;
