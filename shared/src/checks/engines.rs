@@ -270,8 +270,8 @@ pub fn decide(agree: bool, tract_us: u64, onnxruntime_us: u64) -> EngineKind {
 
 /// Both engines loaded: agreement first, then speed.
 fn compare(
-    tract: Engine,
-    onnxruntime: Engine,
+    mut tract: Engine,
+    mut onnxruntime: Engine,
     extra_probes: impl Fn(&Signature) -> Vec<Vec<Tensor>>,
 ) -> Chosen {
     let mut timing = Timing::new();
@@ -296,6 +296,10 @@ fn compare(
         trial(&onnxruntime, onnxruntime_us),
     );
     let kind = decide(agreement.agree, tract_best, onnxruntime_us);
+    let (tract_reading, onnxruntime_reading) =
+        (tract.signature().clone(), onnxruntime.signature().clone());
+    tract.widen_outputs(&onnxruntime_reading);
+    onnxruntime.widen_outputs(&tract_reading);
     let reason = if !agreement.agree {
         format!(
             "the engines disagree ({}): onnxruntime, the reference, serves",

@@ -414,6 +414,25 @@ impl Engine {
         &self.signature
     }
 
+    /// Widens each output dimension this engine knows but `other` (another engine's reading of
+    /// the same model) leaves open, or reads differently, to -1: the signature a version records
+    /// does not depend on which engine read it, so a later version served by the other engine is
+    /// not refused for a signature change that is only the engines' (tract infers output sizes
+    /// that ONNX Runtime takes from the file's declarations). Inputs, which requests are checked
+    /// against, keep this engine's reading.
+    pub fn widen_outputs(&mut self, other: &Signature) {
+        for (mine, theirs) in self.signature.outputs.iter_mut().zip(&other.outputs) {
+            if mine.name != theirs.name || mine.shape.len() != theirs.shape.len() {
+                continue;
+            }
+            for (dim, their) in mine.shape.iter_mut().zip(&theirs.shape) {
+                if dim != their {
+                    *dim = -1;
+                }
+            }
+        }
+    }
+
     /// Runs the model on inputs given in signature order; outputs come in signature order.
     pub fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, EngineError> {
         match &self.backend {

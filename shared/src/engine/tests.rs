@@ -128,3 +128,17 @@ fn the_nhwc_layout_answers_as_the_plain_one() {
     let b = nhwc.run(vec![input]).unwrap();
     assert_close(&a[0], &b[0]);
 }
+
+#[test]
+fn outputs_are_widened_where_the_engines_read_them_differently_and_inputs_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let mlp = Mlp::new(&[4, 8, 3], 1);
+    let mut engine = Engine::load(&write(dir.path(), "mlp.onnx", &mlp.to_bytes())).unwrap();
+    assert_eq!(engine.signature().outputs[0].shape, [-1, 3]);
+    let mut other = engine.signature().clone();
+    other.outputs[0].shape = vec![-1, -1];
+    other.inputs[0].shape = vec![-1, -1];
+    engine.widen_outputs(&other);
+    assert_eq!(engine.signature().outputs[0].shape, [-1, -1]);
+    assert_eq!(engine.signature().inputs[0].shape, [-1, 4]);
+}

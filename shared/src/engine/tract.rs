@@ -188,15 +188,22 @@ fn check_tensor_sizes(typed: &TypedModel) -> Result<(), EngineError> {
     Ok(())
 }
 
-/// Same number, datatypes and shapes of inputs and outputs (names are the manifest's).
-fn same_tensors(a: &Signature, b: &Signature) -> bool {
-    let same = |a: &[TensorSpec], b: &[TensorSpec]| {
-        a.len() == b.len()
-            && a.iter()
-                .zip(b)
-                .all(|(a, b)| a.datatype == b.datatype && a.shape == b.shape)
+/// Same number, datatypes and shapes of inputs and outputs (names are the manifest's; a
+/// dimension the manifest leaves open, -1, takes any size: it records outputs as widely as
+/// either engine read them).
+fn same_tensors(found: &Signature, manifest: &Signature) -> bool {
+    let same = |found: &[TensorSpec], manifest: &[TensorSpec]| {
+        found.len() == manifest.len()
+            && found.iter().zip(manifest).all(|(f, m)| {
+                f.datatype == m.datatype
+                    && f.shape.len() == m.shape.len()
+                    && f.shape
+                        .iter()
+                        .zip(&m.shape)
+                        .all(|(&f, &m)| m == -1 || f == m)
+            })
     };
-    same(&a.inputs, &b.inputs) && same(&a.outputs, &b.outputs)
+    same(&found.inputs, &manifest.inputs) && same(&found.outputs, &manifest.outputs)
 }
 
 fn describe(signature: &Signature) -> String {
