@@ -131,7 +131,8 @@ fn timed_run(engine: &Engine, inputs: Vec<Tensor>) -> (Result<Vec<Tensor>, Engin
     (result, started.elapsed())
 }
 
-/// The engine chosen for a model, and its tract layout when tract was timed in both.
+/// The engine chosen for a model, and tract's layout trial when the choice ran one (tract
+/// within 2× of ONNX Runtime).
 pub struct Chosen {
     pub engine: Engine,
     pub choice: EngineChoice,
@@ -278,10 +279,8 @@ fn compare(
     let agreement = agreement(&tract, &onnxruntime, &extra_probes, &mut timing);
     let (tract_us, onnxruntime_us) = time_both(&tract, &onnxruntime, timing);
     let worth_a_layout = (tract_us as f64) < LAYOUT_WORTH_TRYING * onnxruntime_us as f64;
-    let layout = worth_a_layout
-        .then(|| tract.choose_layout().ok())
-        .flatten()
-        .filter(|choice| choice.nhwc_us.is_some());
+    // Kept for `Checked::compile` when tract serves, so the trial is not run twice.
+    let layout = worth_a_layout.then(|| tract.choose_layout().ok()).flatten();
     let tract_best = layout
         .as_ref()
         .and_then(|l| l.nhwc_us)
