@@ -204,32 +204,40 @@ fn concurrent_moves_of_one_alias_are_serialised_and_all_recorded() {
 
 #[test]
 fn reading_an_alias_while_it_is_replaced_never_fails() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    const MOVES: usize = 50;
     let (_dir, registry) = registry_with_versions(2);
     apply(&registry, &publish(1), None).unwrap();
-    let registry = std::sync::Arc::new(registry);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let registry = Arc::new(registry);
+    let stop = Arc::new(AtomicBool::new(false));
+    let moves = Arc::new(AtomicUsize::new(0));
     let writer = {
-        let (registry, stop) = (registry.clone(), stop.clone());
+        let (registry, stop, moves) = (registry.clone(), stop.clone(), moves.clone());
         std::thread::spawn(move || {
-            let mut moves = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                apply(&registry, &publish(1 + moves % 2), None).unwrap();
-                moves += 1;
+            while !stop.load(Ordering::Relaxed) {
+                let n = moves.load(Ordering::Relaxed);
+                apply(&registry, &publish(1 + n as u64 % 2), None).unwrap();
+                moves.store(n + 1, Ordering::Relaxed);
             }
-            moves
         })
     };
-    for _ in 0..20_000 {
+    // Read for as long as the writer takes to replace the alias MOVES times (however slow the disk).
+    let mut reads = 0u64;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while moves.load(Ordering::Relaxed) < MOVES {
+        assert!(std::time::Instant::now() < deadline, "the writer stalled");
         let alias = registry
             .alias(&iris(), &AliasName::live())
             .unwrap()
             .unwrap();
         assert!(alias.version == 1 || alias.version == 2);
+        reads += 1;
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let moves = writer.join().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
     assert!(
-        moves > 10,
-        "the alias was replaced while it was read ({moves} moves)"
+        reads > MOVES as u64,
+        "only {reads} reads overlapped {MOVES} moves"
     );
 }
