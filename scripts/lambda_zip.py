@@ -8,7 +8,7 @@ For each of validator, publisher and inference, BIN_DIR/<name> (or BIN_DIR/<name
 (executable) and, for the two functions that run models (validator, inference), LIB as
 `libonnxruntime.so` beside it, where the functions look for ONNX Runtime without configuration.
 The publisher never runs a model and ships without it. scripts/package.sh calls this after
-`cargo lambda build --release`; the packaging test calls it on the debug binaries.
+`cargo lambda build --profile lambda`; the packaging test calls it on the debug binaries.
 """
 
 import argparse

@@ -40,5 +40,5 @@ open(f"{cache}/libonnxruntime.so", "wb").write(wheel.read(name))
 PY
 fi
 export RUSTFLAGS="${RUSTFLAGS:--C target-cpu=$cpu}"
-cargo lambda build --release "$arch" -p validator -p publisher -p inference "$@"
+cargo lambda build --profile lambda "$arch" -p validator -p publisher -p inference "$@"
 python3 scripts/lambda_zip.py target/lambda target/lambda --onnxruntime "$cache/libonnxruntime.so"

@@ -50,7 +50,7 @@ export interface InferenceOptions {
 export interface ModelpipeStackProps extends StackProps {
   /**
    * Folder holding `validator/`, `publisher/` and `inference/`, each with the `bootstrap`
-   * binary or `bootstrap.zip` (`bash scripts/package.sh`: `cargo lambda build --release` for the
+   * binary or `bootstrap.zip` (`bash scripts/package.sh`: `cargo lambda build --profile lambda` for the
    * Lambda hosts' CPU, then target/lambda/<name>/bootstrap.zip with the onnxruntime wheel's
    * libonnxruntime.so beside `bootstrap` for the validator and inference).
    */
@@ -75,7 +75,7 @@ function functionCode(artifacts: string, name: string): lambda.Code {
   if (fs.existsSync(zip)) return lambda.Code.fromAsset(zip);
   if (fs.existsSync(path.join(folder, 'bootstrap'))) return lambda.Code.fromAsset(folder);
   throw new Error(
-    `${folder} has neither bootstrap.zip nor bootstrap: run \`bash scripts/package.sh\` (cargo lambda build --release, then the zips) first`,
+    `${folder} has neither bootstrap.zip nor bootstrap: run \`bash scripts/package.sh\` (cargo lambda build --profile lambda, then the zips) first`,
   );
 }
 

@@ -1,5 +1,7 @@
-//! Logging: `tracing` as JSON lines for CloudWatch in Lambda, readable lines on a terminal.
+//! Logging: `tracing` as JSON lines for CloudWatch in Lambda, readable lines locally.
 //! `RUST_LOG` overrides the default level (info).
+
+use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
@@ -20,10 +22,32 @@ pub fn init_lambda() {
         .try_init();
 }
 
-/// Readable lines for a terminal.
+/// Readable lines, coloured only when they go to a terminal and `NO_COLOR` is unset
+/// (<https://no-color.org>): a log sent to a file or a pipe has no escape codes.
 pub fn init_local() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter())
         .with_target(false)
+        .with_ansi(colours(
+            std::io::stdout().is_terminal(),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .try_init();
+}
+
+fn colours(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(|value| value.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colours_only_on_a_terminal_without_no_color() {
+        assert!(colours(true, None));
+        assert!(colours(true, Some("".as_ref())), "an empty NO_COLOR is unset");
+        assert!(!colours(true, Some("1".as_ref())));
+        assert!(!colours(false, None));
+    }
 }

@@ -170,6 +170,11 @@ fn demo_runs_the_lifecycle_and_exits_zero() {
             "missing step {step:?} in:\n{stdout}"
         );
     }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stdout.contains('\u{1b}') && !stderr.contains('\u{1b}'),
+        "a log sent to a pipe has no colour escapes:\n{stdout}{stderr}"
+    );
 }
 
 #[test]

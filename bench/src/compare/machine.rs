@@ -49,7 +49,7 @@ pub fn describe(setup: &Setup) -> String {
     );
     format!(
         "- Machine: {} ({} vCPUs), {:.0} GB RAM, Linux {}\n\
-         - modelpipe: {}, tract-onnx {}, lambda_runtime {}; functions from `scripts/package.sh` (`cargo lambda build --release`, zig, glibc 2.30 target, `-C target-cpu=x86-64-v3`), `modelctl` and the harness from the `profiling` profile (generic x86-64)\n\
+         - modelpipe: {}, tract-onnx {}, lambda_runtime {}; functions from `scripts/package.sh` (`cargo lambda build --profile lambda`, zig, glibc 2.30 target, `-C target-cpu=x86-64-v3`), `modelctl` and the harness from the `profiling` profile (generic x86-64)\n\
          - Baseline: {}\n\
          - Upload client: {}\n",
         cpu_model(),
