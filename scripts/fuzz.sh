@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# cargo-fuzz targets (fuzz/fuzz_targets), each run for SECONDS [20] from the committed seed corpus
-# (fuzz/corpus/<target>, read-only here: new inputs go to a temporary directory).
-# A longer run: bash scripts/fuzz.sh 3600
-# Crashes are written to fuzz/artifacts/<target>/ and fail this script.
+# libFuzzer, on demand: each cargo-fuzz target (fuzz/fuzz_targets) run for SECONDS [60] with the
+# sanitizers, from the committed corpus (fuzz/corpus/<target>, read-only here: new inputs go to a
+# temporary directory). The committed corpora replay in every test run (tests/tests/fuzz_corpora.rs);
+# this is the search for new inputs. The first run builds tract and friends with instrumentation
+# (~20 minutes on two cores, in fuzz/target). Crashes are written to fuzz/artifacts/<target>/ and
+# fail this script; add the input to fuzz/corpus/<target>/ with the fix.
+#   bash scripts/fuzz.sh 3600
 set -euo pipefail
 cd "$(dirname "$0")/.."
-seconds=${1:-20}
-command -v cargo-fuzz >/dev/null || { echo "cargo-fuzz is missing: bash scripts/setup.sh"; exit 1; }
+seconds=${1:-60}
+command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz@0.13.2
 # The machine has the stable toolchain only; cargo-fuzz needs a few -Z flags (sanitizers).
 export RUSTC_BOOTSTRAP=1
 cargo fuzz build --fuzz-dir fuzz

@@ -1,23 +1,7 @@
-//! S3 event handling up to the registry: the event JSON, each record's URL-encoded key decoded
-//! and parsed into a model, its sequencer ordered against another.
+//! libFuzzer target: see `fuzz/bodies/s3_event.rs`.
 #![no_main]
 
-use aws_lambda_events::s3::S3Event;
-use libfuzzer_sys::fuzz_target;
-use modelpipe::model_name::{ModelKey, decode_event_key};
-use modelpipe::registry::sequencer_cmp;
+#[path = "../bodies/s3_event.rs"]
+mod body;
 
-fuzz_target!(|data: &[u8]| {
-    let Ok(event) = serde_json::from_slice::<S3Event>(data) else {
-        return;
-    };
-    for record in &event.records {
-        let key = decode_event_key(record.s3.object.key.as_deref().unwrap_or_default());
-        if let Ok(parsed) = ModelKey::parse(&key, "models/") {
-            assert!(!parsed.model.as_str().contains(['/', '.']));
-        }
-        if let Some(sequencer) = record.s3.object.sequencer.as_deref() {
-            let _ = sequencer_cmp(sequencer, "0055AED6DCD90281E5");
-        }
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| body::run(data));

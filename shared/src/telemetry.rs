@@ -46,7 +46,10 @@ mod tests {
     #[test]
     fn colours_only_on_a_terminal_without_no_color() {
         assert!(colours(true, None));
-        assert!(colours(true, Some("".as_ref())), "an empty NO_COLOR is unset");
+        assert!(
+            colours(true, Some("".as_ref())),
+            "an empty NO_COLOR is unset"
+        );
         assert!(!colours(true, Some("1".as_ref())));
         assert!(!colours(false, None));
     }
