@@ -49,8 +49,7 @@ if [ -z "${MODELPIPE_MOTO_ENDPOINT:-}" ]; then
 fi
 
 stage "build workspace"
-cargo build --workspace --tests --locked
-cargo build --workspace --locked
+cargo build --workspace --all-targets --locked
 
 status=0
 stage "rust tests (nextest)"

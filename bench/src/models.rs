@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use modelpipe::engine::Engine;
-use modelpipe::onnx_build::{Mlp, mobilenet_v2, resnet18};
+use modelpipe_engine::Engine;
+use modelpipe_testkit::onnx_build::{Mlp, mobilenet_v2, resnet18};
 use serde_json::{Value, json};
 use tract_onnx::prelude::Tensor;
 

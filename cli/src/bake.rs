@@ -7,13 +7,13 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use modelpipe::checks::{Expectations, check_model};
-use modelpipe::contract::Contract;
-use modelpipe::digest::sha256_file;
-use modelpipe::publish::{PublisherRequest, apply};
-use modelpipe::registry::{ARTIFACT_FILE, BAKED_MARKER, NewVersion, Registry, Source, now};
-use modelpipe::signature::Signature;
-use modelpipe::{AliasName, ModelName};
+use modelpipe_core::digest::sha256_file;
+use modelpipe_core::signature::Signature;
+use modelpipe_core::{AliasName, ModelName};
+use modelpipe_engine::checks::{Expectations, check_model};
+use modelpipe_engine::contract::Contract;
+use modelpipe_registry::publish::{PublisherRequest, apply};
+use modelpipe_registry::{ARTIFACT_FILE, BAKED_MARKER, NewVersion, Registry, Source, now};
 
 use crate::ops::CliResult;
 

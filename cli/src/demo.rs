@@ -207,7 +207,7 @@ async fn steps(demo: &mut Demo, stack: &DevStack) -> Result<(), String> {
 
     let started = Instant::now();
     let target = crate::ops::Target::Registry(stack.registry.clone());
-    let model: modelpipe::ModelName = "iris".parse().expect("valid name");
+    let model: modelpipe_core::ModelName = "iris".parse().expect("valid name");
     crate::ops::rollback(&target, model, Default::default(), None)
         .await
         .map_err(|e| step_failed("rollback", e))?;

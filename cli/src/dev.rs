@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
-use modelpipe::aws::S3Store;
-use modelpipe::config::Config;
-use modelpipe::registry::Registry;
 use modelpipe::s3_event::{CreatedObject, object_created_event};
-use modelpipe::serve::{Inference, SwapPolicy, router};
 use modelpipe::validator::{LocalPublisher, Outcome, Validator};
+use modelpipe_aws::S3Store;
+use modelpipe_config::Config;
+use modelpipe_registry::Registry;
+use modelpipe_serve::{Inference, SwapPolicy, router};
 use s3s::auth::SimpleAuth;
 use s3s::service::S3ServiceBuilder;
 use tokio::net::TcpListener;
@@ -64,7 +64,7 @@ pub async fn s3_client(addr: SocketAddr) -> aws_sdk_s3::Client {
         .endpoint_url(format!("http://{addr}"))
         .load()
         .await;
-    modelpipe::aws::s3_client(&config)
+    modelpipe_aws::s3_client(&config)
 }
 
 impl DevStack {
@@ -110,7 +110,7 @@ impl DevStack {
 
         // MODEL_CACHE_BYTES, PRELOAD_MODELS, MAX_REQUEST_BYTES, MAX_MODEL_BYTES work as in Lambda.
         let config = Config {
-            model_root: modelpipe::registry::Location::Dir(registry_dir(&options.data)),
+            model_root: modelpipe_registry::Location::Dir(registry_dir(&options.data)),
             reload_check: options.reload_check,
             ..Config::from_env().map_err(std::io::Error::other)?
         };

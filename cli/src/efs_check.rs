@@ -21,7 +21,7 @@ use std::time::Duration;
 use aws_sdk_efs::types::ThroughputMode;
 
 use crate::ops::{CliResult, Target};
-use modelpipe::publish::{PublisherQuery, StatusAnswer};
+use modelpipe_registry::publish::{PublisherQuery, StatusAnswer};
 
 const MIB: f64 = 1024.0 * 1024.0;
 const GIB: f64 = 1024.0 * MIB;
@@ -115,7 +115,7 @@ pub async fn efs_check(file_system_id: &str, target: &Target) -> CliResult {
     let payload = serde_json::to_value(PublisherQuery::Status { model: None }).expect("json");
     let status: StatusAnswer = target
         .call(payload, |registry| {
-            modelpipe::publish::status(registry, None)
+            modelpipe_registry::publish::status(registry, None)
         })
         .await?;
     println!(
@@ -124,7 +124,7 @@ pub async fn efs_check(file_system_id: &str, target: &Target) -> CliResult {
     );
     let mut slow = false;
     for model in &status.models {
-        let Some(live) = model.aliases.get(&modelpipe::AliasName::live()) else {
+        let Some(live) = model.aliases.get(&modelpipe_core::AliasName::live()) else {
             continue;
         };
         let Some(manifest) = model.versions.iter().find(|m| m.version == live.version) else {

@@ -89,7 +89,7 @@ impl LocalS3 {
     fn tags_path(&self, bucket: &str, key: &str) -> PathBuf {
         self.tags.join(format!(
             "{}.json",
-            modelpipe::digest::sha256_bytes(format!("{bucket}/{key}").as_bytes())
+            modelpipe_core::digest::sha256_bytes(format!("{bucket}/{key}").as_bytes())
         ))
     }
 

@@ -13,9 +13,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use modelpipe::publish::PublisherRequest;
-use modelpipe::registry::Location;
-use modelpipe::{AliasName, ModelName};
+use modelpipe_core::{AliasName, ModelName};
+use modelpipe_registry::Location;
+use modelpipe_registry::publish::PublisherRequest;
 
 #[derive(Parser)]
 #[command(
@@ -56,7 +56,7 @@ enum Command {
         artifact: Option<PathBuf>,
         /// Use this engine instead of choosing one (as upload metadata engine= does).
         #[arg(long)]
-        engine: Option<modelpipe::engine::EngineKind>,
+        engine: Option<modelpipe_engine::EngineKind>,
     },
     /// Build a read-only registry to bake into a container image (MODEL_ROOT=DIR), with the
     /// validator's checks on each file.
@@ -197,7 +197,7 @@ Try:
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    modelpipe::telemetry::init_local();
+    modelpipe_config::telemetry::init_local();
     let result = match cli.command {
         Command::Dev {
             data,

@@ -4,16 +4,16 @@
 
 use std::path::Path;
 
-use modelpipe::aws::LambdaPublisher;
-use modelpipe::checks::{Expectations, check_model};
-use modelpipe::contract::Contract;
-use modelpipe::publish::{
+use modelpipe_aws::LambdaPublisher;
+use modelpipe_core::{AliasName, ModelName};
+use modelpipe_engine::checks::{Expectations, check_model};
+use modelpipe_engine::contract::Contract;
+use modelpipe_registry::fsck::Severity;
+use modelpipe_registry::publish::{
     self, HistoryAnswer, ModelStatus, PublishError, PublisherQuery, PublisherRequest,
     PublisherResponse, StatusAnswer, apply,
 };
-use modelpipe::registry::fsck::Severity;
-use modelpipe::registry::{Location, Registry};
-use modelpipe::{AliasName, ModelName};
+use modelpipe_registry::{Location, Registry};
 
 pub type CliResult<T = ()> = Result<T, String>;
 
@@ -228,7 +228,7 @@ pub fn validate(
     file: &Path,
     contract: Option<&Path>,
     artifact: Option<&Path>,
-    engine: Option<modelpipe::engine::EngineKind>,
+    engine: Option<modelpipe_engine::EngineKind>,
 ) -> CliResult {
     let contract = match contract {
         Some(path) => Some(Contract::parse(
@@ -249,7 +249,7 @@ pub fn validate(
         },
     )
     .map_err(|e| format!("rejected: {e}"))?;
-    let (sha256, size) = modelpipe::digest::sha256_file(file).map_err(|e| e.to_string())?;
+    let (sha256, size) = modelpipe_core::digest::sha256_file(file).map_err(|e| e.to_string())?;
     println!("ok: {} ({size} bytes, sha256 {sha256})", file.display());
     println!("  engine: {}", describe_choice(&checked.choice));
     println!("  loads in {:?}", checked.engine.load_time);
@@ -265,7 +265,7 @@ pub fn validate(
         if compiled.and_then(|c| c.artifact).is_none() {
             return Err(format!("no artifact to write to {}", out.display()));
         }
-        std::fs::copy(dir.path().join(modelpipe::registry::ARTIFACT_FILE), out)
+        std::fs::copy(dir.path().join(modelpipe_registry::ARTIFACT_FILE), out)
             .map_err(|e| format!("{}: {e}", out.display()))?;
         println!("  artifact written to {}", out.display());
     }
@@ -278,7 +278,7 @@ pub fn validate(
                 "  {kind} {} {} {}",
                 spec.name,
                 spec.datatype,
-                modelpipe::signature::Shape(&spec.shape)
+                modelpipe_core::signature::Shape(&spec.shape)
             );
         }
     }
@@ -292,15 +292,15 @@ pub fn validate(
 }
 
 /// `MAX_MODEL_NODES` and `MODEL_LOAD_BUDGET_MS`, as the validator reads them.
-pub fn limits_from_env() -> CliResult<modelpipe::engine::Limits> {
-    modelpipe::config::Config::from_env()
+pub fn limits_from_env() -> CliResult<modelpipe_engine::Limits> {
+    modelpipe_config::Config::from_env()
         .map(|config| config.limits)
         .map_err(|e| e.to_string())
 }
 
 /// The engine chosen, why, and each engine's figures, in one line.
-pub fn describe_choice(choice: &modelpipe::checks::engines::EngineChoice) -> String {
-    let trial = |name: &str, trial: &Option<modelpipe::checks::engines::Trial>| match trial {
+pub fn describe_choice(choice: &modelpipe_engine::checks::engines::EngineChoice) -> String {
+    let trial = |name: &str, trial: &Option<modelpipe_engine::checks::engines::Trial>| match trial {
         None => None,
         Some(t) => Some(match (&t.error, t.load_ms, t.run_us) {
             (Some(error), _, _) => format!("{name} failed: {error}"),
@@ -324,7 +324,7 @@ pub fn describe_choice(choice: &modelpipe::checks::engines::EngineChoice) -> Str
 }
 
 /// The layout chosen and the artifact written, in one line.
-pub fn describe_compiled(compiled: Option<&modelpipe::checks::Compiled>) -> String {
+pub fn describe_compiled(compiled: Option<&modelpipe_engine::checks::Compiled>) -> String {
     let Some(compiled) = compiled else {
         return "nothing to compile (onnxruntime serves it)".into();
     };

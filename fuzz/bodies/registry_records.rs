@@ -4,9 +4,9 @@
 //! One input through the code under test, shared by the libFuzzer target (`fuzz/fuzz_targets`) and
 //! the corpus replay that runs with every test run (`tests/tests/fuzz_corpora.rs`).
 
-use modelpipe::contract::Contract;
-use modelpipe::publish::{PublisherQuery, PublisherRequest};
-use modelpipe::registry::{AliasRecord, HistoryEntry, Manifest, Rejection, UploadRecord};
+use modelpipe_engine::contract::Contract;
+use modelpipe_registry::publish::{PublisherQuery, PublisherRequest};
+use modelpipe_registry::{AliasRecord, HistoryEntry, Manifest, Rejection, UploadRecord};
 
 /// Panics (or trips an assertion) only on a bug.
 pub fn run(data: &[u8]) {

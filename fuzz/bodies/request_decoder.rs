@@ -4,9 +4,9 @@
 //! One input through the code under test, shared by the libFuzzer target (`fuzz/fuzz_targets`) and
 //! the corpus replay that runs with every test run (`tests/tests/fuzz_corpora.rs`).
 
-use modelpipe::serve::protocol::parse;
-use modelpipe::serve::tensors::{decode_input, parse_datatype};
-use modelpipe::signature::TensorSpec;
+use modelpipe_core::signature::TensorSpec;
+use modelpipe_engine::tensors::{decode_input, parse_datatype};
+use modelpipe_serve::protocol::parse;
 
 /// Panics (or trips an assertion) only on a bug.
 pub fn run(data: &[u8]) {

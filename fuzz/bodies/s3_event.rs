@@ -5,8 +5,8 @@
 //! the corpus replay that runs with every test run (`tests/tests/fuzz_corpora.rs`).
 
 use aws_lambda_events::s3::S3Event;
-use modelpipe::model_name::{ModelKey, decode_event_key};
-use modelpipe::registry::sequencer_cmp;
+use modelpipe_core::model_name::{ModelKey, decode_event_key};
+use modelpipe_registry::sequencer_cmp;
 
 /// Panics (or trips an assertion) only on a bug.
 pub fn run(data: &[u8]) {

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc::{Receiver, Sender, channel};
 
-use crate::digest::CHUNK;
+use modelpipe_core::digest::CHUNK;
 
 /// Chunks that may wait for the hasher or the writer: enough to keep both busy, bounded memory.
 const QUEUED_CHUNKS: usize = 4;
@@ -139,7 +139,10 @@ mod tests {
         let bytes: Vec<u8> = (0..3 * CHUNK + 17).map(|i| (i % 251) as u8).collect();
         let ingested = stream_to_file(&bytes[..], &path, u64::MAX).await.unwrap();
         assert_eq!(ingested.size, bytes.len() as u64);
-        assert_eq!(ingested.sha256, crate::digest::sha256_bytes(&bytes));
+        assert_eq!(
+            ingested.sha256,
+            modelpipe_core::digest::sha256_bytes(&bytes)
+        );
         assert_eq!(std::fs::read(&path).unwrap(), bytes);
     }
 

@@ -1,25 +1,11 @@
-//! modelpipe's core, shared by the three Lambda functions and `modelctl`. The modules follow an
-//! upload's path: [`model_name`] (which key names which model) → [`ingest`] (stream, hash, stage)
-//! → [`checks`] (load, run, compare signatures, golden examples) → [`validator`] (one S3 event
-//! to one outcome) → [`registry`] (commit a version) → [`publish`] (move an alias) → [`serve`]
-//! (notice the move, load, swap, answer requests).
+//! modelpipe's validator: one S3 upload, from its event to one outcome. [`s3_event`] (the event
+//! and its keys) → [`ingest`] (stream, hash, stage) → `modelpipe_engine::checks` (load, run,
+//! compare signatures, golden examples, choose the engine) → `modelpipe_registry` (commit a
+//! version) → the publisher (move an alias), as [`validator`] orders them. [`object_store`] is
+//! what the validator needs from the bucket (`modelpipe-aws` implements it with aws-sdk-s3). The crate graph and an
+//! upload's path through it: `docs/architecture.md`.
 
-pub mod aws;
-pub mod checks;
-pub mod config;
-pub mod contract;
-pub mod digest;
-pub mod engine;
 pub mod ingest;
-pub mod model_name;
 pub mod object_store;
-pub mod onnx_build;
-pub mod publish;
-pub mod registry;
 pub mod s3_event;
-pub mod serve;
-pub mod signature;
-pub mod telemetry;
 pub mod validator;
-
-pub use model_name::{AliasName, ModelName, NameError};

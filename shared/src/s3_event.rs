@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::model_name::encode_event_key;
+use modelpipe_core::model_name::encode_event_key;
 
 /// One object just created.
 #[derive(Debug, Clone)]

@@ -13,15 +13,15 @@ use aws_lambda_events::s3::{S3Event, S3EventRecord};
 use base64::Engine as _;
 use tracing::{info, warn};
 
-use crate::checks::{Expectations, check_model};
-use crate::config::Config;
-use crate::contract::Contract;
-use crate::engine::{EngineKind, Limits};
 use crate::ingest::{IngestError, stream_to_file};
-use crate::model_name::{AliasName, ModelKey, ModelName, contract_key, decode_event_key};
 use crate::object_store::{ObjectRef, ObjectStore, StoreError, tag_value};
-use crate::publish::{PublisherRequest, PublisherResponse};
-use crate::registry::{
+use modelpipe_config::Config;
+use modelpipe_core::model_name::{AliasName, ModelKey, ModelName, contract_key, decode_event_key};
+use modelpipe_engine::checks::{Expectations, check_model};
+use modelpipe_engine::contract::Contract;
+use modelpipe_engine::{EngineKind, Limits};
+use modelpipe_registry::publish::{PublisherRequest, PublisherResponse};
+use modelpipe_registry::{
     Commit, Registry, RegistryError, Rejection, Source, UploadRecord, UploadStatus, now,
     sequencer_cmp,
 };
@@ -41,10 +41,12 @@ pub struct LocalPublisher(pub Registry);
 impl PublishTarget for LocalPublisher {
     async fn publish(&self, request: PublisherRequest) -> Result<PublisherResponse, String> {
         let registry = self.0.clone();
-        tokio::task::spawn_blocking(move || crate::publish::apply(&registry, &request, None))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())
+        tokio::task::spawn_blocking(move || {
+            modelpipe_registry::publish::apply(&registry, &request, None)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
     }
 }
 
@@ -388,7 +390,7 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
                 .parent()
                 .expect("a staged model is in its staging directory");
             let compiled = checked.compile(dir);
-            Ok::<_, crate::checks::CheckError>((checked, compiled))
+            Ok::<_, modelpipe_engine::checks::CheckError>((checked, compiled))
         })
         .await
         .map_err(|e| ValidatorError::Task(e.to_string()))?;

@@ -240,7 +240,7 @@ pub fn start_executable(watch: &Server, name: &str, path: &Path, env: &[(&str, S
 /// The `libonnxruntime.so` of the onnxruntime wheel in the workspace's `.venv` (scripts/setup.sh
 /// installs it).
 pub fn venv_onnxruntime_library() -> PathBuf {
-    modelpipe::engine::onnxruntime::wheel_library(&workspace_root().join(".venv"))
+    modelpipe_engine::onnxruntime::wheel_library(&workspace_root().join(".venv"))
         .expect("onnxruntime in .venv (bash scripts/setup.sh; scripts/requirements-test.txt)")
 }
 
@@ -289,7 +289,7 @@ pub async fn dev_s3_client(port: u16) -> aws_sdk_s3::Client {
         .endpoint_url(format!("http://127.0.0.1:{port}"))
         .load()
         .await;
-    let s3 = modelpipe::aws::s3_client(&config);
+    let s3 = modelpipe_aws::s3_client(&config);
     wait_for(
         "modelctl dev's S3 endpoint",
         Duration::from_secs(60),

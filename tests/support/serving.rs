@@ -3,13 +3,13 @@
 
 use std::sync::Arc;
 
-use modelpipe::checks::{Expectations, check_model};
-use modelpipe::config::Config;
-use modelpipe::engine::EngineKind;
-use modelpipe::publish::{PublisherRequest, apply};
-use modelpipe::registry::Registry;
-use modelpipe::serve::{Inference, SwapPolicy, router};
-use modelpipe::{AliasName, ModelName};
+use modelpipe_config::Config;
+use modelpipe_core::{AliasName, ModelName};
+use modelpipe_engine::EngineKind;
+use modelpipe_engine::checks::{Expectations, check_model};
+use modelpipe_registry::Registry;
+use modelpipe_registry::publish::{PublisherRequest, apply};
+use modelpipe_serve::{Inference, SwapPolicy, router};
 
 /// Commits `bytes` as the next version of `model` served by tract, compiled (the validator's
 /// commit, without S3).
@@ -49,7 +49,7 @@ fn commit_as(
     let checked = check_model(&staging.model_path(), expect).unwrap();
     let compiled = compile.then(|| checked.compile(staging.dir())).flatten();
     let new = checked.new_version(
-        modelpipe::digest::sha256_bytes(bytes),
+        modelpipe_core::digest::sha256_bytes(bytes),
         bytes.len() as u64,
         Default::default(),
         compiled,

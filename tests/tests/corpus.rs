@@ -6,8 +6,8 @@
 
 use std::path::PathBuf;
 
-use modelpipe::ModelName;
-use modelpipe::registry::{Registry, UploadStatus};
+use modelpipe_core::ModelName;
+use modelpipe_registry::{Registry, UploadStatus};
 use modelpipe_tests::dev::{Dev, WAIT};
 use modelpipe_tests::{wait_for, workspace_root};
 use serde_json::{Value, json};
@@ -225,8 +225,8 @@ fn requests_with_nan_travel_as_binary_tensors() {
 /// converter output: unnamed batch dimensions, ZipMap outputs, symbolic-integer labels.
 #[tokio::test]
 async fn every_corpus_model_tract_loads_answers_as_onnxruntime_does_in_tract() {
-    use modelpipe::checks::{Expectations, check_model};
-    use modelpipe::engine::EngineKind;
+    use modelpipe_engine::EngineKind;
+    use modelpipe_engine::checks::{Expectations, check_model};
     use modelpipe_tests::serving;
 
     let dir = tempfile::tempdir().unwrap();

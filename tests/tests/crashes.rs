@@ -11,9 +11,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::primitives::ByteStream;
-use modelpipe::onnx_build::Mlp;
-use modelpipe::registry::Registry;
-use modelpipe::{AliasName, ModelName};
+use modelpipe_core::{AliasName, ModelName};
+use modelpipe_registry::Registry;
+use modelpipe_testkit::onnx_build::Mlp;
 use modelpipe_tests::{binary, free_port, wait_for};
 
 const CRASHES: usize = 20;

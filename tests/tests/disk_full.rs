@@ -8,10 +8,10 @@ use std::path::Path;
 use std::process::Command;
 
 use modelpipe::ingest::{IngestError, stream_to_file};
-use modelpipe::onnx_build::LinearSoftmax;
-use modelpipe::publish::{PublisherRequest, apply};
-use modelpipe::registry::Registry;
-use modelpipe::{AliasName, ModelName};
+use modelpipe_core::{AliasName, ModelName};
+use modelpipe_registry::Registry;
+use modelpipe_registry::publish::{PublisherRequest, apply};
+use modelpipe_testkit::onnx_build::LinearSoftmax;
 use modelpipe_tests::serving::{commit, publish};
 
 struct Mount(std::path::PathBuf);

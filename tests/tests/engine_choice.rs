@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
-use modelpipe::checks::engines::{EngineChoice, decide};
-use modelpipe::checks::{CheckError, Expectations, check_model};
-use modelpipe::engine::{EngineKind, Limits};
-use modelpipe::onnx_build::{LinearSoftmax, Mlp, hostile, mobilenet_v2};
+use modelpipe_engine::checks::engines::{EngineChoice, decide};
+use modelpipe_engine::checks::{CheckError, Expectations, check_model};
+use modelpipe_engine::{EngineKind, Limits};
+use modelpipe_testkit::onnx_build::{LinearSoftmax, Mlp, hostile, mobilenet_v2};
 use modelpipe_tests::dev::Dev;
 use modelpipe_tests::workspace_root;
 use serde_json::json;

@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use modelpipe::ModelName;
-use modelpipe::onnx_build::Mlp;
-use modelpipe::registry::Registry;
+use modelpipe_core::ModelName;
+use modelpipe_registry::Registry;
+use modelpipe_testkit::onnx_build::Mlp;
 use modelpipe_tests::{serving, wait_for};
 use serde_json::{Value, json};
 

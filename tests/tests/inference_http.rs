@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use modelpipe::ModelName;
-use modelpipe::onnx_build::LinearSoftmax;
-use modelpipe::registry::Registry;
+use modelpipe_core::ModelName;
+use modelpipe_registry::Registry;
+use modelpipe_testkit::onnx_build::LinearSoftmax;
 use modelpipe_tests::{serving, wait_for};
 use serde_json::{Value, json};
 

@@ -7,9 +7,9 @@ use aws_sdk_lambda::primitives::Blob;
 use aws_sdk_s3::primitives::ByteStream;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use modelpipe::onnx_build::LinearSoftmax;
-use modelpipe::registry::{FileCacheConfig, Registry};
-use modelpipe::{AliasName, ModelName};
+use modelpipe_core::{AliasName, ModelName};
+use modelpipe_registry::{FileCacheConfig, Registry};
+use modelpipe_testkit::onnx_build::LinearSoftmax;
 use modelpipe_tests::{
     Server, aws_config, http_api_event, local_aws_env, moto, rest_api_event, s3_put_event,
     start_function, start_watch, unique_bucket,
@@ -40,7 +40,7 @@ impl Stack {
         let (moto_endpoint, moto_guard) = moto().await;
         let watch = start_watch().await;
         let dir = tempfile::tempdir().unwrap();
-        let s3 = modelpipe::aws::s3_client(&aws_config(&moto_endpoint).await);
+        let s3 = modelpipe_aws::s3_client(&aws_config(&moto_endpoint).await);
         let bucket = unique_bucket("lambda");
         s3.create_bucket().bucket(&bucket).send().await.unwrap();
         let registry = if on_s3 {

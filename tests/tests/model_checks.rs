@@ -1,9 +1,9 @@
 //! The validator's checks on real ONNX files built by `onnx_build`, read by tract.
 
-use modelpipe::checks::{CheckError, Expectations, check_model};
-use modelpipe::contract::Contract;
-use modelpipe::onnx_build::LinearSoftmax;
-use modelpipe::signature::DataType;
+use modelpipe_core::signature::DataType;
+use modelpipe_engine::checks::{CheckError, Expectations, check_model};
+use modelpipe_engine::contract::Contract;
+use modelpipe_testkit::onnx_build::LinearSoftmax;
 
 fn write(dir: &tempfile::TempDir, name: &str, bytes: &[u8]) -> std::path::PathBuf {
     let path = dir.path().join(name);
@@ -176,7 +176,7 @@ fn a_contract_signature_mismatch_is_refused() {
 /// still works (the checks run in this one process, as the validator's do).
 #[test]
 fn hostile_models_are_refused_without_exhausting_the_process() {
-    use modelpipe::onnx_build::hostile;
+    use modelpipe_testkit::onnx_build::hostile;
     let dir = tempfile::tempdir().unwrap();
     // A file the model points at from outside the staging directory.
     let secret = dir.path().join("secret.bin");

@@ -4,7 +4,7 @@
 
 use std::process::{Command, Output};
 
-use modelpipe::onnx_build::LinearSoftmax;
+use modelpipe_testkit::onnx_build::LinearSoftmax;
 use modelpipe_tests::dev::{Dev, WAIT, aws, tag, upload};
 use modelpipe_tests::{binary, wait_for};
 use serde_json::{Value, json};
@@ -60,7 +60,7 @@ async fn dev_serves_the_lifecycle_to_the_stock_aws_cli() {
 
     // With an S3 SHA-256 checksum and the sha256 metadata: both are checked against the bytes.
     let v2_bytes = LinearSoftmax::iris(2).to_bytes();
-    let metadata = format!("sha256={}", modelpipe::digest::sha256_bytes(&v2_bytes));
+    let metadata = format!("sha256={}", modelpipe_core::digest::sha256_bytes(&v2_bytes));
     let checked = [
         "--checksum-algorithm",
         "SHA256",
@@ -203,8 +203,8 @@ fn validate_reports_a_good_model_and_refuses_a_bad_one() {
         "{stdout}"
     );
     // The artifact written is one the engine reads back to the model's signature.
-    let checked = modelpipe::checks::check_model(&good, Default::default()).unwrap();
-    modelpipe::engine::Engine::load_artifact(
+    let checked = modelpipe_engine::checks::check_model(&good, Default::default()).unwrap();
+    modelpipe_engine::Engine::load_artifact(
         &artifact,
         checked.signature(),
         Default::default(),
@@ -222,15 +222,15 @@ fn validate_reports_a_good_model_and_refuses_a_bad_one() {
 async fn efs_check_reports_cold_read_times_from_the_efs_api() {
     let (endpoint, _moto) = modelpipe_tests::moto().await;
     let dir = tempfile::tempdir().unwrap();
-    let registry = modelpipe::registry::Registry::open(dir.path()).unwrap();
+    let registry = modelpipe_registry::Registry::open(dir.path()).unwrap();
     // 3000×3000 FP32 weights: 36 MB, 11.45 s at the 3 MiB/s of reads a tiny bursting file
     // system is left with when its credits run out.
-    let big: modelpipe::ModelName = "big".parse().unwrap();
-    let iris: modelpipe::ModelName = "iris".parse().unwrap();
+    let big: modelpipe_core::ModelName = "big".parse().unwrap();
+    let iris: modelpipe_core::ModelName = "iris".parse().unwrap();
     for (model, bytes) in [
         (
             &big,
-            modelpipe::onnx_build::Mlp::new(&[3000, 3000], 1).to_bytes(),
+            modelpipe_testkit::onnx_build::Mlp::new(&[3000, 3000], 1).to_bytes(),
         ),
         (&iris, LinearSoftmax::iris(1).to_bytes()),
     ] {
@@ -331,13 +331,13 @@ async fn ten_concurrent_uploads_through_dev_become_ten_versions_live_at_the_late
     for put in futures::future::join_all(puts).await {
         put.unwrap();
     }
-    let registry = modelpipe::registry::Registry::open(data.path().join("registry")).unwrap();
-    let iris: modelpipe::ModelName = "iris".parse().unwrap();
+    let registry = modelpipe_registry::Registry::open(data.path().join("registry")).unwrap();
+    let iris: modelpipe_core::ModelName = "iris".parse().unwrap();
     let records = wait_for("all ten uploads handled", WAIT, || async {
         let records: Vec<_> = keys
             .iter()
             .filter_map(|k| registry.upload_record(&iris, k).unwrap())
-            .filter(|r| r.status == modelpipe::registry::UploadStatus::Published)
+            .filter(|r| r.status == modelpipe_registry::UploadStatus::Published)
             .collect();
         (records.len() == keys.len()).then_some(records)
     })
@@ -354,14 +354,14 @@ async fn ten_concurrent_uploads_through_dev_become_ten_versions_live_at_the_late
     let latest = records
         .iter()
         .max_by(|a, b| {
-            modelpipe::registry::sequencer_cmp(
+            modelpipe_registry::sequencer_cmp(
                 a.sequencer.as_deref().unwrap(),
                 b.sequencer.as_deref().unwrap(),
             )
         })
         .unwrap();
     let live = registry
-        .alias(&iris, &modelpipe::AliasName::live())
+        .alias(&iris, &modelpipe_core::AliasName::live())
         .unwrap()
         .unwrap();
     assert_eq!(

@@ -7,10 +7,10 @@ use std::path::Path;
 use std::process::Command;
 
 use aws_sdk_lambda::primitives::Blob;
-use modelpipe::ModelName;
-use modelpipe::engine::EngineKind;
-use modelpipe::onnx_build::LinearSoftmax;
-use modelpipe::registry::Registry;
+use modelpipe_core::ModelName;
+use modelpipe_engine::EngineKind;
+use modelpipe_registry::Registry;
+use modelpipe_testkit::onnx_build::LinearSoftmax;
 use modelpipe_tests::{
     aws_config, binary, http_api_event, local_aws_env, serving, start_executable, start_watch,
     venv_onnxruntime_library, workspace_root,

@@ -5,8 +5,8 @@
 
 use std::process::Command;
 
-use modelpipe::onnx_build::LinearSoftmax;
-use modelpipe::registry::Registry;
+use modelpipe_registry::Registry;
+use modelpipe_testkit::onnx_build::LinearSoftmax;
 use modelpipe_tests::serving::{commit, publish, serve};
 use modelpipe_tests::{tool, workspace_root};
 

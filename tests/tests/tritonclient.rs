@@ -3,10 +3,10 @@
 //! model files, and every model of the corpus of converter output (tests/corpus). The registry and
 //! server are set up here; the Python suite's verdict is the test's.
 
-use modelpipe::ModelName;
-use modelpipe::engine::EngineKind;
-use modelpipe::onnx_build::{Identity, LinearSoftmax, Mlp};
-use modelpipe::registry::Registry;
+use modelpipe_core::ModelName;
+use modelpipe_engine::EngineKind;
+use modelpipe_registry::Registry;
+use modelpipe_testkit::onnx_build::{Identity, LinearSoftmax, Mlp};
 use modelpipe_tests::{serving, tool, workspace_root};
 
 fn name(s: &str) -> ModelName {

@@ -8,13 +8,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use aws_lambda_events::s3::S3Event;
 use aws_sdk_s3::primitives::ByteStream;
 use base64::Engine as _;
-use modelpipe::aws::{S3Store, s3_client};
-use modelpipe::config::Config;
-use modelpipe::digest::sha256_bytes;
-use modelpipe::onnx_build::LinearSoftmax;
-use modelpipe::registry::{FileCacheConfig, Registry};
 use modelpipe::validator::{LocalPublisher, Outcome, Validator};
-use modelpipe::{AliasName, ModelName};
+use modelpipe_aws::{S3Store, s3_client};
+use modelpipe_config::Config;
+use modelpipe_core::digest::sha256_bytes;
+use modelpipe_core::{AliasName, ModelName};
+use modelpipe_registry::{FileCacheConfig, Registry};
+use modelpipe_testkit::onnx_build::LinearSoftmax;
 use modelpipe_tests::{Server, aws_config, moto, s3_put_event, unique_bucket};
 
 struct Fixture {
@@ -734,9 +734,9 @@ async fn an_altered_object_in_an_s3_registry_is_refused_by_the_publisher_and_inf
         .unwrap();
     let registry = f.registry.clone();
     let refused = tokio::task::spawn_blocking(move || {
-        modelpipe::publish::apply(
+        modelpipe_registry::publish::apply(
             &registry,
-            &modelpipe::publish::PublisherRequest::Rollback {
+            &modelpipe_registry::publish::PublisherRequest::Rollback {
                 model: iris(),
                 alias: AliasName::live(),
                 reason: None,
@@ -770,8 +770,8 @@ struct FlakyPublisher {
 impl modelpipe::validator::PublishTarget for FlakyPublisher {
     async fn publish(
         &self,
-        request: modelpipe::publish::PublisherRequest,
-    ) -> Result<modelpipe::publish::PublisherResponse, String> {
+        request: modelpipe_registry::publish::PublisherRequest,
+    ) -> Result<modelpipe_registry::publish::PublisherResponse, String> {
         if self
             .failures
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))

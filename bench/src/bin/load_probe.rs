@@ -8,9 +8,9 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use modelpipe::engine::{Engine, use_threads};
-use modelpipe::registry::{ARTIFACT_FILE, MODEL_FILE, Manifest};
-use modelpipe::serve::loaded::release_freed_memory;
+use modelpipe_engine::{Engine, use_threads};
+use modelpipe_registry::{ARTIFACT_FILE, MODEL_FILE, Manifest};
+use modelpipe_serve::loaded::release_freed_memory;
 use serde_json::json;
 
 fn status_mb(field: &str) -> f64 {

@@ -8,10 +8,10 @@
 
 use std::time::{Duration, Instant};
 
-use modelpipe::ModelName;
-use modelpipe::onnx_build::{Mlp, mobilenet_v2};
-use modelpipe::registry::{FileCacheConfig, Registry};
-use modelpipe::serve::LoadedModel;
+use modelpipe_core::ModelName;
+use modelpipe_registry::{FileCacheConfig, Registry};
+use modelpipe_serve::LoadedModel;
+use modelpipe_testkit::onnx_build::{Mlp, mobilenet_v2};
 use modelpipe_tests::serving::{commit, publish};
 
 fn median(mut samples: Vec<Duration>) -> Duration {
@@ -36,7 +36,7 @@ async fn main() {
         .map_or(5, |r| r.parse().expect("ROUNDS"));
     let (endpoint, _moto) = modelpipe_tests::moto().await;
     let sdk = modelpipe_tests::aws_config(&endpoint).await;
-    let s3 = modelpipe::aws::s3_client(&sdk);
+    let s3 = modelpipe_aws::s3_client(&sdk);
     let bucket = modelpipe_tests::unique_bucket("registry-bench");
     s3.create_bucket().bucket(&bucket).send().await.unwrap();
     let work = tempfile::tempdir().unwrap();
@@ -105,7 +105,7 @@ async fn main() {
     }
 
     let model: ModelName = "mlp".parse().unwrap();
-    let live = modelpipe::AliasName::live();
+    let live = modelpipe_core::AliasName::live();
     let checks = 200;
     let (mut dir_check, mut s3_first, mut s3_revalidated) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {

@@ -16,12 +16,12 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::Request;
-use modelpipe::ModelName;
-use modelpipe::config::Config;
-use modelpipe::engine::{Engine, use_threads};
-use modelpipe::onnx_build::{Mlp, mobilenet_v2};
-use modelpipe::registry::Registry;
-use modelpipe::serve::{Inference, SwapPolicy, router};
+use modelpipe_config::Config;
+use modelpipe_core::ModelName;
+use modelpipe_engine::{Engine, use_threads};
+use modelpipe_registry::Registry;
+use modelpipe_serve::{Inference, SwapPolicy, router};
+use modelpipe_testkit::onnx_build::{Mlp, mobilenet_v2};
 use modelpipe_tests::serving::{commit, publish};
 use serde_json::json;
 use tower::ServiceExt;
@@ -341,7 +341,7 @@ async fn memory() {
         &config(&[("RELOAD_CHECK_MS", "0")]),
         SwapPolicy::Blocking,
     ));
-    modelpipe::serve::loaded::release_freed_memory();
+    modelpipe_serve::loaded::release_freed_memory();
     let before = rss_kib("VmRSS:");
     inference.live(&model).await.unwrap();
     let one = rss_kib("VmRSS:");

@@ -4,7 +4,7 @@
 //! `write_model KIND PATH [SEED]`, KIND one of: `iris`, `mobilenet`, `resnet`, `identity`,
 //! `mlp:4,64,64,3` (layer widths), `linear:1536,2304` (inputs, outputs).
 
-use modelpipe::onnx_build::{Identity, LinearSoftmax, Mlp, mobilenet_v2, resnet18};
+use modelpipe_testkit::onnx_build::{Identity, LinearSoftmax, Mlp, mobilenet_v2, resnet18};
 
 fn widths(spec: &str) -> Vec<usize> {
     spec.split(',')

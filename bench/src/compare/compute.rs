@@ -7,8 +7,8 @@
 use std::process::Command;
 use std::time::Instant;
 
-use modelpipe::ModelName;
-use modelpipe::engine::{Engine, Layout, use_threads};
+use modelpipe_core::ModelName;
+use modelpipe_engine::{Engine, Layout, use_threads};
 use tract_onnx::prelude::*;
 
 use super::Setup;

@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use modelpipe::checks::{Expectations, check_model};
-use modelpipe::engine::use_threads;
+use modelpipe_engine::checks::{Expectations, check_model};
+use modelpipe_engine::use_threads;
 
 use super::Setup;
 use crate::stats::Rounds;

@@ -12,8 +12,8 @@
 //! choose. The CNNs are also served with the binary tensor extension (the input's bytes instead
 //! of 150,528 JSON numbers), against the Python handler reading binary too.
 
-use modelpipe::ModelName;
-use modelpipe::registry::Registry;
+use modelpipe_core::ModelName;
+use modelpipe_registry::Registry;
 use modelpipe_tests::serving::publish;
 use serde_json::Value;
 

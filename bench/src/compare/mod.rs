@@ -15,9 +15,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use modelpipe::ModelName;
-use modelpipe::engine::EngineKind;
-use modelpipe::registry::Registry;
+use modelpipe_core::ModelName;
+use modelpipe_engine::EngineKind;
+use modelpipe_registry::Registry;
 use modelpipe_tests::serving::{commit, commit_in, publish};
 
 use crate::models::BenchModel;

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use lambda_http::Error;
-use modelpipe::config::Config;
-use modelpipe::serve::{Inference, SwapPolicy, router};
+use modelpipe_config::Config;
+use modelpipe_serve::{Inference, SwapPolicy, router};
 
 fn main() -> Result<(), Error> {
     // REST API events carry the stage in their path; the routes are the same on every stage.
@@ -20,12 +20,12 @@ fn main() -> Result<(), Error> {
 }
 
 async fn run() -> Result<(), Error> {
-    modelpipe::telemetry::init_lambda();
+    modelpipe_config::telemetry::init_lambda();
     let config = Config::from_env()?;
     let registry = config.open_registry()?;
     // One request at a time per environment: its run can have every vCPU (with concurrent
     // requests, as in `modelctl dev`, they already keep the cores busy; see BENCHMARKS.md).
-    let threads = modelpipe::engine::use_threads(None);
+    let threads = modelpipe_engine::use_threads(None);
     tracing::info!(threads, "engine threads");
     // Lambda freezes the process between invocations: the request that notices a move loads it.
     let inference = Arc::new(Inference::new(registry, &config, SwapPolicy::Blocking));

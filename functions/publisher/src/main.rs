@@ -3,13 +3,13 @@
 //! answer what `modelctl status|history` show. Refusals are function errors.
 
 use lambda_runtime::{Diagnostic, Error, LambdaEvent, service_fn};
-use modelpipe::config::Config;
-use modelpipe::publish::{PublishError, PublisherQuery, PublisherRequest, answer, apply};
+use modelpipe_config::Config;
+use modelpipe_registry::publish::{PublishError, PublisherQuery, PublisherRequest, answer, apply};
 use serde_json::Value;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    modelpipe::telemetry::init_lambda();
+    modelpipe_config::telemetry::init_lambda();
     let config = Config::from_env()?;
     let registry = config.open_registry()?;
     let registry = &registry;

@@ -2,18 +2,18 @@
 
 use aws_lambda_events::s3::S3Event;
 use lambda_runtime::{Diagnostic, Error, LambdaEvent, service_fn};
-use modelpipe::aws::{LambdaPublisher, S3Store, s3_client};
-use modelpipe::config::Config;
 use modelpipe::validator::Validator;
+use modelpipe_aws::{LambdaPublisher, S3Store, s3_client};
+use modelpipe_config::Config;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    modelpipe::telemetry::init_lambda();
+    modelpipe_config::telemetry::init_lambda();
     let config = Config::from_env()?;
     let registry = config.open_registry()?;
     // The engines are timed on as many threads as the inference function gives them (one per
     // vCPU; give both functions the same memory for the same vCPUs).
-    let threads = modelpipe::engine::use_threads(None);
+    let threads = modelpipe_engine::use_threads(None);
     tracing::info!(threads, "engine threads");
     let function = config
         .publisher_function

@@ -2,9 +2,9 @@
 //! back — as fast as it can, so that a kill -9 from `tests/crashes.rs` lands inside a commit or
 //! an alias move. `registry_churn DIR`.
 
-use modelpipe::publish::{PublisherRequest, apply};
-use modelpipe::registry::{NewVersion, Registry};
-use modelpipe::{AliasName, ModelName};
+use modelpipe_core::{AliasName, ModelName};
+use modelpipe_registry::publish::{PublisherRequest, apply};
+use modelpipe_registry::{NewVersion, Registry};
 
 fn main() {
     let dir = std::env::args().nth(1).expect("usage: registry_churn DIR");
@@ -15,7 +15,7 @@ fn main() {
         let bytes = format!("version bytes {n} {}", std::process::id()).repeat(4096);
         std::fs::write(staging.model_path(), &bytes).expect("write staging");
         let new = NewVersion {
-            sha256: modelpipe::digest::sha256_bytes(bytes.as_bytes()),
+            sha256: modelpipe_core::digest::sha256_bytes(bytes.as_bytes()),
             size: bytes.len() as u64,
             source: Default::default(),
             signature: Default::default(),

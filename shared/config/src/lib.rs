@@ -1,0 +1,191 @@
+//! What a process sets up when it starts: the environment variables of the contract, read once
+//! with their defaults ([`Config`]), and its logging ([`telemetry`]).
+
+pub mod telemetry;
+
+use std::time::Duration;
+
+use modelpipe_core::model_name::ModelName;
+use modelpipe_engine::{Limits, MAX_MODEL_NODES, MODEL_LOAD_BUDGET};
+use modelpipe_registry::{FileCacheConfig, Location, Registry, RegistryError};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `MODEL_ROOT` [/mnt/models]: the registry, a directory or `s3://bucket/prefix`.
+    pub model_root: Location,
+    /// `MODEL_FILE_CACHE_BYTES` [80 % of /tmp]: local copies of an S3 registry's model files.
+    pub model_files: FileCacheConfig,
+    /// `MODELS_PREFIX` [models/]: where uploads are watched in the bucket.
+    pub models_prefix: String,
+    /// `MAX_MODEL_BYTES` [2 GiB]: larger uploads are refused before being read.
+    pub max_model_bytes: u64,
+    /// `PUBLISHER_FUNCTION`: the publisher Lambda the validator invokes.
+    pub publisher_function: Option<String>,
+    /// `RELOAD_CHECK_MS` [1000]: how often a request may look at the alias.
+    pub reload_check: Duration,
+    /// `PRELOAD_MODELS`: models loaded during init.
+    pub preload_models: Vec<ModelName>,
+    /// `MODEL_CACHE_BYTES`: budget for models loaded on demand. Unset: half the function's
+    /// memory in Lambda (`AWS_LAMBDA_FUNCTION_MEMORY_SIZE`), unbounded elsewhere.
+    pub model_cache_bytes: Option<u64>,
+    /// `MAX_REQUEST_BYTES` [10 MiB, API Gateway's limit]: larger inference bodies get 413.
+    pub max_request_bytes: usize,
+    /// `MAX_MODEL_NODES` [10000] and `MODEL_LOAD_BUDGET_MS` [30000]: the work one model may
+    /// cost an engine (see [`Limits`]).
+    pub limits: Limits,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("environment variable {name}={value:?} is invalid: {why}")]
+pub struct ConfigError {
+    name: &'static str,
+    value: String,
+    why: String,
+}
+
+impl Config {
+    /// The registry at `MODEL_ROOT`.
+    pub fn open_registry(&self) -> Result<Registry, RegistryError> {
+        Registry::open_at(&self.model_root, &self.model_files)
+    }
+
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        fn parse<T: std::str::FromStr>(
+            name: &'static str,
+            value: Option<String>,
+            default: T,
+        ) -> Result<T, ConfigError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            match value.filter(|v| !v.trim().is_empty()) {
+                None => Ok(default),
+                Some(v) => v.trim().parse().map_err(|e: T::Err| ConfigError {
+                    name,
+                    value: v.clone(),
+                    why: e.to_string(),
+                }),
+            }
+        }
+        let preload = get("PRELOAD_MODELS").unwrap_or_default();
+        let preload_models = preload
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse()
+                    .map_err(|e: modelpipe_core::NameError| ConfigError {
+                        name: "PRELOAD_MODELS",
+                        value: preload.clone(),
+                        why: e.to_string(),
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        let mut models_prefix = get("MODELS_PREFIX").unwrap_or_else(|| "models/".into());
+        if !models_prefix.is_empty() && !models_prefix.ends_with('/') {
+            models_prefix.push('/');
+        }
+        Ok(Self {
+            model_root: parse(
+                "MODEL_ROOT",
+                get("MODEL_ROOT"),
+                Location::Dir("/mnt/models".into()),
+            )?,
+            model_files: FileCacheConfig {
+                bytes: match get("MODEL_FILE_CACHE_BYTES") {
+                    Some(v) if !v.is_empty() => Some(parse("MODEL_FILE_CACHE_BYTES", Some(v), 0)?),
+                    _ => None,
+                },
+                ..FileCacheConfig::default()
+            },
+            models_prefix,
+            max_model_bytes: parse(
+                "MAX_MODEL_BYTES",
+                get("MAX_MODEL_BYTES"),
+                2 * 1024 * 1024 * 1024,
+            )?,
+            publisher_function: get("PUBLISHER_FUNCTION").filter(|v| !v.is_empty()),
+            reload_check: Duration::from_millis(parse(
+                "RELOAD_CHECK_MS",
+                get("RELOAD_CHECK_MS"),
+                1000,
+            )?),
+            preload_models,
+            model_cache_bytes: match get("MODEL_CACHE_BYTES") {
+                Some(v) if !v.is_empty() => Some(parse("MODEL_CACHE_BYTES", Some(v), 0)?),
+                _ => match get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE") {
+                    Some(mb) => Some(
+                        parse::<u64>("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", Some(mb), 0)? * 1024 * 1024
+                            / 2,
+                    ),
+                    None => None,
+                },
+            },
+            max_request_bytes: parse(
+                "MAX_REQUEST_BYTES",
+                get("MAX_REQUEST_BYTES"),
+                10 * 1024 * 1024,
+            )?,
+            limits: Limits {
+                max_nodes: parse("MAX_MODEL_NODES", get("MAX_MODEL_NODES"), MAX_MODEL_NODES)?,
+                load_budget: Duration::from_millis(parse(
+                    "MODEL_LOAD_BUDGET_MS",
+                    get("MODEL_LOAD_BUDGET_MS"),
+                    MODEL_LOAD_BUDGET.as_millis() as u64,
+                )?),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let config = Config::from_lookup(|_| None).unwrap();
+        assert_eq!(config.model_root, Location::Dir("/mnt/models".into()));
+        assert_eq!(config.models_prefix, "models/");
+        assert_eq!(config.max_model_bytes, 2147483648);
+        assert_eq!(config.reload_check, Duration::from_millis(1000));
+        assert!(config.preload_models.is_empty());
+        assert_eq!(config.model_cache_bytes, None);
+        assert_eq!(config.limits.max_nodes, 10_000);
+        assert_eq!(config.limits.load_budget, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn the_model_cache_defaults_to_half_the_lambda_memory() {
+        let in_lambda = |cache: Option<&str>| {
+            Config::from_lookup(|n| match n {
+                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE" => Some("2048".into()),
+                "MODEL_CACHE_BYTES" => cache.map(str::to_string),
+                _ => None,
+            })
+            .unwrap()
+            .model_cache_bytes
+        };
+        assert_eq!(in_lambda(None), Some(1024 * 1024 * 1024));
+        assert_eq!(in_lambda(Some("5000")), Some(5000));
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let err =
+            Config::from_lookup(|n| (n == "RELOAD_CHECK_MS").then(|| "soon".into())).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("environment variable RELOAD_CHECK_MS=\"soon\" is invalid")
+        );
+        let err = Config::from_lookup(|n| (n == "PRELOAD_MODELS").then(|| "iris,Bad".into()))
+            .unwrap_err();
+        assert!(err.to_string().contains("PRELOAD_MODELS"));
+        let err = Config::from_lookup(|n| (n == "MODEL_ROOT").then(|| "s3://".into())).unwrap_err();
+        assert!(err.to_string().contains("no bucket name"), "{err}");
+    }
+}

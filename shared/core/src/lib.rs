@@ -1,0 +1,10 @@
+//! modelpipe's vocabulary, shared by every other crate and depending on none of them: which key
+//! names which model ([`model_name`]), digests ([`digest`]), what a model takes and returns
+//! ([`signature`]), and what ingest decided for a version ([`engine_choice`]).
+
+pub mod digest;
+pub mod engine_choice;
+pub mod model_name;
+pub mod signature;
+
+pub use model_name::{AliasName, ModelName, NameError};

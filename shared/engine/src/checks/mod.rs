@@ -1,0 +1,248 @@
+//! The validator's checks on a staged model file, shared by the validator Lambda and
+//! `modelctl validate`: it stays within the limits, loads and runs in an engine ([`engines`]
+//! chooses which), keeps the signature its clients rely on, and reproduces its golden examples.
+//! Reading from S3 and writing the registry happen elsewhere.
+
+pub mod engines;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use tract_onnx::prelude::Tensor;
+use tract_onnx::tract_core::internal::Approximation;
+
+use self::engines::{Chosen, EngineChoice};
+use crate::contract::Contract;
+use crate::{Engine, EngineError, EngineKind, LayoutChoice, Limits, TRACT_VERSION};
+use modelpipe_core::digest::sha256_file;
+use modelpipe_core::signature::Signature;
+use modelpipe_registry::{ARTIFACT_FILE, Artifact, NewVersion, Source};
+
+/// Why a model was refused: one sentence a data scientist can act on.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CheckError {
+    #[error("the file is empty")]
+    Empty,
+    #[error("{0}")]
+    Load(EngineError),
+    #[error("smoke test on zero inputs failed: {0}")]
+    Smoke(EngineError),
+    #[error("signature differs from the contract: {}", .0.join("; "))]
+    Contract(Vec<String>),
+    #[error("signature differs from live v{live_version}: {} (upload with metadata allow-signature-change=true to accept)", problems.join("; "))]
+    SignatureChanged {
+        live_version: u64,
+        problems: Vec<String>,
+    },
+    #[error("{0}")]
+    Golden(String),
+}
+
+/// What a staged model is checked against.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Expectations<'a> {
+    /// The version currently behind the target alias, and its signature.
+    pub live: Option<(u64, &'a Signature)>,
+    pub contract: Option<&'a Contract>,
+    pub allow_signature_change: bool,
+    /// The engine the upload asks for (`engine=` metadata); none: chosen by measurement.
+    pub engine: Option<EngineKind>,
+    pub limits: Limits,
+}
+
+/// A model that passed every check.
+#[derive(Debug)]
+pub struct Checked {
+    pub engine: Engine,
+    /// Which engine serves it, and why.
+    pub choice: EngineChoice,
+    /// tract's layout, when the engine choice already timed it.
+    layout: Option<LayoutChoice>,
+    /// Set when the signature changed from live and the upload allowed it: what changed.
+    pub signature_change: Option<String>,
+}
+
+impl Checked {
+    pub fn signature(&self) -> &Signature {
+        self.engine.signature()
+    }
+
+    /// The version this model becomes: its bytes' digest and source, its signature, the engine
+    /// choice, and what ingest compiled for it (see [`Self::compile`]).
+    pub fn new_version(
+        &self,
+        sha256: String,
+        size: u64,
+        source: Source,
+        compiled: Option<Compiled>,
+    ) -> NewVersion {
+        let (layout, artifact) = match compiled {
+            Some(compiled) => (Some(compiled.layout), compiled.artifact),
+            None => (None, None),
+        };
+        NewVersion {
+            sha256,
+            size,
+            source,
+            signature: self.signature().clone(),
+            signature_change: self.signature_change.clone(),
+            layout,
+            artifact,
+            engine: Some(self.choice.clone()),
+            smoke_shapes: self.engine.smoke_shapes().map(<[Vec<usize>]>::to_vec),
+        }
+    }
+
+    /// What ingest adds to a model tract serves so that loads are fast: the faster convolution
+    /// layout, and the compiled artifact written as `dir/model.nnef.tar`, read back and run
+    /// against the ONNX model before it is recorded. Neither is needed to serve the model: a
+    /// failure leaves the plain layout or no artifact, and says why. ONNX Runtime models get
+    /// neither (`None`).
+    pub fn compile(&self, dir: &Path) -> Option<Compiled> {
+        if self.engine.kind() != EngineKind::Tract {
+            return None;
+        }
+        let layout = self.layout.clone().unwrap_or_else(|| {
+            self.engine.choose_layout().unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "layout trial failed; keeping the plain layout");
+                LayoutChoice::fastest(0, None)
+            })
+        });
+        let path = dir.join(ARTIFACT_FILE);
+        Some(match self.write_artifact(&path, &layout) {
+            Ok((artifact, artifact_load)) => Compiled {
+                layout,
+                artifact: Some(artifact),
+                artifact_load: Some(artifact_load),
+                no_artifact: None,
+            },
+            Err(reason) => {
+                let _ = std::fs::remove_file(&path);
+                Compiled {
+                    layout,
+                    artifact: None,
+                    artifact_load: None,
+                    no_artifact: Some(reason),
+                }
+            }
+        })
+    }
+
+    fn write_artifact(
+        &self,
+        path: &Path,
+        layout: &LayoutChoice,
+    ) -> Result<(Artifact, Duration), String> {
+        self.engine
+            .write_artifact(path)
+            .map_err(|e| e.to_string())?;
+        let started = Instant::now();
+        let smoke = self.engine.smoke_shapes();
+        let reloaded = Engine::load_artifact(path, self.signature(), layout.layout, smoke)
+            .map_err(|e| format!("reading it back: {e}"))?;
+        let load = started.elapsed();
+        let inputs = self.engine.smoke_inputs().map_err(|e| e.to_string())?;
+        let expected = self.engine.run(inputs.clone()).map_err(|e| e.to_string())?;
+        let actual = reloaded
+            .run(inputs)
+            .map_err(|e| format!("running it: {e}"))?;
+        same_outputs(&expected, &actual)?;
+        let (sha256, size) = sha256_file(path).map_err(|e| e.to_string())?;
+        Ok((
+            Artifact {
+                sha256,
+                size,
+                tract: TRACT_VERSION.to_string(),
+            },
+            load,
+        ))
+    }
+}
+
+/// The ingest-time additions to a checked model (see [`Checked::compile`]).
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    pub layout: LayoutChoice,
+    pub artifact: Option<Artifact>,
+    /// How long reading the artifact back took.
+    pub artifact_load: Option<Duration>,
+    /// Why no artifact was recorded.
+    pub no_artifact: Option<String>,
+}
+
+/// The artifact's outputs on the smoke input equal the ONNX model's (to float rounding: the
+/// chosen layout may order the sums differently).
+fn same_outputs(expected: &[Tensor], actual: &[Tensor]) -> Result<(), String> {
+    if expected.len() != actual.len() {
+        return Err(format!(
+            "it gives {} outputs where the model gives {}",
+            actual.len(),
+            expected.len()
+        ));
+    }
+    for (i, (e, a)) in expected.iter().zip(actual).enumerate() {
+        e.close_enough(a, Approximation::Approximate)
+            .map_err(|err| format!("its output {i} differs from the model's: {err}"))?;
+    }
+    Ok(())
+}
+
+/// Runs every check on the model file at `path` (blocking, CPU-bound).
+pub fn check_model(path: &Path, expect: Expectations<'_>) -> Result<Checked, CheckError> {
+    if std::fs::metadata(path)
+        .map(|m| m.len() == 0)
+        .unwrap_or(false)
+    {
+        return Err(CheckError::Empty);
+    }
+    let probes = |signature: &Signature| {
+        expect
+            .contract
+            .map(|c| c.example_inputs(signature))
+            .unwrap_or_default()
+    };
+    let Chosen {
+        engine,
+        choice,
+        layout,
+    } = engines::choose(path, &expect.limits, expect.engine, probes).map_err(|none| match none
+        .error()
+    {
+        run @ EngineError::Run(_) => CheckError::Smoke(run),
+        other => CheckError::Load(other),
+    })?;
+    if let Some(contract) = expect.contract {
+        let problems = engine
+            .signature()
+            .incompatibilities(&contract.signature(), "the contract");
+        if !problems.is_empty() {
+            return Err(CheckError::Contract(problems));
+        }
+    }
+    let mut signature_change = None;
+    if let Some((live_version, live)) = expect.live {
+        let problems = engine
+            .signature()
+            .incompatibilities(live, &format!("live v{live_version}"));
+        if !problems.is_empty() {
+            if !expect.allow_signature_change {
+                return Err(CheckError::SignatureChanged {
+                    live_version,
+                    problems,
+                });
+            }
+            signature_change = Some(problems.join("; "));
+        }
+    }
+    if let Some(contract) = expect.contract {
+        contract
+            .check_examples(&engine)
+            .map_err(CheckError::Golden)?;
+    }
+    Ok(Checked {
+        engine,
+        choice,
+        layout,
+        signature_change,
+    })
+}
