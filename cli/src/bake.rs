@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use modelpipe_core::digest::sha256_file;
+use modelpipe_core::digest::Digest;
 use modelpipe_core::signature::Signature;
 use modelpipe_core::{AliasName, ModelName};
 use modelpipe_engine::checks::{Expectations, check_model};
@@ -98,12 +98,12 @@ pub fn bake(dir: &Path, models: &[ModelFile], contracts: &[ModelFile]) -> CliRes
             crate::ops::describe_choice(&result.choice),
             crate::ops::describe_compiled(compiled.as_ref())
         );
-        let (sha256, size) = sha256_file(file).map_err(|e| e.to_string())?;
+        let digest = Digest::of_file(file).map_err(|e| e.to_string())?;
         let source = Source {
             key: file.display().to_string(),
             ..Default::default()
         };
-        let new = result.new_version(sha256, size, source, compiled);
+        let new = result.new_version(digest, source, compiled);
         drop(result);
         // The next file of the same model is checked against this one, as a later upload would.
         let version = match next_version.get(model) {
@@ -190,9 +190,8 @@ fn commit(
         )
         .map_err(|e| format!("{ARTIFACT_FILE}: {e}"))?;
     }
-    let locked = registry.lock(model).map_err(|e| e.to_string())?;
-    Ok(locked
-        .commit(staging, version)
+    Ok(registry
+        .commit(model, staging, version)
         .map_err(|e| e.to_string())?
         .version())
 }

@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use modelpipe_aws::LambdaPublisher;
+use modelpipe_core::digest::Digest;
 use modelpipe_core::{AliasName, ModelName};
 use modelpipe_engine::checks::{Expectations, check_model};
 use modelpipe_engine::contract::Contract;
@@ -249,8 +250,13 @@ pub fn validate(
         },
     )
     .map_err(|e| format!("rejected: {e}"))?;
-    let (sha256, size) = modelpipe_core::digest::sha256_file(file).map_err(|e| e.to_string())?;
-    println!("ok: {} ({size} bytes, sha256 {sha256})", file.display());
+    let digest = Digest::of_file(file).map_err(|e| e.to_string())?;
+    println!(
+        "ok: {} ({} bytes, sha256 {})",
+        file.display(),
+        digest.size,
+        digest.sha256
+    );
     println!("  engine: {}", describe_choice(&checked.choice));
     println!("  loads in {:?}", checked.engine.load_time);
     if let Some(shapes) = checked.engine.smoke_shapes() {

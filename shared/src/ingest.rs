@@ -10,19 +10,18 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use sha2::{Digest, Sha256};
+use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc::{Receiver, Sender, channel};
 
-use modelpipe_core::digest::CHUNK;
+use modelpipe_core::digest::{CHUNK, Digest};
 
 /// Chunks that may wait for the hasher or the writer: enough to keep both busy, bounded memory.
 const QUEUED_CHUNKS: usize = 4;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ingested {
-    pub sha256: String,
-    pub size: u64,
+    pub digest: Digest,
     /// From the first byte read to the file synced.
     pub elapsed: Duration,
     /// The part of `elapsed` spent in the final fsync (bounded by the disk, not by modelpipe).
@@ -31,7 +30,7 @@ pub struct Ingested {
 
 impl Ingested {
     pub fn mb_per_s(&self) -> f64 {
-        self.size as f64 / 1e6 / self.elapsed.as_secs_f64().max(1e-9)
+        self.digest.size as f64 / 1e6 / self.elapsed.as_secs_f64().max(1e-9)
     }
 }
 
@@ -69,8 +68,7 @@ pub async fn stream_to_file(
     let fsync = written.map_err(IngestError::Write)?;
     let size = read?.expect("the writer took every chunk");
     Ok(Ingested {
-        sha256,
-        size,
+        digest: Digest { sha256, size },
         elapsed: started.elapsed(),
         fsync,
     })
@@ -138,11 +136,7 @@ mod tests {
         let path = dir.path().join("model.onnx");
         let bytes: Vec<u8> = (0..3 * CHUNK + 17).map(|i| (i % 251) as u8).collect();
         let ingested = stream_to_file(&bytes[..], &path, u64::MAX).await.unwrap();
-        assert_eq!(ingested.size, bytes.len() as u64);
-        assert_eq!(
-            ingested.sha256,
-            modelpipe_core::digest::sha256_bytes(&bytes)
-        );
+        assert_eq!(ingested.digest, Digest::of_bytes(&bytes));
         assert_eq!(std::fs::read(&path).unwrap(), bytes);
     }
 

@@ -320,8 +320,8 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
                     .into());
                 }
             };
-        let sha256 = ingested.sha256.clone();
-        info!(model = %model, bytes = ingested.size, mb_per_s = format!("{:.0}", ingested.mb_per_s()), fsync_ms = ingested.fsync.as_millis() as u64, sha256 = %sha256, "hashed");
+        let sha256 = ingested.digest.sha256.clone();
+        info!(model = %model, bytes = ingested.digest.size, mb_per_s = format!("{:.0}", ingested.mb_per_s()), fsync_ms = ingested.fsync.as_millis() as u64, sha256 = %sha256, "hashed");
 
         if let Some(expected) = &options.expected_sha256
             && expected != &sha256
@@ -413,7 +413,7 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
             _ => {}
         }
 
-        let new = checked.new_version(sha256.clone(), ingested.size, source, compiled);
+        let new = checked.new_version(ingested.digest.clone(), source, compiled);
         drop(checked);
         let registry = self.registry.clone();
         let (model_c, key_c, seq_c, alias_c) = (

@@ -6,21 +6,27 @@ use std::sync::Arc;
 use modelpipe_config::Config;
 use modelpipe_core::{AliasName, ModelName};
 use modelpipe_engine::EngineKind;
-use modelpipe_engine::checks::{Expectations, check_model};
 use modelpipe_registry::Registry;
 use modelpipe_registry::publish::{PublisherRequest, apply};
 use modelpipe_serve::{Inference, SwapPolicy, router};
+use modelpipe_testkit::commit::{Compile, commit_checked};
 
 /// Commits `bytes` as the next version of `model` served by tract, compiled (the validator's
 /// commit, without S3).
 pub fn commit(registry: &Registry, model: &ModelName, bytes: &[u8]) -> u64 {
-    commit_as(registry, model, bytes, Some(EngineKind::Tract), true)
+    commit_checked(
+        registry,
+        model,
+        bytes,
+        Some(EngineKind::Tract),
+        Compile::Yes,
+    )
 }
 
 /// Commits `bytes` as a version committed before ingest compiled models: no layout chosen, no
 /// artifact (inference loads `model.onnx`).
 pub fn commit_uncompiled(registry: &Registry, model: &ModelName, bytes: &[u8]) -> u64 {
-    commit_as(registry, model, bytes, Some(EngineKind::Tract), false)
+    commit_checked(registry, model, bytes, Some(EngineKind::Tract), Compile::No)
 }
 
 /// Commits `bytes` as the validator does: in `engine`, or the engine the checks choose.
@@ -30,37 +36,7 @@ pub fn commit_in(
     bytes: &[u8],
     engine: Option<EngineKind>,
 ) -> u64 {
-    commit_as(registry, model, bytes, engine, true)
-}
-
-fn commit_as(
-    registry: &Registry,
-    model: &ModelName,
-    bytes: &[u8],
-    engine: Option<EngineKind>,
-    compile: bool,
-) -> u64 {
-    let staging = registry.stage(model).unwrap();
-    std::fs::write(staging.model_path(), bytes).unwrap();
-    let expect = Expectations {
-        engine,
-        ..Default::default()
-    };
-    let checked = check_model(&staging.model_path(), expect).unwrap();
-    let compiled = compile.then(|| checked.compile(staging.dir())).flatten();
-    let new = checked.new_version(
-        modelpipe_core::digest::sha256_bytes(bytes),
-        bytes.len() as u64,
-        Default::default(),
-        compiled,
-    );
-    drop(checked);
-    registry
-        .lock(model)
-        .unwrap()
-        .commit(staging, new)
-        .unwrap()
-        .version()
+    commit_checked(registry, model, bytes, engine, Compile::Yes)
 }
 
 /// Moves `live` of `model` to `version`, as the publisher does.

@@ -74,7 +74,7 @@ pub async fn run(setup: &Setup, targets: &mut Vec<Target>) -> String {
             let ingested = modelpipe::ingest::stream_to_file(body, &staged, u64::MAX)
                 .await
                 .expect("ingest");
-            assert_eq!(ingested.size, bytes);
+            assert_eq!(ingested.digest.size, bytes);
             figures[0].push(rate(ingested.elapsed - ingested.fsync));
             figures[1].push(rate(ingested.elapsed));
             std::fs::remove_file(&staged).expect("remove staged");

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use super::atomic;
 use super::lock::ModelLock;
 use super::store::{LocalCopy, LockGuard, Store};
-use modelpipe_core::digest::sha256_file;
+use modelpipe_core::digest::Digest;
 
 #[derive(Debug, Clone)]
 pub struct DirStore {
@@ -130,11 +130,11 @@ impl Store for DirStore {
         }
     }
 
-    fn digest(&self, key: &str) -> io::Result<(String, u64)> {
-        sha256_file(&self.path(key))
+    fn digest(&self, key: &str) -> io::Result<Digest> {
+        Digest::of_file(&self.path(key))
     }
 
-    fn local_copy(&self, key: &str, _size: u64, _sha256: &str) -> io::Result<LocalCopy> {
+    fn local_copy(&self, key: &str, _expected: &Digest) -> io::Result<LocalCopy> {
         Ok(LocalCopy {
             path: self.path(key),
             verified: false,

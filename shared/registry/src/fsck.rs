@@ -175,7 +175,7 @@ impl Registry {
             if let Some(artifact) = &manifest.artifact {
                 let key = format!("{model}/versions/{version}/{ARTIFACT_FILE}");
                 match self.store.digest(&key) {
-                    Ok((sha256, size)) if sha256 == artifact.sha256 && size == artifact.size => {}
+                    Ok(digest) if digest == artifact.digest() => {}
                     // Only an accelerator: inference never uses it and loads model.onnx.
                     Ok(_) | Err(_) => found(
                         Severity::Warning,

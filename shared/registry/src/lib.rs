@@ -39,7 +39,7 @@ pub use self::records::*;
 use self::s3_store::S3Store;
 pub use self::s3_store::{FileCacheConfig, s3_client};
 pub use self::store::{LocalCopy, Location, Store};
-use modelpipe_core::digest::{sha256_bytes, sha256_file};
+use modelpipe_core::digest::{Digest, sha256_bytes};
 use modelpipe_core::engine_choice::{EngineChoice, LayoutChoice};
 use modelpipe_core::model_name::{AliasName, ModelName};
 use modelpipe_core::signature::Signature;
@@ -68,10 +68,10 @@ pub enum RegistryError {
 pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
 
 /// The facts about a version known before it has a number.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct NewVersion {
-    pub sha256: String,
-    pub size: u64,
+    /// The staged model file's.
+    pub digest: Digest,
     pub source: Source,
     pub signature: Signature,
     pub signature_change: Option<String>,
@@ -296,17 +296,20 @@ impl Registry {
         &self,
         manifest: &Manifest,
         file: &'static str,
-        (expected_sha256, expected_size): (&str, u64),
-        (sha256, size): (String, u64),
+        expected: &Digest,
+        actual: &Digest,
     ) -> Result<()> {
-        if size != expected_size || sha256 != expected_sha256 {
+        if actual != expected {
+            let (sha256, expected_sha256) = (&actual.sha256, &expected.sha256);
             return Err(self.tampered(
                 &manifest.model,
                 manifest.version,
                 file,
                 format!(
-                    "{size} bytes with sha256 {}…, manifest says {expected_size} bytes with {}…",
+                    "{} bytes with sha256 {}…, manifest says {} bytes with {}…",
+                    actual.size,
                     &sha256[..12.min(sha256.len())],
+                    expected.size,
                     &expected_sha256[..expected_sha256.len().min(12)]
                 ),
             ));
@@ -327,12 +330,7 @@ impl Registry {
                 format!("cannot read {}: {e}", self.store.describe(&key)),
             )
         })?;
-        self.check_digest(
-            &manifest,
-            MODEL_FILE,
-            (&manifest.sha256, manifest.size),
-            digest,
-        )?;
+        self.check_digest(&manifest, MODEL_FILE, &manifest.digest(), &digest)?;
         Ok(manifest)
     }
 
@@ -351,7 +349,7 @@ impl Registry {
     /// The model file of the version `manifest` describes, on local disk and checked against
     /// the manifest's size and SHA-256.
     pub fn verified_local_model(&self, manifest: &Manifest) -> Result<PathBuf> {
-        self.verified_local_copy(manifest, MODEL_FILE, (&manifest.sha256, manifest.size))
+        self.verified_local_copy(manifest, MODEL_FILE, &manifest.digest())
     }
 
     /// The compiled artifact of the version `manifest` describes, on local disk and checked
@@ -360,7 +358,7 @@ impl Registry {
         let Some(artifact) = &manifest.artifact else {
             return Ok(None);
         };
-        self.verified_local_copy(manifest, ARTIFACT_FILE, (&artifact.sha256, artifact.size))
+        self.verified_local_copy(manifest, ARTIFACT_FILE, &artifact.digest())
             .map(Some)
     }
 
@@ -370,7 +368,7 @@ impl Registry {
         &self,
         manifest: &Manifest,
         file: &'static str,
-        expected: (&str, u64),
+        expected: &Digest,
     ) -> Result<PathBuf> {
         let (model, version) = (&manifest.model, manifest.version);
         let key = format!("{}/{file}", version_dir(model, version));
@@ -382,13 +380,10 @@ impl Registry {
                 format!("cannot read {}: {e}", self.store.describe(&key)),
             )
         };
-        let copy = self
-            .store
-            .local_copy(&key, expected.1, expected.0)
-            .map_err(cannot)?;
+        let copy = self.store.local_copy(&key, expected).map_err(cannot)?;
         if !copy.verified {
-            let actual = sha256_file(&copy.path).map_err(cannot)?;
-            self.check_digest(manifest, file, expected, actual)?;
+            let actual = Digest::of_file(&copy.path).map_err(cannot)?;
+            self.check_digest(manifest, file, expected, &actual)?;
         }
         Ok(copy.path)
     }
@@ -448,6 +443,12 @@ impl Registry {
     /// left behind (see [`Self::fsck`]).
     pub fn sweep_staging(&self, model: &ModelName, age: std::time::Duration) -> Result<usize> {
         Ok(self.remove_model_leftovers(model, age).len())
+    }
+
+    /// Commits a staged upload as the next version of `model`, under the model's lock (see
+    /// [`Locked::commit`]; blocking).
+    pub fn commit(&self, model: &ModelName, staging: Staging, new: NewVersion) -> Result<Commit> {
+        self.lock(model)?.commit(staging, new)
     }
 
     /// Takes the model's write lock (blocking: call from a blocking context).
@@ -516,7 +517,7 @@ impl Locked<'_> {
     pub fn commit(&self, staging: Staging, new: NewVersion) -> Result<Commit> {
         let registry = self.registry;
         for version in registry.versions(&self.model)? {
-            if registry.manifest(&self.model, version)?.sha256 == new.sha256 {
+            if registry.manifest(&self.model, version)?.sha256 == new.digest.sha256 {
                 return Ok(Commit::AlreadyPresent(version));
             }
         }
@@ -533,8 +534,8 @@ impl Locked<'_> {
             let manifest = Manifest {
                 model: self.model.clone(),
                 version,
-                sha256: new.sha256.clone(),
-                size: new.size,
+                sha256: new.digest.sha256.clone(),
+                size: new.digest.size,
                 source: new.source.clone(),
                 signature: new.signature.clone(),
                 signature_change: new.signature_change.clone(),
@@ -555,7 +556,7 @@ impl Locked<'_> {
             // A directory store renames `staged` away; dropping `staging` then finds nothing.
             if registry
                 .store
-                .commit_version(staged, &target, &new.sha256)
+                .commit_version(staged, &target, &new.digest.sha256)
                 .map_err(registry.io_error(&target))?
             {
                 return Ok(Commit::Created(version));

@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use modelpipe_core::digest::Digest;
 use modelpipe_core::engine_choice::EngineChoice;
 use modelpipe_core::engine_choice::{EngineKind, Layout, LayoutChoice};
 use modelpipe_core::model_name::{AliasName, ModelName};
@@ -67,6 +68,25 @@ pub struct Artifact {
     pub size: u64,
     /// The tract version that wrote it: any other reads `model.onnx` instead.
     pub tract: String,
+}
+
+impl Artifact {
+    pub fn digest(&self) -> Digest {
+        Digest {
+            sha256: self.sha256.clone(),
+            size: self.size,
+        }
+    }
+}
+
+impl Manifest {
+    /// The model file's.
+    pub fn digest(&self) -> Digest {
+        Digest {
+            sha256: self.sha256.clone(),
+            size: self.size,
+        }
+    }
 }
 
 /// `aliases/<alias>.json`.

@@ -10,6 +10,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use modelpipe_core::digest::Digest;
+
 /// A model file available on the local filesystem, for tract to load.
 #[derive(Debug, Clone)]
 pub struct LocalCopy {
@@ -51,10 +53,10 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn commit_version(&self, staged: &Path, version_dir: &str, sha256: &str) -> io::Result<bool>;
 
     /// SHA-256 (hex) and size of the file at `key`.
-    fn digest(&self, key: &str) -> io::Result<(String, u64)>;
+    fn digest(&self, key: &str) -> io::Result<Digest>;
 
-    /// The file at `key` on local disk.
-    fn local_copy(&self, key: &str, size: u64, sha256: &str) -> io::Result<LocalCopy>;
+    /// The file at `key` on local disk; `expected` is what the manifest recorded for it.
+    fn local_copy(&self, key: &str, expected: &Digest) -> io::Result<LocalCopy>;
 }
 
 /// `MODEL_ROOT`: a directory, or `s3://bucket/prefix`.

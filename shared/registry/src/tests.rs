@@ -1,7 +1,6 @@
 use std::sync::Arc;
 
 use super::*;
-use modelpipe_core::signature::Signature;
 
 pub(crate) fn stage_bytes(
     registry: &Registry,
@@ -11,19 +10,13 @@ pub(crate) fn stage_bytes(
     let staging = registry.stage(model).unwrap();
     fs::write(staging.model_path(), bytes).unwrap();
     let new = NewVersion {
-        sha256: sha256_bytes(bytes),
-        size: bytes.len() as u64,
+        digest: Digest::of_bytes(bytes),
         source: Source {
             bucket: "b".into(),
             key: format!("models/{model}/m.onnx"),
             ..Default::default()
         },
-        signature: Signature::default(),
-        signature_change: None,
-        layout: None,
-        artifact: None,
-        engine: None,
-        smoke_shapes: None,
+        ..Default::default()
     };
     (staging, new)
 }

@@ -222,7 +222,7 @@ impl ModelCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use modelpipe_registry::NewVersion;
+    use modelpipe_testkit::commit::commit_bytes;
     use modelpipe_testkit::onnx_build::LinearSoftmax;
 
     fn name(s: &str) -> ModelName {
@@ -235,24 +235,7 @@ mod tests {
         let registry = Registry::open(dir.path()).unwrap();
         let bytes = LinearSoftmax::iris(1).to_bytes();
         for model in models {
-            let staging = registry.stage(&name(model)).unwrap();
-            std::fs::write(staging.model_path(), &bytes).unwrap();
-            let new = NewVersion {
-                sha256: modelpipe_core::digest::sha256_bytes(&bytes),
-                size: bytes.len() as u64,
-                source: Default::default(),
-                signature: Default::default(),
-                signature_change: None,
-                layout: None,
-                artifact: None,
-                engine: None,
-                smoke_shapes: None,
-            };
-            registry
-                .lock(&name(model))
-                .unwrap()
-                .commit(staging, new)
-                .unwrap();
+            commit_bytes(&registry, &name(model), &bytes);
         }
         (dir, registry, bytes.len() as u64)
     }

@@ -186,8 +186,8 @@ mod tests {
     use tract_onnx::tract_core::internal::Approximation;
 
     use super::*;
-    use modelpipe_core::digest::sha256_bytes;
-    use modelpipe_engine::checks::{Expectations, check_model};
+    use modelpipe_core::digest::Digest;
+    use modelpipe_testkit::commit::{Compile, commit_checked};
     use modelpipe_testkit::onnx_build::{Mlp, Weights, small_cnn};
 
     struct Fixture {
@@ -197,31 +197,16 @@ mod tests {
         onnx: Vec<u8>,
     }
 
-    /// A directory registry holding `small_cnn` as v1, compiled as the validator does unless
-    /// `compile` is false (a version committed before artifacts existed).
-    fn fixture(compile: bool) -> Fixture {
+    /// A directory registry holding `small_cnn` as v1, served by tract and compiled as the
+    /// validator compiles it, or not (a version committed before artifacts existed).
+    fn fixture(compile: Compile) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let registry = Registry::open(dir.path()).unwrap();
         let model: ModelName = "cnn".parse().unwrap();
         let onnx = small_cnn(3);
-        let staging = registry.stage(&model).unwrap();
-        std::fs::write(staging.model_path(), &onnx).unwrap();
-        let expect = Expectations {
-            engine: Some(EngineKind::Tract),
-            ..Default::default()
-        };
-        let checked = check_model(&staging.model_path(), expect).unwrap();
-        let compiled = compile.then(|| checked.compile(staging.dir()).expect("tract compiles"));
-        if let Some(compiled) = &compiled {
-            assert!(compiled.artifact.is_some(), "{:?}", compiled.no_artifact);
-        }
-        let new = checked.new_version(
-            sha256_bytes(&onnx),
-            onnx.len() as u64,
-            Default::default(),
-            compiled,
-        );
-        registry.lock(&model).unwrap().commit(staging, new).unwrap();
+        let version = commit_checked(&registry, &model, &onnx, Some(EngineKind::Tract), compile);
+        let manifest = registry.manifest(&model, version).unwrap();
+        assert_eq!(manifest.artifact.is_some(), compile == Compile::Yes);
         Fixture {
             dir,
             registry,
@@ -264,7 +249,7 @@ mod tests {
 
     #[test]
     fn a_compiled_version_loads_from_its_artifact_in_the_recorded_layout() {
-        let f = fixture(true);
+        let f = fixture(Compile::Yes);
         let loaded = f.load();
         assert_eq!(loaded.loaded_from, ARTIFACT_FILE);
         let recorded = loaded.manifest.layout.clone().expect("layout recorded");
@@ -273,15 +258,15 @@ mod tests {
         let artifact = loaded.manifest.artifact.clone().expect("artifact recorded");
         assert_eq!(artifact.tract, TRACT_VERSION);
         assert_eq!(
-            modelpipe_core::digest::sha256_file(&f.version_file(ARTIFACT_FILE)).unwrap(),
-            (artifact.sha256, artifact.size)
+            Digest::of_file(&f.version_file(ARTIFACT_FILE)).unwrap(),
+            artifact.digest()
         );
         f.assert_answers_as_onnx(&loaded);
     }
 
     #[test]
     fn a_corrupt_artifact_is_never_used() {
-        let f = fixture(true);
+        let f = fixture(Compile::Yes);
         let path = f.version_file(ARTIFACT_FILE);
         let mut bytes = std::fs::read(&path).unwrap();
         let middle = bytes.len() / 2;
@@ -307,17 +292,17 @@ mod tests {
 
     #[test]
     fn an_artifact_of_another_tract_or_of_another_model_is_never_used() {
-        let f = fixture(true);
+        let f = fixture(Compile::Yes);
         f.edit_manifest(|m| m["artifact"]["tract"] = "0.0.1".into());
         assert_eq!(f.load().loaded_from, MODEL_FILE);
 
         // Another model's artifact, its hash recorded: consistent bytes, wrong tensors.
-        let f = fixture(true);
+        let f = fixture(Compile::Yes);
         let mlp = f.dir.path().join("mlp.onnx");
         std::fs::write(&mlp, Mlp::new(&[4, 8, 3], 1).to_bytes()).unwrap();
         let path = f.version_file(ARTIFACT_FILE);
         Engine::load(&mlp).unwrap().write_artifact(&path).unwrap();
-        let (sha256, size) = modelpipe_core::digest::sha256_file(&path).unwrap();
+        let Digest { sha256, size } = Digest::of_file(&path).unwrap();
         f.edit_manifest(|m| {
             m["artifact"]["sha256"] = sha256.into();
             m["artifact"]["size"] = size.into();
@@ -329,7 +314,7 @@ mod tests {
 
     #[test]
     fn a_version_without_an_artifact_loads_its_onnx_file() {
-        let f = fixture(false);
+        let f = fixture(Compile::No);
         assert!(!f.version_file(ARTIFACT_FILE).exists());
         let loaded = f.load();
         assert_eq!(loaded.loaded_from, MODEL_FILE);

@@ -14,7 +14,7 @@ use tract_onnx::tract_core::internal::Approximation;
 use self::engines::{Chosen, EngineChoice};
 use crate::contract::Contract;
 use crate::{Engine, EngineError, EngineKind, LayoutChoice, Limits, TRACT_VERSION};
-use modelpipe_core::digest::sha256_file;
+use modelpipe_core::digest::Digest;
 use modelpipe_core::signature::Signature;
 use modelpipe_registry::{ARTIFACT_FILE, Artifact, NewVersion, Source};
 
@@ -71,8 +71,7 @@ impl Checked {
     /// choice, and what ingest compiled for it (see [`Self::compile`]).
     pub fn new_version(
         &self,
-        sha256: String,
-        size: u64,
+        digest: Digest,
         source: Source,
         compiled: Option<Compiled>,
     ) -> NewVersion {
@@ -81,8 +80,7 @@ impl Checked {
             None => (None, None),
         };
         NewVersion {
-            sha256,
-            size,
+            digest,
             source,
             signature: self.signature().clone(),
             signature_change: self.signature_change.clone(),
@@ -147,7 +145,7 @@ impl Checked {
             .run(inputs)
             .map_err(|e| format!("running it: {e}"))?;
         same_outputs(&expected, &actual)?;
-        let (sha256, size) = sha256_file(path).map_err(|e| e.to_string())?;
+        let Digest { sha256, size } = Digest::of_file(path).map_err(|e| e.to_string())?;
         Ok((
             Artifact {
                 sha256,

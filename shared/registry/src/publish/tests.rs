@@ -1,5 +1,6 @@
 use super::*;
 use crate::Commit;
+use crate::tests::stage_bytes;
 
 fn iris() -> ModelName {
     "iris".parse().unwrap()
@@ -9,26 +10,9 @@ fn registry_with_versions(n: usize) -> (tempfile::TempDir, Registry) {
     let dir = tempfile::tempdir().unwrap();
     let registry = Registry::open(dir.path()).unwrap();
     for i in 0..n {
-        let staging = registry.stage(&iris()).unwrap();
-        let bytes = format!("model bytes {i}");
-        std::fs::write(staging.model_path(), &bytes).unwrap();
-        let new = crate::NewVersion {
-            sha256: modelpipe_core::digest::sha256_bytes(bytes.as_bytes()),
-            size: bytes.len() as u64,
-            source: Default::default(),
-            signature: Default::default(),
-            signature_change: None,
-            layout: None,
-            artifact: None,
-            engine: None,
-            smoke_shapes: None,
-        };
+        let (staging, new) = stage_bytes(&registry, &iris(), format!("model bytes {i}").as_bytes());
         assert!(matches!(
-            registry
-                .lock(&iris())
-                .unwrap()
-                .commit(staging, new)
-                .unwrap(),
+            registry.commit(&iris(), staging, new).unwrap(),
             Commit::Created(_)
         ));
     }

@@ -7,7 +7,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use modelpipe_core::digest::sha256_file;
+use modelpipe_core::digest::Digest;
 
 /// `MODEL_FILE_CACHE_BYTES` and where the files go.
 #[derive(Debug, Clone)]
@@ -71,9 +71,9 @@ impl FileCache {
 
     /// Whether the copy at `path` exists and still has the expected bytes; a copy that does not
     /// is removed.
-    pub fn reuse(&self, path: &Path, size: u64, sha256: &str) -> io::Result<bool> {
-        match sha256_file(path) {
-            Ok((actual, actual_size)) if actual == sha256 && actual_size == size => {
+    pub fn reuse(&self, path: &Path, expected: &Digest) -> io::Result<bool> {
+        match Digest::of_file(path) {
+            Ok(actual) if &actual == expected => {
                 // Marks it recently used.
                 fs::File::open(path)?.set_modified(SystemTime::now())?;
                 Ok(true)
@@ -143,12 +143,12 @@ mod tests {
     fn a_copy_that_no_longer_matches_is_not_reused() {
         let dir = tempfile::tempdir().unwrap();
         let cache = FileCache::new(dir.path().to_path_buf(), 100).unwrap();
-        let sha = modelpipe_core::digest::sha256_bytes(b"model");
-        let path = cache.path_for(&sha);
+        let digest = Digest::of_bytes(b"model");
+        let path = cache.path_for(&digest.sha256);
         fs::write(&path, b"model").unwrap();
-        assert!(cache.reuse(&path, 5, &sha).unwrap());
+        assert!(cache.reuse(&path, &digest).unwrap());
         fs::write(&path, b"mode!").unwrap();
-        assert!(!cache.reuse(&path, 5, &sha).unwrap());
+        assert!(!cache.reuse(&path, &digest).unwrap());
         assert!(!path.exists());
     }
 }

@@ -26,7 +26,8 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{ChecksumAlgorithm, ChecksumMode};
 use base64::Engine as _;
-use sha2::{Digest, Sha256};
+use modelpipe_core::digest::Digest;
+use sha2::{Digest as _, Sha256};
 
 pub use self::files::FileCacheConfig;
 use super::store::{LocalCopy, LockGuard, Store};
@@ -297,7 +298,7 @@ impl Inner {
         &self,
         key: &str,
         mut sink: Option<&mut tokio::fs::File>,
-    ) -> io::Result<(String, u64)> {
+    ) -> io::Result<Digest> {
         use tokio::io::AsyncWriteExt;
         let response = self
             .client
@@ -320,7 +321,10 @@ impl Inner {
         if let Some(file) = sink {
             file.flush().await?;
         }
-        Ok((hex::encode(hasher.finalize()), size))
+        Ok(Digest {
+            sha256: hex::encode(hasher.finalize()),
+            size,
+        })
     }
 }
 
@@ -447,7 +451,7 @@ impl Store for S3Store {
         })
     }
 
-    fn digest(&self, key: &str) -> io::Result<(String, u64)> {
+    fn digest(&self, key: &str) -> io::Result<Digest> {
         let inner = &self.inner;
         inner.runtime.run(async {
             let head = inner
@@ -467,32 +471,36 @@ impl Store for S3Store {
                 .filter(|c| !c.contains('-'))
                 .and_then(|c| base64::engine::general_purpose::STANDARD.decode(c).ok());
             match stored {
-                Some(digest) => Ok((hex::encode(digest), size)),
+                Some(digest) => Ok(Digest {
+                    sha256: hex::encode(digest),
+                    size,
+                }),
                 None => inner.hash_object(key, None).await,
             }
         })
     }
 
-    fn local_copy(&self, key: &str, size: u64, sha256: &str) -> io::Result<LocalCopy> {
+    fn local_copy(&self, key: &str, expected: &Digest) -> io::Result<LocalCopy> {
         let inner = &self.inner;
-        let path = inner.files.path_for(sha256);
-        if inner.files.reuse(&path, size, sha256)? {
+        let path = inner.files.path_for(&expected.sha256);
+        if inner.files.reuse(&path, expected)? {
             return Ok(LocalCopy {
                 path,
                 verified: true,
             });
         }
-        inner.files.make_room(size)?;
+        inner.files.make_room(expected.size)?;
         let mut temp = inner.files.temp_file()?;
-        let (actual, actual_size) = inner.runtime.run(async {
+        let actual = inner.runtime.run(async {
             let mut file = tokio::fs::File::from_std(temp.as_file().try_clone()?);
             inner.hash_object(key, Some(&mut file)).await
         })?;
-        if actual != sha256 || actual_size != size {
+        if &actual != expected {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!(
-                    "downloaded {actual_size} bytes with sha256 {actual}, the manifest says {size} bytes with {sha256}"
+                    "downloaded {} bytes with sha256 {}, the manifest says {} bytes with {}",
+                    actual.size, actual.sha256, expected.size, expected.sha256
                 ),
             ));
         }
