@@ -5,6 +5,10 @@
 //! request ends). One load per model at a time, so at most one extra version is resident during
 //! a swap; a failed load is never swapped in, is kept for metadata, and is not retried for
 //! [`RETRY_BACKOFF`](super::cache::RETRY_BACKOFF).
+//!
+//! What to do is decided by [`next_swap`], a pure function of what the slot serves, what the
+//! alias says and whether that version failed lately; [`LiveModel`] reads those facts and
+//! carries the decision out (TF Serving's split between `AspiredVersionPolicy` and its manager).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,7 +19,6 @@ use tracing::{info, warn};
 use super::cache::ModelCache;
 use super::loaded::{LoadError, LoadedModel};
 use modelpipe_core::model_name::{AliasName, ModelName};
-use modelpipe_registry::AliasRecord;
 
 /// Who pays for loading a new version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +30,68 @@ pub enum SwapPolicy {
     /// A background task loads it while requests keep being served by the old version (a
     /// long-running server).
     Background,
+}
+
+/// What reading the alias found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AliasRead {
+    Version(u64),
+    /// The model has no such alias (never published).
+    Missing,
+    /// The read failed (the registry is unreachable), and why.
+    Unreadable(String),
+}
+
+/// What a live slot does after its alias was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SwapDecision {
+    /// Keep serving what it serves (nothing, if it serves nothing yet).
+    Keep(KeepReason),
+    /// Load the version on this request and answer from it.
+    LoadNow(u64),
+    /// Load the version on a background task; this request is answered by the current one.
+    LoadInBackground(u64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeepReason {
+    /// The alias names the version already serving.
+    Current,
+    NoAlias,
+    AliasUnreadable,
+    /// Loading the alias's version failed within the retry backoff: the old version serves.
+    FailedRecently,
+}
+
+/// The swap policy: `serving` is the version answering requests (`None` before the first
+/// load), `alias` what the alias read found, `failed_recently` whether loading that version
+/// failed within the backoff.
+pub fn next_swap(
+    serving: Option<u64>,
+    alias: &AliasRead,
+    failed_recently: bool,
+    policy: SwapPolicy,
+) -> SwapDecision {
+    let target = match *alias {
+        AliasRead::Version(version) => version,
+        AliasRead::Missing => return SwapDecision::Keep(KeepReason::NoAlias),
+        AliasRead::Unreadable(_) => return SwapDecision::Keep(KeepReason::AliasUnreadable),
+    };
+    match serving {
+        // Nothing serves yet: the request waits for the first load, whatever the policy.
+        None => SwapDecision::LoadNow(target),
+        Some(current) if current == target => SwapDecision::Keep(KeepReason::Current),
+        Some(_) if failed_recently => SwapDecision::Keep(KeepReason::FailedRecently),
+        Some(_) => match policy {
+            SwapPolicy::Blocking => SwapDecision::LoadNow(target),
+            SwapPolicy::Background => SwapDecision::LoadInBackground(target),
+        },
+    }
+}
+
+/// When a check scheduled for `scheduled` is due at `now`, the time of the next one.
+fn due(now: Instant, scheduled: Instant, every: Duration) -> Option<Instant> {
+    (now >= scheduled).then(|| now + every)
 }
 
 /// A load that failed, kept so metadata can show it until a load succeeds.
@@ -117,33 +182,29 @@ impl LiveModel {
         current: u64,
         policy: SwapPolicy,
     ) {
-        let target = match self.read_alias(cache).await {
-            Ok(Some(alias)) => alias.version,
-            Ok(None) => return,
-            Err(e) => {
-                warn!(model = %self.model, error = %e, "cannot read the alias; serving the loaded version");
-                return;
-            }
+        let alias = self.read_alias(cache).await;
+        let failed_recently = match alias {
+            AliasRead::Version(target) => cache.recent_failure(&self.model, target).is_some(),
+            _ => false,
         };
-        if target == current || cache.recent_failure(&self.model, target).is_some() {
+        let decision = next_swap(Some(current), &alias, failed_recently, policy);
+        let (SwapDecision::LoadNow(target) | SwapDecision::LoadInBackground(target)) = decision
+        else {
             return;
-        }
+        };
         let Ok(guard) = self.loading.clone().try_lock_owned() else {
             return; // a load is already running
         };
-        match policy {
-            // A failed load is logged and kept for metadata by `swap_to`; the old version serves.
-            SwapPolicy::Blocking => {
-                let _ = self.swap_to(cache, target).await;
+        // A failed load is logged and kept for metadata by `swap_to`; the old version serves.
+        if decision == SwapDecision::LoadNow(target) {
+            let _ = self.swap_to(cache, target).await;
+            drop(guard);
+        } else {
+            let (this, cache) = (self.clone(), cache.clone());
+            tokio::spawn(async move {
+                let _ = this.swap_to(&cache, target).await;
                 drop(guard);
-            }
-            SwapPolicy::Background => {
-                let (this, cache) = (self.clone(), cache.clone());
-                tokio::spawn(async move {
-                    let _ = this.swap_to(&cache, target).await;
-                    drop(guard);
-                });
-            }
+            });
         }
     }
 
@@ -159,10 +220,13 @@ impl LiveModel {
             drop(guard);
             return Box::pin(self.get(cache, every, policy)).await;
         }
-        let version = match self.read_alias(cache).await {
-            Ok(Some(alias)) => alias.version,
-            Ok(None) => return Err(LiveError::NotFound(self.model.clone())),
-            Err(e) => return Err(self.not_ready(e)),
+        let alias = self.read_alias(cache).await;
+        let version = match (next_swap(None, &alias, false, policy), alias) {
+            (SwapDecision::LoadNow(version) | SwapDecision::LoadInBackground(version), _) => {
+                version
+            }
+            (_, AliasRead::Unreadable(error)) => return Err(self.not_ready(error)),
+            (SwapDecision::Keep(_), _) => return Err(LiveError::NotFound(self.model.clone())),
         };
         if let Some(every) = every {
             *self.next_check.lock().expect("check lock") = Instant::now() + every;
@@ -174,18 +238,26 @@ impl LiveModel {
         Ok(loaded)
     }
 
-    /// The alias record, read off the request's thread: on an S3 registry it is a (conditional)
-    /// round trip.
-    async fn read_alias(&self, cache: &ModelCache) -> Result<Option<AliasRecord>, String> {
+    /// The alias, read off the request's thread: on an S3 registry it is a (conditional) round
+    /// trip. A failed read is logged here.
+    async fn read_alias(&self, cache: &ModelCache) -> AliasRead {
         let (registry, model, alias) = (
             cache.registry().clone(),
             self.model.clone(),
             self.alias.clone(),
         );
-        tokio::task::spawn_blocking(move || registry.alias(&model, &alias))
+        let read = tokio::task::spawn_blocking(move || registry.alias(&model, &alias))
             .await
-            .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())
+            .and_then(|read| read.map_err(|e| e.to_string()));
+        match read {
+            Ok(Some(record)) => AliasRead::Version(record.version),
+            Ok(None) => AliasRead::Missing,
+            Err(error) => {
+                warn!(model = %self.model, alias = %self.alias, %error, "cannot read the alias; serving the loaded version, if any");
+                AliasRead::Unreadable(error)
+            }
+        }
     }
 
     /// Claims the next alias check if one is due; never, when hot reload is off.
@@ -194,12 +266,13 @@ impl LiveModel {
             return false;
         };
         let mut next = self.next_check.lock().expect("check lock");
-        let now = Instant::now();
-        if now < *next {
-            return false;
+        match due(Instant::now(), *next, every) {
+            Some(then) => {
+                *next = then;
+                true
+            }
+            None => false,
         }
-        *next = now + every;
-        true
     }
 
     /// Loads `version` and makes it the one serving; the previous one leaves the cache. Call
@@ -229,5 +302,151 @@ impl LiveModel {
                 Err(e)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use modelpipe_registry::Registry;
+    use modelpipe_registry::publish::{PublisherRequest, apply};
+    use modelpipe_testkit::commit::{Compile, commit_bytes, commit_checked};
+    use modelpipe_testkit::onnx_build::LinearSoftmax;
+
+    use AliasRead::{Missing, Unreadable, Version};
+    use SwapPolicy::{Background, Blocking};
+
+    #[test]
+    fn a_moved_alias_is_loaded_by_the_request_or_in_the_background_as_the_policy_says() {
+        assert_eq!(
+            next_swap(Some(1), &Version(2), false, Blocking),
+            SwapDecision::LoadNow(2)
+        );
+        assert_eq!(
+            next_swap(Some(1), &Version(2), false, Background),
+            SwapDecision::LoadInBackground(2)
+        );
+        // A rollback is a move like any other.
+        assert_eq!(
+            next_swap(Some(3), &Version(1), false, Blocking),
+            SwapDecision::LoadNow(1)
+        );
+    }
+
+    #[test]
+    fn the_first_load_is_always_the_requests_own() {
+        for policy in [Blocking, Background] {
+            assert_eq!(
+                next_swap(None, &Version(4), false, policy),
+                SwapDecision::LoadNow(4)
+            );
+            assert_eq!(
+                next_swap(None, &Missing, false, policy),
+                SwapDecision::Keep(KeepReason::NoAlias)
+            );
+        }
+    }
+
+    #[test]
+    fn the_serving_version_stays_when_nothing_moved_or_the_move_cannot_be_served() {
+        for policy in [Blocking, Background] {
+            let keep =
+                |serving, alias: &AliasRead, failed| next_swap(serving, alias, failed, policy);
+            assert_eq!(
+                keep(Some(2), &Version(2), false),
+                SwapDecision::Keep(KeepReason::Current)
+            );
+            assert_eq!(
+                keep(Some(2), &Version(3), true),
+                SwapDecision::Keep(KeepReason::FailedRecently)
+            );
+            assert_eq!(
+                keep(Some(2), &Missing, false),
+                SwapDecision::Keep(KeepReason::NoAlias)
+            );
+            assert_eq!(
+                keep(Some(2), &Unreadable("timeout".into()), false),
+                SwapDecision::Keep(KeepReason::AliasUnreadable)
+            );
+        }
+    }
+
+    #[test]
+    fn a_check_is_due_once_per_period() {
+        let start = Instant::now();
+        let every = Duration::from_millis(100);
+        assert_eq!(due(start, start, every), Some(start + every));
+        assert_eq!(
+            due(start + Duration::from_millis(99), start + every, every),
+            None
+        );
+        let late = start + Duration::from_millis(250);
+        assert_eq!(due(late, start + every, every), Some(late + every));
+    }
+
+    fn publish(registry: &Registry, model: &ModelName, version: u64) {
+        let request = PublisherRequest::Publish {
+            model: model.clone(),
+            version,
+            alias: AliasName::live(),
+            reason: None,
+        };
+        apply(registry, &request, None).unwrap();
+    }
+
+    /// What Lambda runs: the request that notices the move answers from the new version; a
+    /// version that fails to load is never swapped in and is shown as the failure.
+    #[tokio::test]
+    async fn blocking_swaps_on_the_request_that_notices_and_never_to_a_broken_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::open(dir.path()).unwrap();
+        let model: ModelName = "iris".parse().unwrap();
+        let [v1, v2] = [1, 2].map(|seed| {
+            let bytes = LinearSoftmax::iris(seed).to_bytes();
+            commit_checked(&registry, &model, &bytes, None, Compile::No)
+        });
+        let broken = commit_bytes(&registry, &model, b"not an onnx model");
+        let cache = Arc::new(ModelCache::new(
+            registry.clone(),
+            None,
+            modelpipe_engine::Limits::default(),
+        ));
+        let live = Arc::new(LiveModel::new(model.clone(), false));
+        let every = Some(Duration::ZERO);
+
+        publish(&registry, &model, v1);
+        assert_eq!(
+            live.get(&cache, every, Blocking)
+                .await
+                .unwrap()
+                .manifest
+                .version,
+            v1
+        );
+        publish(&registry, &model, v2);
+        assert_eq!(
+            live.get(&cache, every, Blocking)
+                .await
+                .unwrap()
+                .manifest
+                .version,
+            v2
+        );
+        assert!(
+            cache.get(&model, v1).is_none(),
+            "the old version left the cache"
+        );
+
+        publish(&registry, &model, broken);
+        assert_eq!(
+            live.get(&cache, every, Blocking)
+                .await
+                .unwrap()
+                .manifest
+                .version,
+            v2
+        );
+        assert_eq!(live.failure().map(|f| f.version), Some(broken));
+        assert_eq!(live.version(), Some(v2));
     }
 }
