@@ -38,7 +38,7 @@ impl std::str::FromStr for ModelFile {
     }
 }
 
-struct Checked {
+struct Prepared {
     model: ModelName,
     file: PathBuf,
     version: NewVersion,
@@ -116,7 +116,7 @@ pub fn bake(dir: &Path, models: &[ModelFile], contracts: &[ModelFile]) -> CliRes
         };
         next_version.insert(model.clone(), version + 1);
         previous.insert(model.clone(), (version, signature.clone()));
-        checked.push(Checked {
+        checked.push(Prepared {
             model: model.clone(),
             file: file.clone(),
             version: new,
@@ -130,7 +130,7 @@ pub fn bake(dir: &Path, models: &[ModelFile], contracts: &[ModelFile]) -> CliRes
     // Reopened: a registry that was baked before is read-only until its marker is gone.
     let registry = Registry::open(dir).map_err(|e| e.to_string())?;
     let mut live = BTreeMap::new();
-    for Checked {
+    for Prepared {
         model,
         file,
         version,

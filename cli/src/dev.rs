@@ -12,7 +12,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
 use modelpipe::s3_event::{CreatedObject, object_created_event};
 use modelpipe::validator::{LocalPublisher, Outcome, Validator};
-use modelpipe_aws::S3Store;
+use modelpipe_aws::S3Uploads;
 use modelpipe_config::Config;
 use modelpipe_registry::Registry;
 use modelpipe_serve::{Inference, SwapPolicy, router};
@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
-use crate::local_s3::{LocalS3, ObjectCreated};
+use crate::local_s3::LocalS3;
 
 pub const BUCKET: &str = "models";
 pub const ACCESS_KEY: &str = "modelpipe";
@@ -116,7 +116,7 @@ impl DevStack {
         };
         let validator = Validator::new(
             registry.clone(),
-            S3Store::new(s3_client(s3_addr).await),
+            S3Uploads::new(s3_client(s3_addr).await),
             LocalPublisher(registry.clone()),
             &config,
         );
@@ -196,8 +196,8 @@ async fn serve_s3(
 
 /// Hands each created object to the validator, one at a time, in the order they were created.
 async fn validate_uploads(
-    validator: Validator<S3Store, LocalPublisher>,
-    mut created: mpsc::UnboundedReceiver<ObjectCreated>,
+    validator: Validator<S3Uploads, LocalPublisher>,
+    mut created: mpsc::UnboundedReceiver<CreatedObject>,
     mut stopped: watch::Receiver<bool>,
 ) {
     loop {
@@ -208,14 +208,7 @@ async fn validate_uploads(
             },
             _ = stopped.wait_for(|s| *s) => break,
         };
-        let event = object_created_event(&CreatedObject {
-            event_name: object.event_name,
-            bucket: &object.bucket,
-            key: &object.key,
-            size: object.size,
-            etag: &object.etag,
-            sequencer: &object.sequencer,
-        });
+        let event = object_created_event(&object);
         let event = match serde_json::from_value(event) {
             Ok(event) => event,
             Err(e) => {

@@ -1,33 +1,24 @@
 //! `modelctl dev`'s S3 endpoint: s3s's protocol over s3s-fs's files, plus what s3s-fs lacks and
 //! modelpipe needs — object tagging (persisted beside the data), refusing writes to a bucket that
-//! does not exist, and an [`ObjectCreated`] notice after every successful PutObject,
+//! does not exist, and an [`CreatedObject`] notice after every successful PutObject,
 //! CompleteMultipartUpload and CopyObject, from which the caller builds the S3 event AWS would send.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
+use modelpipe::s3_event::CreatedObject;
 use s3s::dto::*;
 use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
 use s3s_fs::FileSystem;
 use tokio::sync::mpsc;
 
-/// An object that was just created.
-#[derive(Debug, Clone)]
-pub struct ObjectCreated {
-    pub event_name: &'static str,
-    pub bucket: String,
-    pub key: String,
-    pub size: u64,
-    pub etag: String,
-    pub sequencer: String,
-}
-
 pub struct LocalS3 {
     fs: FileSystem,
     root: PathBuf,
     tags: PathBuf,
-    created: mpsc::UnboundedSender<ObjectCreated>,
-    last_sequencer: AtomicU64,
+    created: mpsc::UnboundedSender<CreatedObject>,
+    /// Held while a notice gets its sequencer and is sent: the validator sees creations in
+    /// sequencer order.
+    last_sequencer: std::sync::Mutex<u64>,
 }
 
 impl LocalS3 {
@@ -35,7 +26,7 @@ impl LocalS3 {
     pub fn new(
         root: &Path,
         tags: &Path,
-        created: mpsc::UnboundedSender<ObjectCreated>,
+        created: mpsc::UnboundedSender<CreatedObject>,
     ) -> std::io::Result<Self> {
         std::fs::create_dir_all(root)?;
         std::fs::create_dir_all(tags)?;
@@ -45,23 +36,19 @@ impl LocalS3 {
             root: root.to_path_buf(),
             tags: tags.to_path_buf(),
             created,
-            last_sequencer: AtomicU64::new(0),
+            last_sequencer: std::sync::Mutex::new(0),
         })
     }
 
     /// Increasing across restarts too (nanoseconds since the epoch), as S3's are per key.
-    fn next_sequencer(&self) -> String {
+    /// Called with `last_sequencer` locked, so that notices are sent in sequencer order.
+    fn next_sequencer(last: &mut u64) -> String {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
-        let previous = self.last_sequencer.fetch_max(now, Ordering::SeqCst);
-        let value = if now > previous {
-            now
-        } else {
-            self.last_sequencer.fetch_add(1, Ordering::SeqCst) + 1
-        };
-        format!("{value:018X}")
+        *last = now.max(*last + 1);
+        format!("{:018X}", *last)
     }
 
     fn require_bucket(&self, bucket: &str) -> S3Result<()> {
@@ -76,13 +63,14 @@ impl LocalS3 {
         let size = std::fs::metadata(self.root.join(bucket).join(key))
             .map(|m| m.len())
             .unwrap_or(0);
-        let _ = self.created.send(ObjectCreated {
+        let mut last = self.last_sequencer.lock().expect("sequencer lock");
+        let _ = self.created.send(CreatedObject {
             event_name,
             bucket: bucket.to_string(),
             key: key.to_string(),
             size,
             etag: etag.map(|e| e.value().to_string()).unwrap_or_default(),
-            sequencer: self.next_sequencer(),
+            sequencer: Self::next_sequencer(&mut last),
         });
     }
 

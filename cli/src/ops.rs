@@ -9,7 +9,7 @@ use modelpipe_core::digest::Digest;
 use modelpipe_core::{AliasName, ModelName};
 use modelpipe_engine::checks::{Expectations, check_model};
 use modelpipe_engine::contract::Contract;
-use modelpipe_registry::fsck::Severity;
+use modelpipe_registry::fsck::{Leftovers, Severity};
 use modelpipe_registry::publish::{
     self, HistoryAnswer, ModelStatus, PublishError, PublisherQuery, PublisherRequest,
     PublisherResponse, StatusAnswer, apply,
@@ -199,8 +199,13 @@ pub fn fsck(location: &Location, repair: bool, leftover_age: std::time::Duration
         return Err(format!("no registry at {}", dir.display()));
     }
     let registry = Registry::open_at(location, &Default::default()).map_err(|e| e.to_string())?;
+    let leftovers = if repair {
+        Leftovers::Remove
+    } else {
+        Leftovers::Report
+    };
     let report = registry
-        .fsck(repair, leftover_age)
+        .fsck(leftovers, leftover_age)
         .map_err(|e| e.to_string())?;
     for finding in &report.findings {
         let what = match (finding.severity, finding.repaired) {

@@ -1,5 +1,5 @@
 //! What the validator needs from the bucket, as a trait: read an upload as a stream, read a small
-//! object (the contract), tag an object with the outcome. `modelpipe_aws::S3Store` implements it
+//! object (the contract), tag an object with the outcome. `modelpipe_aws::S3Uploads` implements it
 //! with aws-sdk-s3, in Lambda and against `modelctl dev`'s embedded endpoint alike.
 
 use std::collections::HashMap;

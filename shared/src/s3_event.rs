@@ -5,20 +5,20 @@ use serde_json::{Value, json};
 
 use modelpipe_core::model_name::encode_event_key;
 
-/// One object just created.
+/// One object just created (what `modelctl dev`'s endpoint notices after a write).
 #[derive(Debug, Clone)]
-pub struct CreatedObject<'a> {
+pub struct CreatedObject {
     /// `ObjectCreated:Put`, `ObjectCreated:CompleteMultipartUpload`, `ObjectCreated:Copy`.
-    pub event_name: &'a str,
-    pub bucket: &'a str,
-    pub key: &'a str,
+    pub event_name: &'static str,
+    pub bucket: String,
+    pub key: String,
     pub size: u64,
-    pub etag: &'a str,
-    pub sequencer: &'a str,
+    pub etag: String,
+    pub sequencer: String,
 }
 
 /// The event's JSON, field for field as in AWS's documented sample (event version 2.1).
-pub fn object_created_event(object: &CreatedObject<'_>) -> Value {
+pub fn object_created_event(object: &CreatedObject) -> Value {
     let CreatedObject {
         event_name,
         bucket,
@@ -74,11 +74,11 @@ mod tests {
     fn the_event_has_the_shape_of_aws_sample_and_parses_as_an_s3_event() {
         let ours = object_created_event(&CreatedObject {
             event_name: "ObjectCreated:Put",
-            bucket: "models",
-            key: "models/iris/my model+1.onnx",
+            bucket: "models".into(),
+            key: "models/iris/my model+1.onnx".into(),
             size: 10,
-            etag: "abc",
-            sequencer: "0055AED6DCD90281E5",
+            etag: "abc".into(),
+            sequencer: "0055AED6DCD90281E5".into(),
         });
         let mut sample: Value = serde_json::from_str(AWS_SAMPLE).unwrap();
         // Fields S3 leaves out for unversioned buckets and that only some SDKs add.

@@ -14,15 +14,16 @@ use base64::Engine as _;
 use tracing::{info, warn};
 
 use crate::ingest::{IngestError, stream_to_file};
-use crate::object_store::{ObjectRef, ObjectStore, StoreError, tag_value};
+use crate::object_store::{Object, ObjectRef, ObjectStore, StoreError, tag_value};
 use modelpipe_config::Config;
+use modelpipe_core::digest::Digest;
 use modelpipe_core::model_name::{AliasName, ModelKey, ModelName, contract_key, decode_event_key};
-use modelpipe_engine::checks::{Expectations, check_model};
+use modelpipe_engine::checks::{CheckError, Checked, Compiled, Expectations, check_model};
 use modelpipe_engine::contract::Contract;
 use modelpipe_engine::{EngineKind, Limits};
 use modelpipe_registry::publish::{PublisherRequest, PublisherResponse};
 use modelpipe_registry::{
-    Commit, Registry, RegistryError, Rejection, Source, UploadRecord, UploadStatus, now,
+    Commit, Registry, RegistryError, Rejection, Source, Staging, UploadRecord, UploadStatus, now,
     sequencer_cmp,
 };
 
@@ -217,166 +218,238 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
         }
     }
 
+    /// One record, through the stages the module doc lists; each stage either hands the next
+    /// one what it needs or ends the record with its outcome ([`Stop`]).
     pub async fn handle_record(&self, record: &S3EventRecord) -> Result<Outcome, ValidatorError> {
-        let raw_key = record.s3.object.key.clone().unwrap_or_default();
-        let key = decode_event_key(&raw_key);
-        let ignored = |reason: String| {
-            info!(key = %key, %reason, "ignored");
-            Ok(Outcome::Ignored {
-                key: key.clone(),
-                reason,
-            })
-        };
+        match self.stages(record).await {
+            Ok(outcome) | Err(Stop::Outcome(outcome)) => Ok(outcome),
+            Err(Stop::Failed(error)) => Err(error),
+        }
+    }
+
+    async fn stages(&self, record: &S3EventRecord) -> Result<Outcome, Stop> {
+        let upload = self.parse(record)?;
+        self.gate(&upload).await?;
+        let (upload, fetched, options) = self.fetch(upload).await?;
+        let staged = self.stream(&upload, fetched).await?;
+        self.check_integrity(&upload, &staged, &options).await?;
+        let checked = self.check(&upload, &staged, &options).await?;
+        let record = self.commit(&upload, staged, checked, &options).await?;
+        Ok(self.resume(&upload.model, &upload.object, record).await?)
+    }
+
+    /// The record's key and object, or why the record is not a model upload.
+    fn parse(&self, record: &S3EventRecord) -> Result<Upload, Stop> {
+        let key = decode_event_key(record.s3.object.key.as_deref().unwrap_or_default());
         let event_name = record.event_name.as_deref().unwrap_or_default();
         if !event_name.starts_with("ObjectCreated") {
-            return ignored(format!(
-                "event {event_name:?} is not an ObjectCreated event"
+            return Err(ignored(
+                &key,
+                format!("event {event_name:?} is not an ObjectCreated event"),
             ));
         }
         let Some(bucket) = record.s3.bucket.name.clone() else {
-            return ignored("the event names no bucket".into());
+            return Err(ignored(&key, "the event names no bucket".into()));
         };
-        let model = match ModelKey::parse(&key, &self.models_prefix) {
-            Ok(parsed) => parsed.model,
-            Err(e) => return ignored(e.to_string()),
-        };
-        let object = ObjectRef {
-            bucket,
-            key: key.clone(),
-            version_id: record
-                .s3
-                .object
-                .version_id
-                .clone()
-                .filter(|v| !v.is_empty() && v != "null"),
-        };
-        let sequencer = record.s3.object.sequencer.clone();
+        let model = ModelKey::parse(&key, &self.models_prefix)
+            .map_err(|e| ignored(&key, e.to_string()))?
+            .model;
+        let object = &record.s3.object;
+        let version_id = object
+            .version_id
+            .clone()
+            .filter(|v| !v.is_empty() && v != "null");
         let source = Source {
-            bucket: object.bucket.clone(),
+            bucket: bucket.clone(),
             key: key.clone(),
-            version_id: object.version_id.clone(),
-            etag: record.s3.object.e_tag.clone(),
-            sequencer: sequencer.clone(),
+            version_id: version_id.clone(),
+            etag: object.e_tag.clone(),
+            sequencer: object.sequencer.clone(),
         };
-        info!(model = %model, key = %key, sequencer = sequencer.as_deref().unwrap_or("-"), "upload received");
+        info!(model = %model, key = %key, sequencer = source.sequencer.as_deref().unwrap_or("-"), "upload received");
+        Ok(Upload {
+            model,
+            object: ObjectRef {
+                bucket,
+                key,
+                version_id,
+            },
+            source,
+        })
+    }
 
-        match self.gate(&model, &key, sequencer.as_deref())? {
-            Gate::Proceed => {}
-            Gate::Resume(record) => return self.resume(&model, &object, record).await,
-            Gate::Duplicate => {
-                info!(model = %model, key = %key, "duplicate event: already handled");
-                return Ok(Outcome::Duplicate { model, key });
-            }
-            Gate::Stale => {
-                info!(model = %model, key = %key, "older event: a newer upload of this key was already handled");
-                return Ok(Outcome::Stale { model, key });
-            }
+    /// Whether this event was handled before (a duplicate, an older event, or a commit whose
+    /// publish is to be resumed).
+    async fn gate(&self, upload: &Upload) -> Result<(), Stop> {
+        let (model, key) = (&upload.model, &upload.object.key);
+        let sequencer = upload.source.sequencer.as_deref();
+        let Some(seen) = self.registry.upload_record(model, key)? else {
+            return Ok(());
+        };
+        let (model, key) = (model.clone(), key.clone());
+        if is_older(sequencer, seen.sequencer.as_deref()) {
+            info!(model = %model, key = %key, "older event: a newer upload of this key was already handled");
+            return Err(Stop::Outcome(Outcome::Stale { model, key }));
         }
+        if sequencer.is_none() || sequencer != seen.sequencer.as_deref() {
+            return Ok(());
+        }
+        if seen.status == UploadStatus::Committed {
+            return Err(self.resume(&model, &upload.object, seen).await.into());
+        }
+        info!(model = %model, key = %key, "duplicate event: already handled");
+        Err(Stop::Outcome(Outcome::Duplicate { model, key }))
+    }
 
-        let fetched = match self.store.get(&object).await {
+    /// Opens the upload's body and reads its metadata; refuses bad metadata and an upload over
+    /// `MAX_MODEL_BYTES` before reading a byte.
+    async fn fetch(&self, mut upload: Upload) -> Result<(Upload, Object, FetchedOptions), Stop> {
+        let fetched = match self.store.get(&upload.object).await {
             Ok(fetched) => fetched,
             Err(StoreError::NotFound { .. }) => {
-                return ignored("the object no longer exists".into());
+                return Err(ignored(
+                    &upload.object.key,
+                    "the object no longer exists".into(),
+                ));
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(ValidatorError::from(e).into()),
         };
-        let mut source = source;
-        source.etag = fetched.etag.clone().or(source.etag);
-        source.version_id = fetched.version_id.clone().or(source.version_id);
-        let reject = |reason: String, sha256: Option<String>| {
-            self.reject(&model, &object, &source, reason, sha256)
-        };
-
+        upload.source.etag = fetched.etag.clone().or(upload.source.etag);
+        upload.source.version_id = fetched.version_id.clone().or(upload.source.version_id);
         let options = match UploadOptions::from_metadata(&fetched.metadata) {
             Ok(options) => options,
-            Err(reason) => return reject(reason, None).await,
+            Err(reason) => return Err(self.reject(&upload, reason, None).await),
         };
         if let Some(size) = fetched.size.filter(|&s| s > self.max_model_bytes) {
-            return reject(
-                format!(
-                    "the upload has {size} bytes, more than MAX_MODEL_BYTES ({})",
-                    self.max_model_bytes
-                ),
-                None,
-            )
-            .await;
+            let reason = format!(
+                "the upload has {size} bytes, more than MAX_MODEL_BYTES ({})",
+                self.max_model_bytes
+            );
+            return Err(self.reject(&upload, reason, None).await);
         }
+        let options = FetchedOptions {
+            upload: options,
+            checksum_sha256: fetched.checksum_sha256.clone(),
+        };
+        Ok((upload, fetched, options))
+    }
 
-        let swept = self.registry.sweep_staging(&model, STAGING_MAX_AGE)?;
-        if swept > 0 {
-            info!(model = %model, swept, "removed staging leftovers of crashed ingests");
+    /// Streams the body into a new staging directory, hashing it on the way.
+    async fn stream(&self, upload: &Upload, fetched: Object) -> Result<Staged, Stop> {
+        let model = &upload.model;
+        let removed = self
+            .registry
+            .remove_model_leftovers(model, STAGING_MAX_AGE)
+            .len();
+        if removed > 0 {
+            info!(model = %model, removed, "removed staging leftovers of crashed ingests");
         }
-        let staging = self.registry.stage(&model)?;
-        let ingested =
-            match stream_to_file(fetched.body, &staging.model_path(), self.max_model_bytes).await {
-                Ok(ingested) => ingested,
-                Err(e @ IngestError::TooLarge { .. }) => return reject(e.to_string(), None).await,
-                Err(IngestError::Read(e)) => return Err(ValidatorError::Read(e)),
-                Err(IngestError::Write(e)) => {
-                    return Err(RegistryError::Io {
-                        location: staging.model_path().display().to_string(),
-                        source: e,
-                    }
-                    .into());
-                }
-            };
-        let sha256 = ingested.digest.sha256.clone();
-        info!(model = %model, bytes = ingested.digest.size, mb_per_s = format!("{:.0}", ingested.mb_per_s()), fsync_ms = ingested.fsync.as_millis() as u64, sha256 = %sha256, "hashed");
+        let staging = self.registry.stage(model)?;
+        let path = staging.model_path();
+        let ingested = match stream_to_file(fetched.body, &path, self.max_model_bytes).await {
+            Ok(ingested) => ingested,
+            Err(e @ IngestError::TooLarge { .. }) => {
+                return Err(self.reject(upload, e.to_string(), None).await);
+            }
+            Err(IngestError::Read(e)) => return Err(ValidatorError::Read(e).into()),
+            Err(IngestError::Write(e)) => {
+                let location = path.display().to_string();
+                return Err(ValidatorError::from(RegistryError::Io {
+                    location,
+                    source: e,
+                })
+                .into());
+            }
+        };
+        info!(
+            model = %model,
+            bytes = ingested.digest.size,
+            mb_per_s = format!("{:.0}", ingested.mb_per_s()),
+            fsync_ms = ingested.fsync.as_millis() as u64,
+            sha256 = %ingested.digest.sha256,
+            "hashed"
+        );
+        Ok(Staged {
+            staging,
+            digest: ingested.digest,
+        })
+    }
 
-        if let Some(expected) = &options.expected_sha256
-            && expected != &sha256
+    /// The bytes read are the bytes sent: the `sha256` metadata and S3's own SHA-256 checksum,
+    /// where either is present.
+    async fn check_integrity(
+        &self,
+        upload: &Upload,
+        staged: &Staged,
+        options: &FetchedOptions,
+    ) -> Result<(), Stop> {
+        let sha256 = &staged.digest.sha256;
+        if let Some(expected) = &options.upload.expected_sha256
+            && expected != sha256
         {
-            return reject(
-                format!("sha256 metadata {expected} does not match the uploaded bytes ({sha256})"),
-                Some(sha256),
-            )
-            .await;
+            let reason =
+                format!("sha256 metadata {expected} does not match the uploaded bytes ({sha256})");
+            return Err(self.reject(upload, reason, Some(sha256.clone())).await);
         }
-        if let Some(checksum) = fetched
+        let Some(checksum) = options
             .checksum_sha256
             .as_deref()
             .filter(|c| !c.contains('-'))
-        {
-            let actual = base64::engine::general_purpose::STANDARD
-                .encode(hex::decode(&sha256).expect("hex digest"));
-            if checksum != actual {
-                return reject(
-                    format!(
-                        "S3 SHA-256 checksum {checksum} does not match the bytes read ({actual})"
-                    ),
-                    Some(sha256),
-                )
-                .await;
-            }
+        else {
+            return Ok(());
+        };
+        let actual = base64::engine::general_purpose::STANDARD
+            .encode(hex::decode(sha256).expect("hex digest"));
+        if checksum != actual {
+            let reason =
+                format!("S3 SHA-256 checksum {checksum} does not match the bytes read ({actual})");
+            return Err(self.reject(upload, reason, Some(sha256.clone())).await);
         }
+        Ok(())
+    }
 
+    /// The model's checks (`modelpipe_engine::checks`): loads, signature against the version
+    /// the alias serves, the contract's golden examples, the engine choice; then what ingest
+    /// adds for tract.
+    async fn check(
+        &self,
+        upload: &Upload,
+        staged: &Staged,
+        options: &FetchedOptions,
+    ) -> Result<(Checked, Option<Compiled>), Stop> {
+        let model = &upload.model;
+        let reject =
+            |reason: String| self.reject(upload, reason, Some(staged.digest.sha256.clone()));
+        let contract_key = contract_key(&self.models_prefix, model);
         let contract = match self
             .store
-            .get_small(
-                &object.bucket,
-                &contract_key(&self.models_prefix, &model),
-                MAX_CONTRACT_BYTES,
-            )
-            .await?
+            .get_small(&upload.object.bucket, &contract_key, MAX_CONTRACT_BYTES)
+            .await
+            .map_err(ValidatorError::from)?
         {
             None => None,
             Some(bytes) => match Contract::parse(&bytes) {
                 Ok(contract) => Some(contract),
-                Err(reason) => return reject(reason, Some(sha256)).await,
+                Err(reason) => return Err(reject(reason).await),
             },
         };
-        let compare_alias = options.alias.clone().unwrap_or_default();
-        let live = match self.registry.alias(&model, &compare_alias)? {
+        let compare_alias = options.upload.alias.clone().unwrap_or_default();
+        let live = match self.registry.alias(model, &compare_alias)? {
             Some(alias) => Some((
                 alias.version,
-                self.registry.manifest(&model, alias.version)?.signature,
+                self.registry.manifest(model, alias.version)?.signature,
             )),
             None => None,
         };
 
         let started = std::time::Instant::now();
-        let path = staging.model_path();
-        let (allow, engine, limits) = (options.allow_signature_change, options.engine, self.limits);
+        let path = staged.staging.model_path();
+        let dir = staged.staging.dir().to_path_buf();
+        let (allow, engine, limits) = (
+            options.upload.allow_signature_change,
+            options.upload.engine,
+            self.limits,
+        );
         let checked = tokio::task::spawn_blocking(move || {
             let expect = Expectations {
                 live: live.as_ref().map(|(v, s)| (*v, s)),
@@ -386,74 +459,70 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
                 limits,
             };
             let checked = check_model(&path, expect)?;
-            let dir = path
-                .parent()
-                .expect("a staged model is in its staging directory");
-            let compiled = checked.compile(dir);
-            Ok::<_, modelpipe_engine::checks::CheckError>((checked, compiled))
+            let compiled = checked.compile(&dir);
+            Ok::<_, CheckError>((checked, compiled))
         })
         .await
         .map_err(|e| ValidatorError::Task(e.to_string()))?;
         let (checked, compiled) = match checked {
             Ok(checked) => checked,
-            Err(e) => return reject(e.to_string(), Some(sha256)).await,
+            Err(e) => return Err(reject(e.to_string()).await),
         };
-        let choice = &checked.choice;
-        info!(model = %model, ms = started.elapsed().as_millis() as u64, load_ms = checked.engine.load_time.as_millis() as u64, engine = %choice.engine, reason = %choice.reason, "validated");
-        match (&choice.agreement, &compiled) {
-            (Some(agreement), _) if !agreement.agree => {
-                warn!(model = %model, difference = agreement.difference.as_deref().unwrap_or("-"), "tract and onnxruntime disagree: onnxruntime serves");
-            }
-            (_, Some(compiled)) => {
-                info!(model = %model, layout = ?compiled.layout.layout, plain_us = compiled.layout.plain_us, nhwc_us = compiled.layout.nhwc_us, artifact_load_ms = compiled.artifact_load.map(|d| d.as_millis() as u64), "compiled for tract");
-                if let Some(reason) = &compiled.no_artifact {
-                    warn!(model = %model, reason = %reason, "no compiled artifact: inference will load model.onnx");
-                }
-            }
-            _ => {}
-        }
+        log_checked(model, started.elapsed(), &checked, compiled.as_ref());
+        Ok((checked, compiled))
+    }
 
-        let new = checked.new_version(ingested.digest.clone(), source, compiled);
+    /// Commits the staged version under the model's lock and records the upload, unless a
+    /// newer upload of the same key finished meanwhile.
+    async fn commit(
+        &self,
+        upload: &Upload,
+        staged: Staged,
+        (checked, compiled): (Checked, Option<Compiled>),
+        options: &FetchedOptions,
+    ) -> Result<UploadRecord, Stop> {
+        let new = checked.new_version(staged.digest, upload.source.clone(), compiled);
         drop(checked);
-        let registry = self.registry.clone();
-        let (model_c, key_c, seq_c, alias_c) = (
-            model.clone(),
-            key.clone(),
-            sequencer.clone(),
-            options.alias.clone(),
+        let (registry, owned, alias) = (
+            self.registry.clone(),
+            upload.clone(),
+            options.upload.alias.clone(),
         );
+        let staging = staged.staging;
         let committed = tokio::task::spawn_blocking(move || -> Result<Option<UploadRecord>, RegistryError> {
-            let locked = registry.lock(&model_c)?;
+            let Upload { model, object, source } = owned;
+            let locked = registry.lock(&model)?;
             // Re-checked under the lock: a newer upload of this key may have finished meanwhile.
-            if let Some(seen) = registry.upload_record(&model_c, &key_c)?
-                && is_older(seq_c.as_deref(), seen.sequencer.as_deref())
+            if let Some(seen) = registry.upload_record(&model, &object.key)?
+                && is_older(source.sequencer.as_deref(), seen.sequencer.as_deref())
             {
                 return Ok(None);
             }
             let commit = locked.commit(staging, new)?;
             if let Commit::Created(version) = commit {
-                info!(model = %model_c, version, "version committed");
+                info!(model = %model, version, "version committed");
             } else {
-                info!(model = %model_c, version = commit.version(), "identical bytes: no new version");
+                info!(model = %model, version = commit.version(), "identical bytes: no new version");
             }
             let record = UploadRecord {
-                key: key_c,
-                sequencer: seq_c,
-                status: if alias_c.is_some() { UploadStatus::Committed } else { UploadStatus::Registered },
+                key: object.key,
+                sequencer: source.sequencer,
+                status: if alias.is_some() { UploadStatus::Committed } else { UploadStatus::Registered },
                 version: Some(commit.version()),
-                alias: alias_c,
+                alias,
                 updated_at: now(),
             };
             locked.write_upload_record(&record)?;
             Ok(Some(record))
         })
         .await
-        .map_err(|e| ValidatorError::Task(e.to_string()))??;
-        let Some(record) = committed else {
+        .map_err(|e| ValidatorError::Task(e.to_string()))?
+        .map_err(ValidatorError::from)?;
+        committed.ok_or_else(|| {
+            let (model, key) = (upload.model.clone(), upload.object.key.clone());
             info!(model = %model, key = %key, "older event: a newer upload of this key finished first");
-            return Ok(Outcome::Stale { model, key });
-        };
-        self.resume(&model, &object, record).await
+            Stop::Outcome(Outcome::Stale { model, key })
+        })
     }
 
     /// Finishes a committed upload: publishes it if asked, records the outcome, tags the object.
@@ -519,14 +588,23 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
         locked.write_upload_record(&record)
     }
 
-    async fn reject(
+    /// Records the rejection under the model, tags the object with the reason, and ends the
+    /// record with it (or with the error that kept it from being recorded).
+    async fn reject(&self, upload: &Upload, reason: String, sha256: Option<String>) -> Stop {
+        self.record_rejection(upload, reason, sha256).await.into()
+    }
+
+    async fn record_rejection(
         &self,
-        model: &ModelName,
-        object: &ObjectRef,
-        source: &Source,
+        upload: &Upload,
         reason: String,
         sha256: Option<String>,
     ) -> Result<Outcome, ValidatorError> {
+        let Upload {
+            model,
+            object,
+            source,
+        } = upload;
         warn!(model = %model, key = %object.key, %reason, "rejected");
         let registry = self.registry.clone();
         let (m, src, why) = (model.clone(), source.clone(), reason.clone());
@@ -570,35 +648,95 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
             warn!(key = %object.key, error = %e, "could not tag the object with its outcome");
         }
     }
+}
 
-    fn gate(
-        &self,
-        model: &ModelName,
-        key: &str,
-        sequencer: Option<&str>,
-    ) -> Result<Gate, RegistryError> {
-        let Some(seen) = self.registry.upload_record(model, key)? else {
-            return Ok(Gate::Proceed);
-        };
-        if is_older(sequencer, seen.sequencer.as_deref()) {
-            return Ok(Gate::Stale);
-        }
-        if sequencer.is_some() && sequencer == seen.sequencer.as_deref() {
-            return Ok(if seen.status == UploadStatus::Committed {
-                Gate::Resume(seen)
-            } else {
-                Gate::Duplicate
-            });
-        }
-        Ok(Gate::Proceed)
+/// An upload as its event names it.
+#[derive(Debug, Clone)]
+struct Upload {
+    model: ModelName,
+    object: ObjectRef,
+    /// What the manifest records as the version's source (the object's etag and version once
+    /// it has been read).
+    source: Source,
+}
+
+/// What the object's metadata asked for, and the checksum S3 keeps for it.
+struct FetchedOptions {
+    upload: UploadOptions,
+    checksum_sha256: Option<String>,
+}
+
+/// An upload's bytes in a staging directory, and their digest.
+struct Staged {
+    staging: Staging,
+    digest: Digest,
+}
+
+/// Why a record's stages stopped before the end: it has its outcome (ignored, a duplicate, a
+/// rejection recorded, a resumed publish), or a transient failure for Lambda to retry.
+enum Stop {
+    Outcome(Outcome),
+    Failed(ValidatorError),
+}
+
+impl From<ValidatorError> for Stop {
+    fn from(error: ValidatorError) -> Self {
+        Self::Failed(error)
     }
 }
 
-enum Gate {
-    Proceed,
-    Resume(UploadRecord),
-    Duplicate,
-    Stale,
+impl From<RegistryError> for Stop {
+    fn from(error: RegistryError) -> Self {
+        Self::Failed(error.into())
+    }
+}
+
+impl From<Result<Outcome, ValidatorError>> for Stop {
+    fn from(result: Result<Outcome, ValidatorError>) -> Self {
+        match result {
+            Ok(outcome) => Self::Outcome(outcome),
+            Err(error) => Self::Failed(error),
+        }
+    }
+}
+
+/// Ends a record that is not a model upload.
+fn ignored(key: &str, reason: String) -> Stop {
+    info!(key = %key, %reason, "ignored");
+    Stop::Outcome(Outcome::Ignored {
+        key: key.to_string(),
+        reason,
+    })
+}
+
+/// What the checks decided, for the log: the engine and why, a disagreement, tract's layout and
+/// artifact.
+fn log_checked(model: &ModelName, took: Duration, checked: &Checked, compiled: Option<&Compiled>) {
+    let choice = &checked.choice;
+    info!(
+        model = %model,
+        ms = took.as_millis() as u64,
+        load_ms = checked.engine.load_time.as_millis() as u64,
+        engine = %choice.engine,
+        reason = %choice.reason,
+        "validated"
+    );
+    if let Some(agreement) = choice.agreement.as_ref().filter(|a| !a.agree) {
+        let difference = agreement.difference.as_deref().unwrap_or("-");
+        warn!(model = %model, difference, "tract and onnxruntime disagree: onnxruntime serves");
+    } else if let Some(compiled) = compiled {
+        info!(
+            model = %model,
+            layout = ?compiled.layout.layout,
+            plain_us = compiled.layout.plain_us,
+            nhwc_us = compiled.layout.nhwc_us,
+            artifact_load_ms = compiled.artifact_load.map(|d| d.as_millis() as u64),
+            "compiled for tract"
+        );
+        if let Some(reason) = &compiled.no_artifact {
+            warn!(model = %model, %reason, "no compiled artifact: inference will load model.onnx");
+        }
+    }
 }
 
 /// Is an event with sequencer `ours` older than the one already handled?
@@ -608,3 +746,6 @@ fn is_older(ours: Option<&str>, seen: Option<&str>) -> bool {
 
 /// How long a staging directory may sit before it counts as a crashed ingest's leftover.
 pub const STAGING_MAX_AGE: Duration = Duration::from_secs(3600);
+
+#[cfg(test)]
+mod tests;

@@ -309,11 +309,11 @@ pub fn s3_put_event(
 ) -> serde_json::Value {
     object_created_event(&CreatedObject {
         event_name: "ObjectCreated:Put",
-        bucket,
-        key,
+        bucket: bucket.into(),
+        key: key.into(),
         size,
-        etag,
-        sequencer,
+        etag: etag.into(),
+        sequencer: sequencer.into(),
     })
 }
 

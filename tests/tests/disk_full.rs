@@ -87,7 +87,12 @@ async fn a_full_disk_refuses_staging_and_alias_writes_and_loses_nothing() {
         .filter(|n| n.to_string_lossy().starts_with(".tmp-"))
         .collect();
     assert!(temps.is_empty(), "no temporary file is left: {temps:?}");
-    let report = registry.fsck(false, std::time::Duration::ZERO).unwrap();
+    let report = registry
+        .fsck(
+            modelpipe_registry::fsck::Leftovers::Report,
+            std::time::Duration::ZERO,
+        )
+        .unwrap();
     assert_eq!(report.errors(), 0, "{report:?}");
 
     // Space again: the same move succeeds.
@@ -103,7 +108,10 @@ async fn a_full_disk_refuses_staging_and_alias_writes_and_loses_nothing() {
     );
     assert!(
         registry
-            .fsck(false, std::time::Duration::ZERO)
+            .fsck(
+                modelpipe_registry::fsck::Leftovers::Report,
+                std::time::Duration::ZERO
+            )
             .unwrap()
             .is_clean()
     );

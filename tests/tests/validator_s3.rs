@@ -9,7 +9,7 @@ use aws_lambda_events::s3::S3Event;
 use aws_sdk_s3::primitives::ByteStream;
 use base64::Engine as _;
 use modelpipe::validator::{LocalPublisher, Outcome, Validator};
-use modelpipe_aws::{S3Store, s3_client};
+use modelpipe_aws::{S3Uploads, s3_client};
 use modelpipe_config::Config;
 use modelpipe_core::digest::sha256_bytes;
 use modelpipe_core::{AliasName, ModelName};
@@ -26,7 +26,7 @@ struct Fixture {
     /// Registry on S3 (`registry/` in the upload bucket) instead of a directory.
     on_s3: bool,
     registry: Registry,
-    validator: Validator<S3Store, LocalPublisher>,
+    validator: Validator<S3Uploads, LocalPublisher>,
     sequencer: AtomicU64,
 }
 
@@ -61,7 +61,7 @@ impl Fixture {
         };
         let validator = Validator::new(
             registry.clone(),
-            S3Store::new(s3.clone()),
+            S3Uploads::new(s3.clone()),
             LocalPublisher(registry.clone()),
             &config,
         );
@@ -639,7 +639,7 @@ async fn concurrent_commits(f: Fixture, n: u64) {
         let registry = f.reopen().await;
         validators.push(Validator::new(
             registry.clone(),
-            S3Store::new(f.s3.clone()),
+            S3Uploads::new(f.s3.clone()),
             LocalPublisher(registry),
             &config,
         ));
@@ -793,7 +793,7 @@ async fn a_failed_publish_is_an_error_and_the_retried_event_resumes_it() {
     };
     let validator = Validator::new(
         f.registry.clone(),
-        S3Store::new(f.s3.clone()),
+        S3Uploads::new(f.s3.clone()),
         flaky,
         &config,
     );

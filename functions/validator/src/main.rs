@@ -3,7 +3,7 @@
 use aws_lambda_events::s3::S3Event;
 use lambda_runtime::{Diagnostic, Error, LambdaEvent, service_fn};
 use modelpipe::validator::Validator;
-use modelpipe_aws::{LambdaPublisher, S3Store, s3_client};
+use modelpipe_aws::{LambdaPublisher, S3Uploads, s3_client};
 use modelpipe_config::Config;
 
 #[tokio::main]
@@ -21,7 +21,12 @@ async fn main() -> Result<(), Error> {
         .ok_or("PUBLISHER_FUNCTION is not set")?;
     let aws = aws_config::load_from_env().await;
     let publisher = LambdaPublisher::new(aws_sdk_lambda::Client::new(&aws), function);
-    let validator = Validator::new(registry, S3Store::new(s3_client(&aws)), publisher, &config);
+    let validator = Validator::new(
+        registry,
+        S3Uploads::new(s3_client(&aws)),
+        publisher,
+        &config,
+    );
     let validator = &validator;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<S3Event>| async move {
         // An error makes Lambda retry the event; rejections are outcomes, not errors.

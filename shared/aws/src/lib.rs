@@ -1,4 +1,4 @@
-//! The AWS side of the validator's traits: [`S3Store`] (aws-sdk-s3) and [`LambdaPublisher`]
+//! The AWS side of the validator's traits: [`S3Uploads`] (aws-sdk-s3) and [`LambdaPublisher`]
 //! (aws-sdk-lambda). Both honour the SDK's standard environment, `AWS_ENDPOINT_URL` included.
 
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
@@ -6,15 +6,16 @@ use aws_sdk_s3::types::{ChecksumMode, Tag, Tagging};
 
 use modelpipe::object_store::{Object, ObjectRef, ObjectStore, StoreError};
 use modelpipe::validator::PublishTarget;
+use modelpipe_registry::is_s3_not_found as is_not_found;
 use modelpipe_registry::publish::{PublisherRequest, PublisherResponse};
 pub use modelpipe_registry::s3_client;
 
 #[derive(Debug, Clone)]
-pub struct S3Store {
+pub struct S3Uploads {
     client: aws_sdk_s3::Client,
 }
 
-impl S3Store {
+impl S3Uploads {
     pub fn new(client: aws_sdk_s3::Client) -> Self {
         Self { client }
     }
@@ -30,14 +31,7 @@ fn failed<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::De
     StoreError::Failed(detail)
 }
 
-fn is_not_found<E: ProvideErrorMetadata>(
-    e: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
-) -> bool {
-    matches!(e.code(), Some("NoSuchKey" | "NotFound" | "NoSuchVersion"))
-        || e.raw_response().is_some_and(|r| r.status().as_u16() == 404)
-}
-
-impl ObjectStore for S3Store {
+impl ObjectStore for S3Uploads {
     async fn get(&self, object: &ObjectRef) -> Result<Object, StoreError> {
         let response = self
             .client

@@ -52,9 +52,17 @@ impl FsckReport {
     }
 }
 
+/// What fsck does about the leftovers it finds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leftovers {
+    Report,
+    /// Removes those older than the age given (`modelctl fsck --repair`).
+    Remove,
+}
+
 impl Registry {
-    /// Checks every model; with `repair`, removes leftovers older than `age`.
-    pub fn fsck(&self, repair: bool, age: Duration) -> Result<FsckReport> {
+    /// Checks every model; leftovers older than `age` are reported, and removed when asked.
+    pub fn fsck(&self, leftovers: Leftovers, age: Duration) -> Result<FsckReport> {
         let mut report = FsckReport::default();
         for model in self.model_dirs()? {
             report.models += 1;
@@ -79,7 +87,7 @@ impl Registry {
             report.versions += versions.len();
             report.aliases += self.check_aliases(&model, &versions, &mut found)?;
             for path in self.leftovers(&model, age) {
-                let removed = repair && remove(&path);
+                let removed = leftovers == Leftovers::Remove && remove(&path);
                 report.findings.push(Finding {
                     model: model.clone(),
                     severity: Severity::Leftover,
@@ -123,8 +131,9 @@ impl Registry {
         Ok(removed)
     }
 
-    /// Removes `model`'s leftovers older than `age`; returns what was removed.
-    pub(super) fn remove_model_leftovers(&self, model: &ModelName, age: Duration) -> Vec<PathBuf> {
+    /// Removes `model`'s leftovers (staging directories and temporary files of crashed
+    /// writers) older than `age`; returns what was removed.
+    pub fn remove_model_leftovers(&self, model: &ModelName, age: Duration) -> Vec<PathBuf> {
         let mut leftovers = self.leftovers(model, age);
         leftovers.retain(|path| remove(path));
         leftovers

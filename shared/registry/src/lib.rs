@@ -37,7 +37,7 @@ use serde::de::DeserializeOwned;
 use self::dir_store::DirStore;
 pub use self::records::*;
 use self::s3_store::S3Store;
-pub use self::s3_store::{FileCacheConfig, s3_client};
+pub use self::s3_store::{FileCacheConfig, is_not_found as is_s3_not_found, s3_client};
 pub use self::store::{LocalCopy, Location, Store};
 use modelpipe_core::digest::{Digest, sha256_bytes};
 use modelpipe_core::engine_choice::{EngineChoice, LayoutChoice};
@@ -437,12 +437,6 @@ impl Registry {
             .tempdir_in(&parent)
             .map_err(io_error)?;
         Ok(Staging { dir })
-    }
-
-    /// Removes staging directories and temporary files older than `age`: what crashed writers
-    /// left behind (see [`Self::fsck`]).
-    pub fn sweep_staging(&self, model: &ModelName, age: std::time::Duration) -> Result<usize> {
-        Ok(self.remove_model_leftovers(model, age).len())
     }
 
     /// Commits a staged upload as the next version of `model`, under the model's lock (see

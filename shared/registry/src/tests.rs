@@ -108,7 +108,7 @@ fn concurrent_commits_get_distinct_numbers() {
 }
 
 #[test]
-fn a_dropped_staging_removes_itself_and_old_leftovers_are_swept() {
+fn a_dropped_staging_removes_itself_and_old_leftovers_are_removed() {
     let dir = tempfile::tempdir().unwrap();
     let registry = Registry::open(dir.path()).unwrap();
     let (staging, _) = stage_bytes(&registry, &iris(), b"x");
@@ -117,17 +117,14 @@ fn a_dropped_staging_removes_itself_and_old_leftovers_are_swept() {
     assert!(!path.exists());
     let (staging, _) = stage_bytes(&registry, &iris(), b"crashed");
     let kept = staging.dir.keep();
+    let hour = std::time::Duration::from_secs(3600);
     assert_eq!(
-        registry
-            .sweep_staging(&iris(), std::time::Duration::from_secs(3600))
-            .unwrap(),
-        0
+        registry.remove_model_leftovers(&iris(), hour),
+        Vec::<PathBuf>::new()
     );
     assert_eq!(
-        registry
-            .sweep_staging(&iris(), std::time::Duration::ZERO)
-            .unwrap(),
-        1
+        registry.remove_model_leftovers(&iris(), std::time::Duration::ZERO),
+        vec![kept.clone()]
     );
     assert!(!kept.exists());
 }
@@ -187,7 +184,7 @@ fn history_skips_a_torn_line() {
 
 mod fsck {
     use super::*;
-    use crate::fsck::Severity;
+    use crate::fsck::{Leftovers, Severity};
     use std::time::Duration;
 
     fn published(dir: &Path) -> Registry {
@@ -216,14 +213,16 @@ mod fsck {
     }
 
     fn severities(registry: &Registry) -> Vec<Severity> {
-        let report = registry.fsck(false, Duration::ZERO).unwrap();
+        let report = registry.fsck(Leftovers::Report, Duration::ZERO).unwrap();
         report.findings.iter().map(|f| f.severity).collect()
     }
 
     #[test]
     fn a_registry_written_by_the_pipeline_is_clean() {
         let dir = tempfile::tempdir().unwrap();
-        let report = published(dir.path()).fsck(false, Duration::ZERO).unwrap();
+        let report = published(dir.path())
+            .fsck(Leftovers::Report, Duration::ZERO)
+            .unwrap();
         assert!(report.is_clean(), "{report:?}");
         assert_eq!((report.models, report.versions, report.aliases), (1, 2, 1));
     }
@@ -233,7 +232,7 @@ mod fsck {
         let dir = tempfile::tempdir().unwrap();
         let registry = published(dir.path());
         fs::write(registry.model_file(&iris(), 1).unwrap(), b"changed").unwrap();
-        let report = registry.fsck(false, Duration::ZERO).unwrap();
+        let report = registry.fsck(Leftovers::Report, Duration::ZERO).unwrap();
         assert_eq!(report.errors(), 1, "{report:?}");
         assert!(
             report.findings[0]
@@ -241,7 +240,7 @@ mod fsck {
                 .contains("no longer matches its manifest")
         );
         fs::remove_dir_all(dir.path().join("iris/versions/2")).unwrap();
-        let report = registry.fsck(false, Duration::ZERO).unwrap();
+        let report = registry.fsck(Leftovers::Report, Duration::ZERO).unwrap();
         assert!(
             report.findings.iter().any(|f| f
                 .message
@@ -271,13 +270,15 @@ mod fsck {
         let staging = registry.stage(&iris()).unwrap().dir.keep();
         let temp = dir.path().join("iris/aliases/.tmp-crashed");
         fs::write(&temp, b"{").unwrap();
-        let young = registry.fsck(true, Duration::from_secs(3600)).unwrap();
+        let young = registry
+            .fsck(Leftovers::Remove, Duration::from_secs(3600))
+            .unwrap();
         assert!(
             young.findings.is_empty(),
             "too young to be a crash's: {young:?}"
         );
         assert!(staging.exists() && temp.exists());
-        let report = registry.fsck(true, Duration::ZERO).unwrap();
+        let report = registry.fsck(Leftovers::Remove, Duration::ZERO).unwrap();
         assert_eq!(report.findings.len(), 2, "{report:?}");
         assert!(
             report
@@ -286,7 +287,12 @@ mod fsck {
                 .all(|f| f.severity == Severity::Leftover && f.repaired)
         );
         assert!(!staging.exists() && !temp.exists());
-        assert!(registry.fsck(false, Duration::ZERO).unwrap().is_clean());
+        assert!(
+            registry
+                .fsck(Leftovers::Report, Duration::ZERO)
+                .unwrap()
+                .is_clean()
+        );
     }
 }
 
@@ -326,7 +332,9 @@ fn a_symlink_planted_in_the_registry_cannot_take_a_write_outside_it() {
     std::os::unix::fs::symlink(outside.path(), model_dir.join("staging")).unwrap();
     let err = registry.stage(&iris()).unwrap_err();
     assert!(err.to_string().contains("symlink"), "{err}");
-    let report = registry.fsck(false, std::time::Duration::ZERO).unwrap();
+    let report = registry
+        .fsck(crate::fsck::Leftovers::Report, std::time::Duration::ZERO)
+        .unwrap();
     assert_eq!(report.errors(), 1, "{report:?}");
 
     assert_eq!(

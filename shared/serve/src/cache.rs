@@ -47,6 +47,15 @@ impl Slot {
     }
 }
 
+/// Whether a version counts against the cache's budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Residency {
+    /// Loaded on demand: evicted, least recently used first, when the budget is exceeded.
+    OnDemand,
+    /// A `PRELOAD_MODELS` model's: kept outside the budget.
+    Preloaded,
+}
+
 pub struct ModelCache {
     registry: Registry,
     budget: Option<u64>,
@@ -93,16 +102,16 @@ impl ModelCache {
     }
 
     /// The version, loading it (verified, warmed) if it is not in memory. Concurrent callers for
-    /// one version share one load. `keep` marks it as a preloaded model's. Does not evict: call
-    /// [`Self::trim`] once the caller has put the result where it belongs.
+    /// one version share one load. Does not evict: call [`Self::trim`] once the caller has put
+    /// the result where it belongs.
     pub async fn load(
         &self,
         model: &ModelName,
         version: u64,
-        keep: bool,
+        residency: Residency,
     ) -> Result<Arc<LoadedModel>, LoadError> {
         let slot = self.slot(model, version);
-        if keep {
+        if residency == Residency::Preloaded {
             slot.kept.store(true, Ordering::Relaxed);
         }
         if let Some(loaded) = slot.model.get() {
@@ -251,7 +260,10 @@ mod tests {
     }
 
     async fn load_and_trim(cache: &ModelCache, model: &str) {
-        cache.load(&name(model), 1, false).await.unwrap();
+        cache
+            .load(&name(model), 1, Residency::OnDemand)
+            .await
+            .unwrap();
         cache.trim();
     }
 
@@ -270,7 +282,10 @@ mod tests {
     async fn a_version_a_request_is_using_is_never_evicted() {
         let (_dir, registry, size) = registry_with(&["a", "b", "c"]);
         let cache = ModelCache::new(registry, Some(size), Limits::default());
-        let in_use = cache.load(&name("a"), 1, false).await.unwrap();
+        let in_use = cache
+            .load(&name("a"), 1, Residency::OnDemand)
+            .await
+            .unwrap();
         load_and_trim(&cache, "b").await;
         assert_eq!(resident(&cache), ["a"], "b is evicted, a is in use");
         drop(in_use);
@@ -282,7 +297,10 @@ mod tests {
     async fn preloaded_versions_are_kept_outside_the_budget() {
         let (_dir, registry, _) = registry_with(&["a", "b"]);
         let cache = ModelCache::new(registry, Some(0), Limits::default());
-        cache.load(&name("a"), 1, true).await.unwrap();
+        cache
+            .load(&name("a"), 1, Residency::Preloaded)
+            .await
+            .unwrap();
         load_and_trim(&cache, "b").await;
         assert_eq!(resident(&cache), ["a"]);
         assert!(cache.resident()[0].kept);
@@ -295,7 +313,12 @@ mod tests {
         let loads: Vec<_> = (0..8)
             .map(|_| {
                 let cache = cache.clone();
-                tokio::spawn(async move { cache.load(&name("a"), 1, false).await.unwrap() })
+                tokio::spawn(async move {
+                    cache
+                        .load(&name("a"), 1, Residency::OnDemand)
+                        .await
+                        .unwrap()
+                })
             })
             .collect();
         let mut loaded = Vec::new();
@@ -312,10 +335,18 @@ mod tests {
         let good = std::fs::read(&file).unwrap();
         std::fs::write(&file, b"damaged").unwrap();
         let cache = ModelCache::new(registry, None, Limits::default());
-        let first = cache.load(&name("a"), 1, false).await.unwrap_err();
+        let first = cache
+            .load(&name("a"), 1, Residency::OnDemand)
+            .await
+            .unwrap_err();
         assert!(first.to_string().contains("no longer matches"), "{first}");
         std::fs::write(&file, good).unwrap();
-        assert!(cache.load(&name("a"), 1, false).await.is_err());
+        assert!(
+            cache
+                .load(&name("a"), 1, Residency::OnDemand)
+                .await
+                .is_err()
+        );
         assert!(cache.recent_failure(&name("a"), 1).is_some());
     }
 }

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use self::cache::{ModelCache, Resident};
+pub use self::cache::{ModelCache, Residency, Resident};
 pub use self::live::{LiveError, LiveModel, LoadFailure, SwapPolicy};
 pub use self::loaded::{LoadError, LoadedModel};
 pub use self::router::router;
@@ -87,7 +87,12 @@ impl Inference {
             .expect("live map")
             .entry(model.clone())
             .or_insert_with(|| {
-                Arc::new(LiveModel::new(model.clone(), self.preload.contains(model)))
+                let residency = if self.preload.contains(model) {
+                    Residency::Preloaded
+                } else {
+                    Residency::OnDemand
+                };
+                Arc::new(LiveModel::new(model.clone(), residency))
             })
             .clone()
     }
@@ -122,7 +127,7 @@ impl Inference {
         model: &ModelName,
         version: u64,
     ) -> Result<Arc<LoadedModel>, LoadError> {
-        let loaded = self.cache.load(model, version, false).await?;
+        let loaded = self.cache.load(model, version, Residency::OnDemand).await?;
         self.cache.trim();
         Ok(loaded)
     }

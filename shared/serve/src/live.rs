@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use super::cache::ModelCache;
+use super::cache::{ModelCache, Residency};
 use super::loaded::{LoadError, LoadedModel};
 use modelpipe_core::model_name::{AliasName, ModelName};
 
@@ -104,8 +104,8 @@ pub struct LoadFailure {
 pub struct LiveModel {
     model: ModelName,
     alias: AliasName,
-    /// A preloaded model: its versions are kept in the cache, outside the budget.
-    keep: bool,
+    /// A preloaded model's versions are kept in the cache, outside the budget.
+    residency: Residency,
     /// The version serving requests; 0 until the first load (versions start at 1).
     version: AtomicU64,
     next_check: Mutex<Instant>,
@@ -122,11 +122,11 @@ pub enum LiveError {
 }
 
 impl LiveModel {
-    pub fn new(model: ModelName, keep: bool) -> Self {
+    pub fn new(model: ModelName, residency: Residency) -> Self {
         Self {
             model,
             alias: AliasName::live(),
-            keep,
+            residency,
             version: AtomicU64::new(0),
             next_check: Mutex::new(Instant::now()),
             loading: Arc::new(tokio::sync::Mutex::new(())),
@@ -169,7 +169,7 @@ impl LiveModel {
         }
         // Evicted while no request used it: this request loads it again (one load for all).
         let loaded = cache
-            .load(&self.model, version, self.keep)
+            .load(&self.model, version, self.residency)
             .await
             .map_err(|e| self.not_ready(e))?;
         cache.trim();
@@ -282,7 +282,7 @@ impl LiveModel {
         cache: &ModelCache,
         version: u64,
     ) -> Result<Arc<LoadedModel>, LoadError> {
-        match cache.load(&self.model, version, self.keep).await {
+        match cache.load(&self.model, version, self.residency).await {
             Ok(loaded) => {
                 let previous = self.version.swap(version, Ordering::AcqRel);
                 if previous != 0 && previous != version {
@@ -411,7 +411,7 @@ mod tests {
             None,
             modelpipe_engine::Limits::default(),
         ));
-        let live = Arc::new(LiveModel::new(model.clone(), false));
+        let live = Arc::new(LiveModel::new(model.clone(), Residency::OnDemand));
         let every = Some(Duration::ZERO);
 
         publish(&registry, &model, v1);

@@ -277,7 +277,10 @@ mod tests {
         f.assert_answers_as_onnx(&loaded);
         let report = f
             .registry
-            .fsck(false, std::time::Duration::from_secs(3600))
+            .fsck(
+                modelpipe_registry::fsck::Leftovers::Report,
+                std::time::Duration::from_secs(3600),
+            )
             .unwrap();
         assert_eq!(report.errors(), 0, "{:?}", report.findings);
         assert!(

@@ -108,10 +108,12 @@ fn status<E>(e: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> Option<
     e.raw_response().map(|r| r.status().as_u16())
 }
 
-fn is_not_found<E: ProvideErrorMetadata>(
+/// Whether an S3 request failed because the object (or the object version) does not exist:
+/// the one test every S3 caller of modelpipe uses.
+pub fn is_not_found<E: ProvideErrorMetadata>(
     e: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
 ) -> bool {
-    matches!(e.code(), Some("NoSuchKey" | "NotFound")) || status(e) == Some(404)
+    matches!(e.code(), Some("NoSuchKey" | "NotFound" | "NoSuchVersion")) || status(e) == Some(404)
 }
 
 /// An error reading one object, `NotFound` when it does not exist.
