@@ -414,38 +414,19 @@ mod tests {
         let live = Arc::new(LiveModel::new(model.clone(), Residency::OnDemand));
         let every = Some(Duration::ZERO);
 
+        let serving = async || live.get(&cache, every, Blocking).await.unwrap();
+
         publish(&registry, &model, v1);
-        assert_eq!(
-            live.get(&cache, every, Blocking)
-                .await
-                .unwrap()
-                .manifest
-                .version,
-            v1
-        );
+        assert_eq!(serving().await.manifest.version, v1);
         publish(&registry, &model, v2);
-        assert_eq!(
-            live.get(&cache, every, Blocking)
-                .await
-                .unwrap()
-                .manifest
-                .version,
-            v2
-        );
+        assert_eq!(serving().await.manifest.version, v2);
         assert!(
             cache.get(&model, v1).is_none(),
             "the old version left the cache"
         );
 
         publish(&registry, &model, broken);
-        assert_eq!(
-            live.get(&cache, every, Blocking)
-                .await
-                .unwrap()
-                .manifest
-                .version,
-            v2
-        );
+        assert_eq!(serving().await.manifest.version, v2);
         assert_eq!(live.failure().map(|f| f.version), Some(broken));
         assert_eq!(live.version(), Some(v2));
     }
