@@ -600,26 +600,22 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
         reason: String,
         sha256: Option<String>,
     ) -> Result<Outcome, ValidatorError> {
-        let Upload {
-            model,
-            object,
-            source,
-        } = upload;
+        let Upload { model, object, .. } = upload;
         warn!(model = %model, key = %object.key, %reason, "rejected");
-        let registry = self.registry.clone();
-        let (m, src, why) = (model.clone(), source.clone(), reason.clone());
+        let (registry, owned) = (self.registry.clone(), upload.clone());
+        let rejection = Rejection {
+            key: object.key.clone(),
+            sequencer: upload.source.sequencer.clone(),
+            sha256,
+            reason: reason.clone(),
+            at: now(),
+        };
         tokio::task::spawn_blocking(move || -> Result<(), RegistryError> {
-            let locked = registry.lock(&m)?;
-            locked.append_rejection(&Rejection {
-                key: src.key.clone(),
-                sequencer: src.sequencer.clone(),
-                sha256,
-                reason: why,
-                at: now(),
-            })?;
+            let locked = registry.lock(&owned.model)?;
+            locked.append_rejection(&rejection)?;
             locked.write_upload_record(&UploadRecord {
-                key: src.key,
-                sequencer: src.sequencer,
+                key: owned.object.key,
+                sequencer: owned.source.sequencer,
                 status: UploadStatus::Rejected,
                 version: None,
                 alias: None,
