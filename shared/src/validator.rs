@@ -1,7 +1,9 @@
 //! Where an upload becomes a version: one S3 ObjectCreated record in, one [`Outcome`] out.
 //!
-//! key → gate (duplicate / older event?) → stream + hash into staging → integrity → checks →
-//! commit under the model lock → publish → tag the object. A rejection writes nothing into
+//! The stages of [`Validator::handle_record`]: `parse` (key → model) → `gate` (duplicate, older
+//! event, or a publish to resume?) → `fetch` (metadata, size) → `stream` (hash into staging) →
+//! `check_integrity` → `check` (the engine crate's checks) → `commit` (under the model lock) →
+//! `resume` (publish, tag the object). A rejection writes nothing into
 //! `versions/`, is recorded under the model and tagged on the object; it is an `Ok` outcome, so
 //! Lambda does not retry it. Only transient failures (S3, the publisher, the filesystem) are
 //! errors, and a retried event resumes where the failed one stopped.
