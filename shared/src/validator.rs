@@ -223,7 +223,9 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
     /// One record, through the stages the module doc lists; each stage either hands the next
     /// one what it needs or ends the record with its outcome ([`Stop`]).
     pub async fn handle_record(&self, record: &S3EventRecord) -> Result<Outcome, ValidatorError> {
-        match self.stages(record).await {
+        // Boxed: unboxed, the stages' nested futures make a caller's future (the Lambda
+        // handler's) too deep for rustc's layout query limit.
+        match Box::pin(self.stages(record)).await {
             Ok(outcome) | Err(Stop::Outcome(outcome)) => Ok(outcome),
             Err(Stop::Failed(error)) => Err(error),
         }
