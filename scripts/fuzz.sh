@@ -6,6 +6,8 @@
 # (~20 minutes on two cores, in fuzz/target). Crashes are written to fuzz/artifacts/<target>/ and
 # fail this script; add the input to fuzz/corpus/<target>/ with the fix.
 #   bash scripts/fuzz.sh 3600
+# The committed corpora were grown that way and merged edge-minimal (what adds coverage only):
+#   cargo fuzz run --fuzz-dir fuzz TARGET fuzz/corpus/TARGET NEW_INPUTS_DIR -- -merge=1 -use_counters=0
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-60}
