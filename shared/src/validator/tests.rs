@@ -116,6 +116,19 @@ fn fixture() -> Fixture {
     }
 }
 
+/// One record of bucket `uploads`, as S3 sends it.
+fn s3_event(event_name: &'static str, key: &str, sequencer: &str) -> S3Event {
+    let event = object_created_event(&CreatedObject {
+        event_name,
+        bucket: "uploads".into(),
+        key: key.into(),
+        size: 0,
+        etag: "etag".into(),
+        sequencer: sequencer.into(),
+    });
+    serde_json::from_value(event).unwrap()
+}
+
 fn iris() -> ModelName {
     "iris".parse().unwrap()
 }
@@ -130,15 +143,7 @@ impl Fixture {
     }
 
     async fn event(&self, event_name: &'static str, key: &str, sequencer: &str) -> Outcome {
-        let event = object_created_event(&CreatedObject {
-            event_name,
-            bucket: "uploads".into(),
-            key: key.into(),
-            size: 0,
-            etag: "etag".into(),
-            sequencer: sequencer.into(),
-        });
-        let event: S3Event = serde_json::from_value(event).unwrap();
+        let event = s3_event(event_name, key, sequencer);
         self.validator
             .handle_record(&event.records[0])
             .await
@@ -335,15 +340,7 @@ async fn a_failed_publish_is_an_error_and_the_retried_event_resumes_it() {
         .publisher
         .down
         .store(true, std::sync::atomic::Ordering::SeqCst);
-    let event: S3Event = serde_json::from_value(object_created_event(&CreatedObject {
-        event_name: "ObjectCreated:Put",
-        bucket: "uploads".into(),
-        key: key.into(),
-        size: 0,
-        etag: "etag".into(),
-        sequencer: "07".into(),
-    }))
-    .unwrap();
+    let event = s3_event("ObjectCreated:Put", key, "07");
     let error = f.validator.handle_event(&event).await.unwrap_err();
     assert!(error.to_string().contains("unreachable"), "{error}");
     assert_eq!(
