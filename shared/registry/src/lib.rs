@@ -9,6 +9,7 @@
 //! <root>/<model>/history.jsonl                every alias move, append-only
 //! <root>/<model>/rejections.jsonl             every refused upload, append-only
 //! <root>/<model>/uploads/<key hash>.json      the latest event handled per S3 key
+//! <root>/<model>/rollouts/…                   guarded rollouts (see [`rollout`])
 //! <root>/<model>/staging/                     uploads being checked (directory registries)
 //! ```
 //!
@@ -23,6 +24,7 @@ pub mod fsck;
 mod lock;
 pub mod publish;
 pub mod records;
+pub mod rollout;
 mod s3_store;
 pub mod store;
 
@@ -489,6 +491,10 @@ pub struct Locked<'a> {
 impl Locked<'_> {
     pub fn registry(&self) -> &Registry {
         self.registry
+    }
+
+    pub fn model(&self) -> &ModelName {
+        &self.model
     }
 
     fn write(&self, key: &str, bytes: &[u8]) -> Result<()> {

@@ -1,6 +1,7 @@
 //! Moving aliases: the publisher's three actions (publish, rollback, set-alias), applied to the
 //! registry under the model's lock. The publisher Lambda, the validator's local hop and `modelctl`
-//! all call [`apply`]; nothing else writes an alias. [`queries`] are its read-only actions.
+//! all call [`apply`]; nothing else writes an alias but a rollout's promotion
+//! ([`crate::rollout`]). A move ends the alias's running rollout, if any. [`queries`] are its read-only actions.
 
 mod queries;
 
@@ -77,6 +78,8 @@ pub enum PublishError {
         why: String,
     },
     #[error(transparent)]
+    Conflict(#[from] crate::rollout::Conflict),
+    #[error(transparent)]
     Registry(#[from] RegistryError),
 }
 
@@ -133,12 +136,15 @@ pub fn apply(
             )
         }
     };
-    move_alias(&locked, model, alias, target, action, reason, request_id)
+    let response = move_alias(&locked, model, alias, target, action, reason, request_id)?;
+    // A rollout on this alias ends: its stable version is no longer what the alias serves.
+    crate::rollout::actions::reconciled(&locked, alias)?;
+    Ok(response)
 }
 
 /// Points `alias` at `version` after checking the version's file against its manifest, then
 /// records the move. Moving an alias to where it already points changes nothing.
-fn move_alias(
+pub(crate) fn move_alias(
     locked: &Locked<'_>,
     model: &ModelName,
     alias: &AliasName,

@@ -106,6 +106,8 @@ pub enum AliasAction {
     Publish,
     Rollback,
     SetAlias,
+    /// A rollout's candidate, promoted by its controller or an operator.
+    Promote,
     /// Written when a move's history line was lost to a crash and is restored from the alias file.
     Recovered,
 }
