@@ -123,6 +123,7 @@ pub async fn run() -> Result<(), String> {
         s3_addr: loopback(0),
         http_addr: loopback(0),
         reload_check: Duration::from_millis(100),
+        rollout_tick: Duration::from_secs(1),
     })
     .await
     .map_err(|e| step_failed("start the stack", e))?;

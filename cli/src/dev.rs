@@ -15,6 +15,7 @@ use modelpipe::validator::{LocalPublisher, Outcome, Validator};
 use modelpipe_aws::S3Uploads;
 use modelpipe_config::Config;
 use modelpipe_registry::Registry;
+use modelpipe_registry::rollout::actions::{self as rollout, RolloutRequest};
 use modelpipe_serve::{Inference, SwapPolicy, router};
 use s3s::auth::SimpleAuth;
 use s3s::service::S3ServiceBuilder;
@@ -33,6 +34,8 @@ pub struct DevOptions {
     pub s3_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub reload_check: Duration,
+    /// How often the rollout controller runs.
+    pub rollout_tick: Duration,
 }
 
 /// A running stack; [`DevStack::stop`] shuts it down and waits for it.
@@ -123,6 +126,12 @@ impl DevStack {
         tasks.push(tokio::spawn(validate_uploads(
             validator,
             created_rx,
+            stopped.clone(),
+        )));
+
+        tasks.push(tokio::spawn(tick_rollouts(
+            registry.clone(),
+            options.rollout_tick,
             stopped.clone(),
         )));
 
@@ -225,6 +234,14 @@ async fn validate_uploads(
                             version,
                             alias,
                         } => info!("{model}: v{version} published to {alias}"),
+                        Outcome::RollingOut {
+                            model,
+                            version,
+                            alias,
+                            rollout,
+                        } => {
+                            info!("{model}: v{version} rolling out to {alias} (rollout {rollout})")
+                        }
                         Outcome::Registered { model, version } => {
                             info!("{model}: v{version} registered (no alias moved)")
                         }
@@ -240,6 +257,43 @@ async fn validate_uploads(
             Err(e) => {
                 error!(key = %object.key, error = %e, "validation failed; upload the object again to retry")
             }
+        }
+    }
+}
+
+/// The rollout controller: `rollout-advance` over every model, every `every` (EventBridge's
+/// schedule in AWS). Decisions are logged; waits are not.
+async fn tick_rollouts(registry: Registry, every: Duration, mut stopped: watch::Receiver<bool>) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stopped.wait_for(|s| *s) => break,
+        }
+        let registry = registry.clone();
+        let advanced = tokio::task::spawn_blocking(move || {
+            rollout::apply(
+                &registry,
+                &RolloutRequest::RolloutAdvance { model: None },
+                None,
+            )
+        })
+        .await;
+        match advanced {
+            Ok(Ok(answer)) => {
+                for report in answer.rollouts {
+                    let r = &report.rollout;
+                    if !matches!(report.did.as_str(), "wait" | "none") {
+                        info!(
+                            "{}: rollout {} {}: {}",
+                            r.model, r.id, report.did, report.detail
+                        );
+                    }
+                }
+            }
+            Ok(Err(e)) => warn!(error = %e, "rollout controller failed"),
+            Err(e) => warn!(error = %e, "rollout controller panicked"),
         }
     }
 }

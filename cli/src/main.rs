@@ -6,6 +6,7 @@ mod dev;
 mod efs_check;
 mod local_s3;
 mod ops;
+mod rollout;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -42,6 +43,9 @@ enum Command {
         /// How often a request may look for an alias move (RELOAD_CHECK_MS).
         #[arg(long, env = "RELOAD_CHECK_MS", default_value_t = 1000)]
         reload_check_ms: u64,
+        /// How often the rollout controller runs (`rollout-advance`, a schedule in AWS).
+        #[arg(long, env = "ROLLOUT_TICK_MS", default_value_t = 10_000)]
+        rollout_tick_ms: u64,
     },
     /// Show the lifecycle end to end on the example models, then exit.
     Demo,
@@ -113,6 +117,14 @@ enum Command {
         #[command(flatten)]
         registry: RegistryArg,
     },
+    /// Guarded rollouts: a candidate served to a growing share of traffic, promoted or rolled
+    /// back on evidence (`modelctl rollout --help`).
+    Rollout {
+        #[command(subcommand)]
+        command: rollout::RolloutCommand,
+        #[command(flatten)]
+        registry: RegistryArg,
+    },
     /// Point an alias at version N.
     Promote {
         model: ModelName,
@@ -156,12 +168,14 @@ async fn dev(
     s3_addr: SocketAddr,
     http_addr: SocketAddr,
     reload_check_ms: u64,
+    rollout_tick_ms: u64,
 ) -> Result<(), String> {
     let options = dev::DevOptions {
         data: data.clone(),
         s3_addr: loopback_only(s3_addr)?,
         http_addr: loopback_only(http_addr)?,
         reload_check: Duration::from_millis(reload_check_ms),
+        rollout_tick: Duration::from_millis(rollout_tick_ms.max(1)),
     };
     let stack = dev::DevStack::start(options)
         .await
@@ -204,7 +218,8 @@ async fn main() -> ExitCode {
             s3_addr,
             http_addr,
             reload_check_ms,
-        } => dev(data, s3_addr, http_addr, reload_check_ms).await,
+            rollout_tick_ms,
+        } => dev(data, s3_addr, http_addr, reload_check_ms, rollout_tick_ms).await,
         Command::Demo => demo::run().await,
         Command::Validate {
             file,
@@ -254,6 +269,10 @@ async fn main() -> ExitCode {
             registry,
         } => match registry.open().await {
             Ok(target) => ops::rollback(&target, model, alias, to).await.map(drop),
+            Err(e) => Err(e),
+        },
+        Command::Rollout { command, registry } => match registry.open().await {
+            Ok(target) => rollout::run(&target, command).await,
             Err(e) => Err(e),
         },
         Command::Promote {

@@ -11,8 +11,8 @@ use modelpipe_engine::checks::{Expectations, check_model};
 use modelpipe_engine::contract::Contract;
 use modelpipe_registry::fsck::{Leftovers, Severity};
 use modelpipe_registry::publish::{
-    self, HistoryAnswer, ModelStatus, PublishError, PublisherQuery, PublisherRequest,
-    PublisherResponse, StatusAnswer, apply,
+    self, HistoryAnswer, ModelStatus, PublisherQuery, PublisherRequest, PublisherResponse,
+    StatusAnswer, apply,
 };
 use modelpipe_registry::{Location, Registry};
 
@@ -49,10 +49,10 @@ impl Target {
     }
 
     /// Runs a publisher payload: locally with the publisher's own code, or by invoking it.
-    pub async fn call<T: serde::de::DeserializeOwned + Send + 'static>(
+    pub async fn call<T: serde::de::DeserializeOwned + Send + 'static, E: std::fmt::Display>(
         &self,
         payload: serde_json::Value,
-        local: impl FnOnce(&Registry) -> Result<T, PublishError> + Send + 'static,
+        local: impl FnOnce(&Registry) -> Result<T, E> + Send + 'static,
     ) -> CliResult<T> {
         match self {
             Self::Registry(registry) => {

@@ -8,6 +8,7 @@
 //! Lambda does not retry it. Only transient failures (S3, the publisher, the filesystem) are
 //! errors, and a retried event resumes where the failed one stopped.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -24,9 +25,11 @@ use modelpipe_engine::checks::{CheckError, Checked, Compiled, Expectations, chec
 use modelpipe_engine::contract::Contract;
 use modelpipe_engine::{EngineKind, Limits};
 use modelpipe_registry::publish::{PublisherRequest, PublisherResponse};
+use modelpipe_registry::rollout::actions::RolloutRequest;
+use modelpipe_registry::rollout::plan::PlanOptions;
 use modelpipe_registry::{
-    Commit, Registry, RegistryError, Rejection, Source, Staging, UploadRecord, UploadStatus, now,
-    sequencer_cmp,
+    Commit, Registry, RegistryError, Rejection, RequestedRollout, Source, Staging, UploadRecord,
+    UploadStatus, now, sequencer_cmp,
 };
 
 /// Where the validator sends a publish: the publisher Lambda in AWS, a direct call locally.
@@ -35,6 +38,12 @@ pub trait PublishTarget: Send + Sync {
         &self,
         request: PublisherRequest,
     ) -> impl Future<Output = Result<PublisherResponse, String>> + Send;
+
+    /// Starts a rollout (`rollout-start`); its id, or why it did not start.
+    fn start_rollout(
+        &self,
+        request: RolloutRequest,
+    ) -> impl Future<Output = Result<u64, String>> + Send;
 }
 
 /// Publishes by applying the request to a registry in this process.
@@ -50,6 +59,17 @@ impl PublishTarget for LocalPublisher {
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())
+    }
+
+    async fn start_rollout(&self, request: RolloutRequest) -> Result<u64, String> {
+        let registry = self.0.clone();
+        let answer = tokio::task::spawn_blocking(move || {
+            modelpipe_registry::rollout::actions::apply(&registry, &request, None)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        Ok(answer.rollouts[0].rollout.id)
     }
 }
 
@@ -76,6 +96,13 @@ pub enum Outcome {
         model: ModelName,
         version: u64,
         alias: AliasName,
+    },
+    /// Committed, and handed to a guarded rollout of the alias (`rollout=` metadata).
+    RollingOut {
+        model: ModelName,
+        version: u64,
+        alias: AliasName,
+        rollout: u64,
     },
     Registered {
         model: ModelName,
@@ -115,6 +142,8 @@ struct UploadOptions {
     expected_sha256: Option<String>,
     /// `engine=tract|onnxruntime`: serve with this engine instead of the one measured fastest.
     engine: Option<EngineKind>,
+    /// `rollout=canary|shadow` (and `rollout-<setting>`): move the alias by a guarded rollout.
+    rollout: Option<RequestedRollout>,
 }
 
 impl UploadOptions {
@@ -144,11 +173,28 @@ impl UploadOptions {
             ),
             None => None,
         };
+        let rollout = match metadata.get("rollout").map(|p| p.trim()) {
+            None | Some("none") => None,
+            Some(plan) => {
+                let settings: BTreeMap<String, String> = metadata
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.strip_prefix("rollout-")?.to_string(), v.clone())))
+                    .collect();
+                PlanOptions::with_settings(plan, &settings)
+                    .and_then(|options| options.build())
+                    .map_err(|e| format!("metadata rollout={plan:?}: {e}"))?;
+                Some(RequestedRollout {
+                    plan: plan.to_string(),
+                    settings,
+                })
+            }
+        };
         Ok(Self {
             alias: publish.then_some(alias),
             allow_signature_change,
             expected_sha256,
             engine,
+            rollout,
         })
     }
 }
@@ -487,10 +533,11 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
     ) -> Result<UploadRecord, Stop> {
         let new = checked.new_version(staged.digest, upload.source.clone(), compiled);
         drop(checked);
-        let (registry, owned, alias) = (
+        let (registry, owned, alias, rollout) = (
             self.registry.clone(),
             upload.clone(),
             options.upload.alias.clone(),
+            options.upload.rollout.clone(),
         );
         let staging = staged.staging;
         let committed = tokio::task::spawn_blocking(move || -> Result<Option<UploadRecord>, RegistryError> {
@@ -513,6 +560,7 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
                 sequencer: source.sequencer,
                 status: if alias.is_some() { UploadStatus::Committed } else { UploadStatus::Registered },
                 version: Some(commit.version()),
+                rollout: alias.as_ref().and(rollout),
                 alias,
                 updated_at: now(),
             };
@@ -538,6 +586,15 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
     ) -> Result<Outcome, ValidatorError> {
         let version = record.version.expect("a committed upload has a version");
         let outcome = match (record.status, record.alias.clone()) {
+            (UploadStatus::Committed, Some(alias))
+                if record.rollout.is_some()
+                    && self
+                        .registry
+                        .alias(model, &alias)?
+                        .is_some_and(|a| a.version != version) =>
+            {
+                self.start_rollout(model, object, alias, record).await?
+            }
             (UploadStatus::Committed, Some(alias)) => {
                 let request = PublisherRequest::Publish {
                     model: model.clone(),
@@ -574,6 +631,7 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
         };
         let status = match outcome {
             Outcome::Published { .. } => "published",
+            Outcome::RollingOut { .. } => "rolling-out",
             _ => "registered",
         };
         self.tag(
@@ -585,6 +643,70 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
         )
         .await;
         Ok(outcome)
+    }
+
+    /// Hands a committed upload to a guarded rollout of its alias. A refusal (another rollout
+    /// runs, a bad plan) leaves the version registered, with the reason in its tags: nothing
+    /// is lost, and `modelctl rollout start` can roll it out later.
+    async fn start_rollout(
+        &self,
+        model: &ModelName,
+        object: &ObjectRef,
+        alias: AliasName,
+        record: UploadRecord,
+    ) -> Result<Outcome, ValidatorError> {
+        let version = record.version.expect("a committed upload has a version");
+        let requested = record.rollout.clone().expect("a rollout was requested");
+        let request = RolloutRequest::RolloutStart {
+            model: model.clone(),
+            alias: alias.clone(),
+            candidate: version,
+            plan: requested.plan,
+            settings: requested.settings,
+            reason: Some(format!("upload of {}", object.key)),
+        };
+        match self.publisher.start_rollout(request).await {
+            Ok(id) => {
+                info!(model = %model, alias = %alias, candidate = version, rollout = id, "rollout started");
+                self.finish(
+                    model,
+                    UploadRecord {
+                        status: UploadStatus::RollingOut,
+                        updated_at: now(),
+                        ..record
+                    },
+                )?;
+                Ok(Outcome::RollingOut {
+                    model: model.clone(),
+                    version,
+                    alias,
+                    rollout: id,
+                })
+            }
+            Err(reason) => {
+                warn!(model = %model, version, %reason, "rollout not started; the version stays registered");
+                self.finish(
+                    model,
+                    UploadRecord {
+                        status: UploadStatus::Registered,
+                        updated_at: now(),
+                        ..record
+                    },
+                )?;
+                self.tag(
+                    object,
+                    &[(
+                        "modelpipe-reason",
+                        tag_value(&format!("rollout not started: {reason}")),
+                    )],
+                )
+                .await;
+                Ok(Outcome::Registered {
+                    model: model.clone(),
+                    version,
+                })
+            }
+        }
     }
 
     fn finish(&self, model: &ModelName, record: UploadRecord) -> Result<(), RegistryError> {
@@ -623,6 +745,7 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
                 status: UploadStatus::Rejected,
                 version: None,
                 alias: None,
+                rollout: None,
                 updated_at: now(),
             })
         })

@@ -781,6 +781,13 @@ impl modelpipe::validator::PublishTarget for FlakyPublisher {
         }
         self.inner.publish(request).await
     }
+
+    async fn start_rollout(
+        &self,
+        request: modelpipe_registry::rollout::actions::RolloutRequest,
+    ) -> Result<u64, String> {
+        self.inner.start_rollout(request).await
+    }
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@ use modelpipe::object_store::{Object, ObjectRef, ObjectStore, StoreError};
 use modelpipe::validator::PublishTarget;
 use modelpipe_registry::is_s3_not_found as is_not_found;
 use modelpipe_registry::publish::{PublisherRequest, PublisherResponse};
+use modelpipe_registry::rollout::actions::{RolloutAnswer, RolloutRequest};
 pub use modelpipe_registry::s3_client;
 
 #[derive(Debug, Clone)]
@@ -203,5 +204,16 @@ impl PublishTarget for LambdaPublisher {
         let answer = self.invoke(&payload).await?;
         serde_json::from_value(answer)
             .map_err(|e| format!("{} answered an unexpected shape: {e}", self.function))
+    }
+
+    async fn start_rollout(&self, request: RolloutRequest) -> Result<u64, String> {
+        let payload = serde_json::to_value(&request).map_err(|e| e.to_string())?;
+        let answer: RolloutAnswer = serde_json::from_value(self.invoke(&payload).await?)
+            .map_err(|e| format!("{} answered an unexpected shape: {e}", self.function))?;
+        answer
+            .rollouts
+            .first()
+            .map(|r| r.rollout.id)
+            .ok_or_else(|| format!("{} started no rollout", self.function))
     }
 }

@@ -136,15 +136,28 @@ pub struct UploadRecord {
     /// The alias this upload publishes to; none when it only registers a version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alias: Option<AliasName>,
+    /// Upload metadata `rollout=`: the alias moves by a guarded rollout, not at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RequestedRollout>,
     pub updated_at: String,
 }
 
+/// A rollout plan as upload metadata names it: `rollout=canary|shadow` and `rollout-<setting>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestedRollout {
+    pub plan: String,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub settings: std::collections::BTreeMap<String, String>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum UploadStatus {
     /// Committed as a version, its publish not yet confirmed: a redelivered event resumes it.
     Committed,
     Published,
+    /// Handed to a guarded rollout of its alias.
+    RollingOut,
     Registered,
     Rejected,
 }
@@ -154,6 +167,7 @@ impl UploadStatus {
         match self {
             Self::Committed => "committed",
             Self::Published => "published",
+            Self::RollingOut => "rolling-out",
             Self::Registered => "registered",
             Self::Rejected => "rejected",
         }

@@ -8,6 +8,7 @@ pub mod live;
 pub mod loaded;
 pub mod protocol;
 mod router;
+pub mod split;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,9 +18,11 @@ pub use self::cache::{ModelCache, Residency, Resident};
 pub use self::live::{LiveError, LiveModel, LoadFailure, SwapPolicy};
 pub use self::loaded::{LoadError, LoadedModel};
 pub use self::router::router;
+use self::split::{EvidenceRecorder, Route};
 use modelpipe_config::Config;
 use modelpipe_core::model_name::ModelName;
 use modelpipe_registry::Registry;
+use modelpipe_registry::rollout::split::Arm;
 
 pub struct Inference {
     cache: Arc<ModelCache>,
@@ -30,6 +33,8 @@ pub struct Inference {
     max_request_bytes: usize,
     preload: Vec<ModelName>,
     live: Mutex<HashMap<ModelName, Arc<LiveModel>>>,
+    /// What each arm of a running rollout did here, for the publisher's gates.
+    evidence: Arc<EvidenceRecorder>,
 }
 
 /// What a model's live slot holds now.
@@ -53,6 +58,7 @@ impl Inference {
             max_request_bytes: config.max_request_bytes,
             preload: config.preload_models.clone(),
             live: Mutex::default(),
+            evidence: Arc::new(EvidenceRecorder::new(config.reload_check)),
         }
     }
 
@@ -108,6 +114,56 @@ impl Inference {
             self.live.lock().expect("live map").remove(model);
         }
         result
+    }
+
+    /// The version to answer a request to the live alias with: stable, or the candidate of a
+    /// running rollout for the callers its split sends there. `key` gives the caller's routing
+    /// key for the rollout's sticky key. A candidate that cannot be loaded leaves the request
+    /// to stable and counts as the candidate's error.
+    pub async fn route(
+        &self,
+        model: &ModelName,
+        key: impl FnOnce(&str) -> Vec<u8>,
+    ) -> Result<(Arc<LoadedModel>, Option<Route>), LiveError> {
+        let stable = self.live(model).await?;
+        let Some(split) = self.live_model(model).split() else {
+            return Ok((stable, None));
+        };
+        if split.rollout.stable != stable.version() {
+            return Ok((stable, None));
+        }
+        let route = split.route(&key(&split.rollout.sticky_key));
+        if route.arm == Arm::Stable {
+            return Ok((stable, Some(route)));
+        }
+        let candidate = match self.cache.get(model, split.rollout.candidate) {
+            Some(loaded) => Some(loaded),
+            None if split.candidate_ready => self
+                .cache
+                .load(model, split.rollout.candidate, Residency::OnDemand)
+                .await
+                .ok(),
+            None => None,
+        };
+        match candidate {
+            Some(candidate) => Ok((candidate, Some(route))),
+            None => {
+                self.record(&route, Duration::ZERO, true);
+                Ok((stable, None))
+            }
+        }
+    }
+
+    /// Records what a routed request's model run did, and writes this instance's evidence if a
+    /// write is due.
+    pub fn record(&self, route: &Route, run: Duration, error: bool) {
+        self.evidence.record(route, run, error);
+        self.evidence.flush_if_due(self.registry());
+    }
+
+    /// Writes this instance's rollout evidence now (blocking).
+    pub fn flush_evidence(&self) {
+        self.evidence.flush(self.registry());
     }
 
     /// What the live slot of `model` holds now, without loading or checking anything.

@@ -11,14 +11,16 @@
 //! carries the decision out (TF Serving's split between `AspiredVersionPolicy` and its manager).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
 use super::cache::{ModelCache, Residency};
 use super::loaded::{LoadError, LoadedModel};
+use super::split::Split;
 use modelpipe_core::model_name::{AliasName, ModelName};
+use modelpipe_registry::rollout::Rollout;
 
 /// Who pays for loading a new version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +113,8 @@ pub struct LiveModel {
     next_check: Mutex<Instant>,
     loading: Arc<tokio::sync::Mutex<()>>,
     failure: Mutex<Option<LoadFailure>>,
+    /// The alias's running rollout, read with the alias.
+    split: RwLock<Option<Split>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,7 +135,13 @@ impl LiveModel {
             next_check: Mutex::new(Instant::now()),
             loading: Arc::new(tokio::sync::Mutex::new(())),
             failure: Mutex::new(None),
+            split: RwLock::new(None),
         }
+    }
+
+    /// The rollout this slot splits requests by, if one routes traffic.
+    pub fn split(&self) -> Option<Split> {
+        self.split.read().expect("split lock").clone()
     }
 
     /// The version serving requests, once one has been loaded.
@@ -182,7 +192,72 @@ impl LiveModel {
         current: u64,
         policy: SwapPolicy,
     ) {
-        let alias = self.read_alias(cache).await;
+        let (alias, rollout) = self.read_alias(cache).await;
+        self.swap_if_moved(cache, current, &alias, policy).await;
+        match policy {
+            SwapPolicy::Blocking => self.follow_rollout(cache, &alias, rollout).await,
+            SwapPolicy::Background => {
+                let (this, cache) = (self.clone(), cache.clone());
+                tokio::spawn(async move { this.follow_rollout(&cache, &alias, rollout).await });
+            }
+        }
+    }
+
+    /// Starts splitting by `rollout` once its candidate is loaded, or stops (dropping the
+    /// candidate from the cache) when it no longer routes traffic or the alias moved under it.
+    async fn follow_rollout(
+        &self,
+        cache: &ModelCache,
+        alias: &AliasRead,
+        rollout: Option<Rollout>,
+    ) {
+        let active =
+            rollout.filter(|r| r.routes_traffic() && *alias == AliasRead::Version(r.stable));
+        let previous = self.split();
+        let Some(rollout) = active else {
+            if let Some(previous) = previous {
+                *self.split.write().expect("split lock") = None;
+                let candidate = previous.rollout.candidate;
+                // Promoted: the candidate is (or is about to be) the version serving.
+                let promoted = *alias == AliasRead::Version(candidate);
+                if !promoted && self.version() != Some(candidate) {
+                    cache.remove(&self.model, candidate);
+                }
+                info!(model = %self.model, rollout = previous.rollout.id, "rollout no longer splits traffic");
+            }
+            return;
+        };
+        if previous
+            .as_ref()
+            .is_some_and(|p| p.rollout.generation == rollout.generation && p.candidate_ready)
+        {
+            return;
+        }
+        let candidate_ready = match cache
+            .load(&self.model, rollout.candidate, self.residency)
+            .await
+        {
+            Ok(_) => true,
+            Err(e) => {
+                warn!(model = %self.model, rollout = rollout.id, candidate = rollout.candidate, error = %e, "the rollout's candidate cannot be loaded; stable answers its share, counted as the candidate's errors");
+                false
+            }
+        };
+        info!(model = %self.model, rollout = rollout.id, step = rollout.step, weight = rollout.weight, candidate = rollout.candidate, "splitting traffic");
+        *self.split.write().expect("split lock") = Some(Split {
+            rollout: Arc::new(rollout),
+            candidate_ready,
+        });
+    }
+
+    async fn swap_if_moved(
+        self: &Arc<Self>,
+        cache: &Arc<ModelCache>,
+        current: u64,
+        alias: &AliasRead,
+        policy: SwapPolicy,
+    ) {
+        let alias = alias.clone();
         let failed_recently = match alias {
             AliasRead::Version(target) => cache.recent_failure(&self.model, target).is_some(),
             _ => false,
@@ -220,8 +295,8 @@ impl LiveModel {
             drop(guard);
             return Box::pin(self.get(cache, every, policy)).await;
         }
-        let alias = self.read_alias(cache).await;
-        let version = match (next_swap(None, &alias, false, policy), alias) {
+        let (alias, rollout) = self.read_alias(cache).await;
+        let version = match (next_swap(None, &alias, false, policy), alias.clone()) {
             (SwapDecision::LoadNow(version) | SwapDecision::LoadInBackground(version), _) => {
                 version
             }
@@ -235,28 +310,41 @@ impl LiveModel {
             .swap_to(cache, version)
             .await
             .map_err(|e| self.not_ready(e))?;
+        self.follow_rollout(cache, &alias, rollout).await;
         Ok(loaded)
     }
 
     /// The alias, read off the request's thread: on an S3 registry it is a (conditional) round
     /// trip. A failed read is logged here.
-    async fn read_alias(&self, cache: &ModelCache) -> AliasRead {
+    /// The alias's rollout is read with it; one that cannot be read splits nothing.
+    async fn read_alias(&self, cache: &ModelCache) -> (AliasRead, Option<Rollout>) {
         let (registry, model, alias) = (
             cache.registry().clone(),
             self.model.clone(),
             self.alias.clone(),
         );
-        let read = tokio::task::spawn_blocking(move || registry.alias(&model, &alias))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|read| read.map_err(|e| e.to_string()));
-        match read {
-            Ok(Some(record)) => AliasRead::Version(record.version),
-            Ok(None) => AliasRead::Missing,
+        let read = tokio::task::spawn_blocking(move || {
+            let record = registry.alias(&model, &alias)?;
+            let rollout = registry.rollout(&model, &alias);
+            Ok::<_, modelpipe_registry::RegistryError>((record, rollout))
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|read| read.map_err(|e| e.to_string()));
+        let (record, rollout) = match read {
+            Ok(read) => read,
             Err(error) => {
                 warn!(model = %self.model, alias = %self.alias, %error, "cannot read the alias; serving the loaded version, if any");
-                AliasRead::Unreadable(error)
+                return (AliasRead::Unreadable(error), None);
             }
+        };
+        let rollout = rollout.unwrap_or_else(|error| {
+            warn!(model = %self.model, alias = %self.alias, %error, "cannot read the alias's rollout; stable answers every request");
+            None
+        });
+        match record {
+            Some(record) => (AliasRead::Version(record.version), rollout),
+            None => (AliasRead::Missing, None),
         }
     }
 

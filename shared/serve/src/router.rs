@@ -3,6 +3,7 @@
 //! cannot be loaded; bad input never yields a 500.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::Json;
 use axum::body::Body;
@@ -13,6 +14,7 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 use super::protocol::{self, HEADER_CONTENT_LENGTH, Output, ParsedRequest};
+use super::split::{Route, routing_key};
 use super::{Inference, LiveError, LoadError, LoadedModel};
 use modelpipe_core::model_name::ModelName;
 use modelpipe_core::signature::Signature;
@@ -65,6 +67,11 @@ impl From<RegistryError> for ApiError {
 }
 
 type ApiResult<T> = Result<T, ApiError>;
+
+/// On an answer a rollout routed: which arm answered (`stable` or `candidate`)…
+pub const HEADER_ARM: &str = "modelpipe-arm";
+/// …and the rollout's id.
+pub const HEADER_ROLLOUT: &str = "modelpipe-rollout";
 type AppState = State<Arc<Inference>>;
 
 /// The routes, over shared state; the same router runs in Lambda and on a local port.
@@ -241,8 +248,12 @@ async fn infer_live(
 ) -> ApiResult<Response> {
     let model = model_name(&model)?;
     let request = read_request(&inference, &headers, body).await?;
-    let loaded = inference.live(&model).await?;
-    infer(&inference, loaded, request).await
+    let (loaded, route) = inference
+        .route(&model, |sticky| {
+            routing_key(sticky, &headers, &request.request.parameters)
+        })
+        .await?;
+    infer(&inference, loaded, request, route).await
 }
 
 async fn infer_version(
@@ -254,8 +265,9 @@ async fn infer_version(
     let model = model_name(&model)?;
     let version = version_number(&model, &version)?;
     let request = read_request(&inference, &headers, body).await?;
+    // A pinned version bypasses any rollout's split.
     let loaded = pinned(&inference, &model, version).await?;
-    infer(&inference, loaded, request).await
+    infer(&inference, loaded, request, None).await
 }
 
 /// Reads the body, refusing one over the limit before reading it when its length is declared,
@@ -298,10 +310,13 @@ async fn read_request(
     protocol::parse(bytes, header_length).map_err(ApiError::bad_request)
 }
 
+/// Runs `parsed` on `loaded`; a request a rollout routed is recorded for its arm (the model
+/// run's time, or its failure) and answered with headers naming the arm and the rollout.
 async fn infer(
     inference: &Inference,
     loaded: Arc<LoadedModel>,
     parsed: ParsedRequest,
+    route: Option<Route>,
 ) -> ApiResult<Response> {
     let signature = loaded.engine.signature();
     for input in parsed.inputs() {
@@ -328,6 +343,7 @@ async fn infer(
         .wanted_outputs(signature)
         .map_err(ApiError::bad_request)?;
     let plans = loaded.engine.resident_plans();
+    let started = Instant::now();
     let outputs = if loaded.runs_quickly(&tensors) {
         loaded.engine.run(tensors)
     } else {
@@ -340,10 +356,13 @@ async fn infer(
                     format!("inference task failed: {e}"),
                 )
             })?
+    };
+    if let Some(route) = &route {
+        inference.record(route, started.elapsed(), outputs.is_err());
     }
     // The inputs matched the signature, so a failure here is the request's values (e.g. an
     // index out of range): a client error.
-    .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let outputs = outputs.map_err(|e| ApiError::bad_request(e.to_string()))?;
     if loaded.engine.resident_plans() > plans {
         // A plan for a new input shape: the version costs more memory now.
         inference.cache().trim();
@@ -365,6 +384,10 @@ async fn infer(
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
     let mut response = Response::new(Body::from(body.bytes));
     let headers = response.headers_mut();
+    if let Some(route) = &route {
+        headers.insert(HEADER_ARM, HeaderValue::from_static(route.arm.as_str()));
+        headers.insert(HEADER_ROLLOUT, HeaderValue::from(route.split.rollout.id));
+    }
     match body.json_length {
         Some(length) => {
             headers.insert(

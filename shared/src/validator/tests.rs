@@ -91,6 +91,13 @@ impl PublishTarget for FlakyPublisher {
         }
         self.local.publish(request).await
     }
+
+    async fn start_rollout(
+        &self,
+        request: modelpipe_registry::rollout::actions::RolloutRequest,
+    ) -> Result<u64, String> {
+        self.local.start_rollout(request).await
+    }
 }
 
 struct Fixture {
