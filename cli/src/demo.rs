@@ -1,5 +1,6 @@
 //! `modelctl demo`: the lifecycle end to end on the example models, through the S3 protocol and
-//! the inference API only (rollback through the publisher logic, as `modelctl rollback` does).
+//! the inference API only (rollback and the rollout through the publisher logic, as `modelctl
+//! rollback` and `modelctl rollout start` do).
 //! Each step checks its outcome; the first that fails ends the demo with its name.
 
 use std::net::SocketAddr;
@@ -7,6 +8,9 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_s3::primitives::ByteStream;
 use serde_json::{Value, json};
+
+use modelpipe_registry::rollout::RolloutState;
+use modelpipe_registry::rollout::actions::{self as rollout, RolloutAnswer, RolloutRequest};
 
 use crate::dev::{BUCKET, DevOptions, DevStack, s3_client};
 
@@ -41,14 +45,31 @@ impl Demo {
     }
 
     async fn predict(&self) -> Result<(String, Vec<f64>), String> {
+        self.predict_as(None)
+            .await
+            .map(|(version, p, _)| (version, p))
+    }
+
+    /// A prediction for the caller `key` (its `routing-key`): version, probabilities, and the
+    /// arm of a rollout that routed it.
+    async fn predict_as(
+        &self,
+        key: Option<&str>,
+    ) -> Result<(String, Vec<f64>, Option<String>), String> {
         let body = json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": ROW}]});
-        let response = self
+        let mut request = self
             .http
             .post(format!("{}/v2/models/iris/infer", self.base))
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
+            .json(&body);
+        if let Some(key) = key {
+            request = request.header("routing-key", key);
+        }
+        let response = request.send().await.map_err(|e| e.to_string())?;
+        let arm = response
+            .headers()
+            .get("modelpipe-arm")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let status = response.status();
         let answer: Value = response.json().await.map_err(|e| e.to_string())?;
         if !status.is_success() {
@@ -64,6 +85,7 @@ impl Demo {
                 .unwrap_or_default()
                 .to_string(),
             probabilities,
+            arm,
         ))
     }
 
@@ -216,6 +238,68 @@ async fn steps(demo: &mut Demo, stack: &DevStack) -> Result<(), String> {
     demo.record(
         "rolled back to v1",
         format!("{} ms to first v1 answer", started.elapsed().as_millis()),
+    );
+
+    canary(demo, stack, &target).await
+}
+
+/// v2 again, as a guarded rollout: 10 %, then 50 % of callers, promoted by the controller on
+/// the evidence their requests leave.
+async fn canary(
+    demo: &mut Demo,
+    stack: &DevStack,
+    target: &crate::ops::Target,
+) -> Result<(), String> {
+    const STEP: &str = "v2 canary promoted on evidence";
+    let started = Instant::now();
+    let request = RolloutRequest::RolloutStart {
+        model: "iris".parse().expect("valid name"),
+        alias: Default::default(),
+        candidate: 2,
+        plan: "canary".into(),
+        settings: [("steps", "10,50"), ("bake", "0s"), ("min-requests", "20")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        reason: Some("modelctl demo".into()),
+    };
+    let payload = serde_json::to_value(&request).expect("requests serialise");
+    let _: RolloutAnswer = target
+        .call(payload, move |registry| {
+            rollout::apply(registry, &request, None)
+        })
+        .await
+        .map_err(|e| step_failed(STEP, e))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut requests, mut on_candidate) = (0, 0);
+    loop {
+        let key = format!("customer-{}", requests % 200);
+        let (_, _, arm) = demo
+            .predict_as(Some(&key))
+            .await
+            .map_err(|e| step_failed(STEP, e))?;
+        requests += 1;
+        on_candidate += usize::from(arm.as_deref() == Some("candidate"));
+        let rollout = stack
+            .registry
+            .rollout(&"iris".parse().expect("valid name"), &Default::default())
+            .map_err(|e| step_failed(STEP, e))?;
+        match rollout.map(|r| (r.state, r.reason)) {
+            Some((RolloutState::Promoted, _)) => break,
+            Some((RolloutState::RolledBack, reason)) => return Err(step_failed(STEP, reason)),
+            _ if Instant::now() > deadline => {
+                return Err(step_failed(STEP, "not promoted within 60 s"));
+            }
+            _ => {}
+        }
+    }
+    demo.wait_for_version(STEP, "2").await?;
+    demo.record(
+        STEP,
+        format!(
+            "{} ms: 10 % → 50 % → live; {requests} requests, {on_candidate} answered by the candidate",
+            started.elapsed().as_millis()
+        ),
     );
     Ok(())
 }

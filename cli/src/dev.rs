@@ -5,11 +5,12 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use modelpipe::s3_event::{CreatedObject, object_created_event};
 use modelpipe::validator::{LocalPublisher, Outcome, Validator};
 use modelpipe_aws::S3Uploads;
@@ -135,6 +136,7 @@ impl DevStack {
             stopped.clone(),
         )));
 
+        prometheus();
         let inference = Arc::new(Inference::new(
             registry.clone(),
             &config,
@@ -146,7 +148,10 @@ impl DevStack {
             let shutdown = async move {
                 let _ = http_stopped.wait_for(|s| *s).await;
             };
-            if let Err(e) = axum::serve(http_listener, router(inference))
+            let app = router(inference).merge(
+                axum::Router::new().route("/metrics", axum::routing::get(prometheus_metrics)),
+            );
+            if let Err(e) = axum::serve(http_listener, app)
                 .with_graceful_shutdown(shutdown)
                 .await
             {
@@ -168,6 +173,46 @@ impl DevStack {
         for task in self.tasks {
             let _ = task.await;
         }
+    }
+}
+
+/// The process's Prometheus recorder, installed by the first stack started in it.
+fn prometheus() -> Option<&'static PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
+            Ok(handle) => {
+                modelpipe_serve::metrics::describe();
+                Some(handle)
+            }
+            Err(e) => {
+                warn!(error = %e, "no Prometheus metrics: another recorder is installed");
+                None
+            }
+        })
+        .as_ref()
+}
+
+/// `GET /metrics`: the per-version metrics as Prometheus text.
+async fn prometheus_metrics() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match prometheus() {
+        Some(handle) => {
+            handle.run_upkeep();
+            (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4",
+                )],
+                handle.render(),
+            )
+                .into_response()
+        }
+        None => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "no metrics recorder",
+        )
+            .into_response(),
     }
 }
 

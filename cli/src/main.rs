@@ -139,11 +139,11 @@ enum Command {
 #[derive(clap::Args)]
 struct RegistryArg {
     /// The registry: a directory or s3://BUCKET/PREFIX.
-    #[arg(long, default_value = ".modelpipe/registry")]
+    #[arg(long, global = true, default_value = ".modelpipe/registry")]
     registry: Location,
     /// Act through the deployed publisher Lambda (name or ARN) instead, with the standard AWS
     /// environment (credentials, region, AWS_ENDPOINT_URL).
-    #[arg(long, conflicts_with = "registry")]
+    #[arg(long, global = true, conflicts_with = "registry")]
     publisher_function: Option<String>,
 }
 

@@ -14,6 +14,9 @@ use modelpipe_registry::publish::{
     self, HistoryAnswer, ModelStatus, PublisherQuery, PublisherRequest, PublisherResponse,
     StatusAnswer, apply,
 };
+use modelpipe_registry::rollout::actions::{
+    self as rollout_actions, RolloutAnswer, RolloutRequest,
+};
 use modelpipe_registry::{Location, Registry};
 
 pub type CliResult<T = ()> = Result<T, String>;
@@ -77,6 +80,9 @@ async fn blocking<T: Send + 'static>(
 }
 
 pub async fn status(target: &Target, model: Option<ModelName>) -> CliResult {
+    let rollout_request = RolloutRequest::RolloutStatus {
+        model: model.clone(),
+    };
     let query = PublisherQuery::Status {
         model: model.clone(),
     };
@@ -89,8 +95,22 @@ pub async fn status(target: &Target, model: Option<ModelName>) -> CliResult {
     if answer.models.is_empty() {
         println!("no models yet");
     }
+    // The split and latest evidence of each alias's rollout, from the same target.
+    let payload = serde_json::to_value(&rollout_request).expect("requests serialise");
+    let rollouts: RolloutAnswer = target
+        .call(payload, move |registry| {
+            rollout_actions::apply(registry, &rollout_request, None)
+        })
+        .await?;
     for status in answer.models {
         print_status(&status);
+        for report in rollouts
+            .rollouts
+            .iter()
+            .filter(|r| r.rollout.model == status.model)
+        {
+            crate::rollout::print_report(report);
+        }
     }
     Ok(())
 }
@@ -217,11 +237,12 @@ pub fn fsck(location: &Location, repair: bool, leftover_age: std::time::Duration
         println!("{what:<8} {}: {}", finding.model, finding.message);
     }
     println!(
-        "{}: {} models, {} versions, {} aliases checked; {} errors",
+        "{}: {} models, {} versions, {} aliases, {} rollouts checked; {} errors",
         registry.location(),
         report.models,
         report.versions,
         report.aliases,
+        report.rollouts,
         report.errors()
     );
     match report.errors() {

@@ -143,5 +143,19 @@ pub fn print_report(report: &RolloutReport) {
             e.candidate.error_rate * 100.0,
             p99(e.candidate.p99_ms),
         );
+        if let Some(shadow) = &e.shadow {
+            let share = |a: Option<f64>| a.map_or("-".into(), |a| format!("{:.2} %", a * 100.0));
+            let diff = |d: Option<f64>| d.map_or("-".into(), |d| format!("{d:.3e}"));
+            println!(
+                "  shadow: {} runs ({} failed, {} skipped), {} rows compared, agreement {}, |Δ| p50 {} p99 {}",
+                shadow.runs,
+                shadow.errors,
+                shadow.skipped,
+                shadow.rows,
+                share(shadow.agreement),
+                diff(shadow.abs_diff_p50),
+                diff(shadow.abs_diff_p99),
+            );
+        }
     }
 }

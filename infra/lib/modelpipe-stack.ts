@@ -9,6 +9,8 @@ import * as apigw from 'aws-cdk-lib/aws-apigatewayv2';
 import { HttpLambdaIntegration } from 'aws-cdk-lib/aws-apigatewayv2-integrations';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as efs from 'aws-cdk-lib/aws-efs';
+import * as events from 'aws-cdk-lib/aws-events';
+import * as targets from 'aws-cdk-lib/aws-events-targets';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as destinations from 'aws-cdk-lib/aws-lambda-destinations';
@@ -58,6 +60,11 @@ export interface ModelpipeStackProps extends StackProps {
   /** Where the registry lives ['efs']. 's3' needs no VPC: MODEL_ROOT=s3://<bucket>/registry. */
   readonly registry?: RegistryStorage;
   readonly inference?: InferenceOptions;
+  /**
+   * How often the rollout controller runs [1 minute]: an EventBridge schedule invokes the
+   * publisher with `{"action": "rollout-advance"}`, which judges every running rollout's step.
+   */
+  readonly rolloutTick?: Duration;
 }
 
 const MOUNT_PATH = '/mnt/models';
@@ -182,6 +189,18 @@ export class ModelpipeStack extends Stack {
       logGroup: logGroup('Publisher'),
       environment: { MODEL_ROOT: modelRoot, RUST_LOG: 'info' },
     });
+
+    // The rollout controller: every running rollout's step judged on its evidence, on a timer.
+    const rolloutTick = new events.Rule(this, 'RolloutTick', {
+      description: 'modelpipe: advance every running rollout whose step has passed or failed its gates',
+      schedule: events.Schedule.rate(props.rolloutTick ?? Duration.minutes(1)),
+    });
+    rolloutTick.addTarget(
+      new targets.LambdaFunction(this.publisher, {
+        event: events.RuleTargetInput.fromObject({ action: 'rollout-advance' }),
+        retryAttempts: 0,
+      }),
+    );
 
     const failedUploads = new sqs.Queue(this, 'FailedUploads', {
       retentionPeriod: Duration.days(14),

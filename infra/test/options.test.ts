@@ -4,6 +4,7 @@
 import assert from 'node:assert/strict';
 import * as path from 'node:path';
 import { test } from 'node:test';
+import { Duration } from 'aws-cdk-lib';
 import { actions, fixtures, functionProps, statements, synth } from './helpers';
 
 const image = { context: path.join(fixtures, 'image'), file: 'Dockerfile' };
@@ -70,4 +71,9 @@ test('no function may touch S3, Lambda or EFS on every resource (EFS mounts: the
       }
     }
   }
+});
+
+test('the rollout controller runs as often as rolloutTick says', () => {
+  const template = synth({ rolloutTick: Duration.minutes(5) });
+  template.hasResourceProperties('AWS::Events::Rule', { ScheduleExpression: 'rate(5 minutes)' });
 });

@@ -107,6 +107,26 @@ test('the publisher writes EFS and has no S3 access', () => {
   assert.deepEqual(granted.filter((a) => a.startsWith('s3:')), []);
 });
 
+test('an EventBridge schedule invokes the publisher with rollout-advance every minute', () => {
+  const publisher = logicalId(template, 'AWS::Lambda::Function', 'Publisher');
+  template.hasResourceProperties('AWS::Events::Rule', {
+    ScheduleExpression: 'rate(1 minute)',
+    State: 'ENABLED',
+    Targets: [
+      Match.objectLike({
+        Arn: { 'Fn::GetAtt': [publisher, 'Arn'] },
+        Input: JSON.stringify({ action: 'rollout-advance' }),
+        RetryPolicy: { MaximumRetryAttempts: 0 },
+      }),
+    ],
+  });
+  template.hasResourceProperties('AWS::Lambda::Permission', {
+    Action: 'lambda:InvokeFunction',
+    FunctionName: { 'Fn::GetAtt': [publisher, 'Arn'] },
+    Principal: 'events.amazonaws.com',
+  });
+});
+
 test('inference mounts EFS read-only and has no S3 access', () => {
   const granted = actions(template, 'Inference');
   assert.ok(granted.includes('elasticfilesystem:ClientMount'));

@@ -75,7 +75,7 @@ impl PublishTarget for LocalPublisher {
 
 /// What became of one record.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(tag = "outcome", rename_all = "lowercase")]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
 pub enum Outcome {
     /// Not a model upload (other prefix, bad name, not `.onnx`, not a create event).
     Ignored {

@@ -683,3 +683,140 @@ async fn a_baked_registry_is_served_read_only_without_hot_reload() {
         &v2,
     );
 }
+
+/// `POST /v2/models/iris/infer` with routing key `key` through an HTTP API event: the status
+/// and the arm header.
+async fn infer_as(stack: &Stack, key: &str) -> (u16, Option<String>) {
+    let body =
+        json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": ROW}]})
+            .to_string();
+    let mut event = http_api_event("POST", "/v2/models/iris/infer", Some(&body));
+    event["headers"]["routing-key"] = json!(key);
+    let answer = stack.invoke("inference", &event).await.unwrap();
+    let arm = answer["headers"]["modelpipe-arm"]
+        .as_str()
+        .map(str::to_string);
+    (answer["statusCode"].as_u64().unwrap() as u16, arm)
+}
+
+#[tokio::test]
+async fn a_canary_through_the_three_functions_promoted_by_the_publishers_advance_with_emf_metrics()
+{
+    let mut stack = Stack::start().await;
+    stack
+        .upload("models/iris/model.onnx", LinearSoftmax::iris(1).to_bytes())
+        .await;
+    let outcome = stack
+        .upload_with(
+            "models/iris/model.onnx",
+            LinearSoftmax::iris(2).to_bytes(),
+            &[
+                ("rollout", "canary"),
+                ("rollout-steps", "50"),
+                ("rollout-bake", "0s"),
+                ("rollout-min-requests", "10"),
+            ],
+        )
+        .await;
+    assert_eq!(
+        outcome,
+        json!([{"outcome": "rolling-out", "model": "iris", "version": 2, "alias": "live", "rollout": 1}])
+    );
+    assert_eq!(stack.live(), 1);
+
+    // Both arms answer; each caller always from the same one.
+    let mut arms = std::collections::HashMap::new();
+    for round in 0..2 {
+        for i in 0..40 {
+            let key = format!("user-{i}");
+            let (status, arm) = infer_as(&stack, &key).await;
+            assert_eq!(status, 200);
+            let arm = arm.expect("a routed answer names its arm");
+            if round == 1 {
+                assert_eq!(arms[&key], arm, "{key} changed arms");
+            }
+            arms.insert(key, arm);
+        }
+    }
+    assert!(arms.values().any(|a| a == "candidate") && arms.values().any(|a| a == "stable"));
+
+    // The publisher reads the evidence inference wrote (its status shows it) …
+    let status = json!({"action": "rollout-status", "model": "iris"});
+    modelpipe_tests::wait_for(
+        "the evidence of both arms",
+        modelpipe_tests::dev::WAIT,
+        || async {
+            let answer = stack.invoke("publisher", &status).await.unwrap();
+            let evaluation = &answer["rollouts"][0]["evaluation"];
+            (evaluation["stable"]["requests"].as_u64()? >= 10
+                && evaluation["candidate"]["requests"].as_u64()? >= 10)
+                .then_some(())
+        },
+    )
+    .await;
+    // … and two advances at once (two schedule ticks) promote once.
+    let advance = json!({"action": "rollout-advance"});
+    let (a, b) = tokio::join!(
+        stack.invoke("publisher", &advance),
+        stack.invoke("publisher", &advance)
+    );
+    let did: Vec<String> = [a.unwrap(), b.unwrap()]
+        .iter()
+        .flat_map(|answer| answer["rollouts"].as_array().cloned().unwrap_or_default())
+        .map(|report| report["did"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        did.iter().filter(|d| *d == "promoted").count(),
+        1,
+        "{did:?}"
+    );
+    assert_eq!(stack.live(), 2);
+    let log = stack
+        .registry
+        .rollout_log(&"iris".parse().unwrap())
+        .unwrap();
+    assert_eq!(log.iter().filter(|e| e.action == "promoted").count(), 1);
+
+    // The inference function's log carries EMF documents per arm and version, with no caller's key.
+    let log =
+        std::fs::read_to_string(modelpipe_tests::function_log(&stack._watch, "inference")).unwrap();
+    let documents: Vec<Value> = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|doc| doc["_aws"]["CloudWatchMetrics"].is_array())
+        .collect();
+    let requests = |arm: &str, version: &str| -> u64 {
+        documents
+            .iter()
+            .filter(|d| d["arm"] == arm && d["version"] == version && d["model"] == "iris")
+            .filter_map(|d| d["modelpipe_requests_total"].as_u64())
+            .sum()
+    };
+    let candidates = arms.values().filter(|a| *a == "candidate").count() as u64;
+    assert_eq!(requests("candidate", "2"), 2 * candidates, "{documents:?}");
+    assert_eq!(requests("stable", "1"), 2 * (40 - candidates));
+    let request_doc = documents
+        .iter()
+        .find(|d| d["modelpipe_requests_total"].is_u64())
+        .unwrap();
+    let directive = &request_doc["_aws"]["CloudWatchMetrics"][0];
+    assert_eq!(directive["Namespace"], "modelpipe");
+    let mut dimensions: Vec<&str> = directive["Dimensions"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap())
+        .collect();
+    dimensions.sort_unstable();
+    assert_eq!(dimensions, ["alias", "arm", "model", "version"]);
+    assert!(
+        documents
+            .iter()
+            .any(|d| d["modelpipe_model_load_seconds"].is_array()
+                || d["modelpipe_model_load_seconds"].is_number())
+    );
+    assert!(
+        !log.contains("\"user-1\""),
+        "a routing key reached the logs"
+    );
+}

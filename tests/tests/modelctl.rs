@@ -164,6 +164,7 @@ fn demo_runs_the_lifecycle_and_exits_zero() {
         "v2 hot-reloaded",
         "broken upload rejected",
         "rolled back to v1",
+        "v2 canary promoted on evidence",
     ] {
         assert!(
             stdout.contains(&format!("✔ {step}")),

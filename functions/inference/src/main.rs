@@ -1,5 +1,6 @@
 //! The inference Lambda: Open Inference Protocol v2 behind API Gateway (HTTP API or REST API).
-//! `PRELOAD_MODELS` are loaded here, during init, outside the handler.
+//! `PRELOAD_MODELS` are loaded here, during init, outside the handler. Per-version metrics are
+//! EMF lines on stdout (CloudWatch turns them into metrics), written after each invocation.
 
 use std::sync::Arc;
 
@@ -22,6 +23,10 @@ fn main() -> Result<(), Error> {
 async fn run() -> Result<(), Error> {
     modelpipe_config::telemetry::init_lambda();
     let config = Config::from_env()?;
+    let metrics = metrics_cloudwatch_embedded::Builder::new()
+        .cloudwatch_namespace(config.metrics_namespace.clone())
+        .init()?;
+    modelpipe_serve::metrics::describe();
     let registry = config.open_registry()?;
     // One request at a time per environment: its run can have every vCPU (with concurrent
     // requests, as in `modelctl dev`, they already keep the cores busy; see BENCHMARKS.md).
@@ -30,5 +35,5 @@ async fn run() -> Result<(), Error> {
     // Lambda freezes the process between invocations: the request that notices a move loads it.
     let inference = Arc::new(Inference::new(registry, &config, SwapPolicy::Blocking));
     inference.preload().await;
-    lambda_http::run(router(inference)).await
+    metrics_cloudwatch_embedded::lambda::service::run_http(metrics, router(inference)).await
 }

@@ -33,6 +33,9 @@ pub struct Config {
     /// `MAX_MODEL_NODES` [10000] and `MODEL_LOAD_BUDGET_MS` [30000]: the work one model may
     /// cost an engine (see [`Limits`]).
     pub limits: Limits,
+    /// `METRICS_NAMESPACE` [modelpipe]: the CloudWatch namespace of the inference function's
+    /// EMF metrics.
+    pub metrics_namespace: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +141,9 @@ impl Config {
                     MODEL_LOAD_BUDGET.as_millis() as u64,
                 )?),
             },
+            metrics_namespace: get("METRICS_NAMESPACE")
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| "modelpipe".into()),
         })
     }
 }

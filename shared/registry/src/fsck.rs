@@ -1,6 +1,7 @@
 //! The registry's consistency check (`modelctl fsck`): every version complete, with a manifest
 //! that names it and a file that matches it; every alias on a complete version with the same
-//! SHA-256; every alias's last move in the history. It repairs only what is safe to remove:
+//! SHA-256; every alias's last move in the history; every rollout on complete versions, with its
+//! last decision in its log. It repairs only what is safe to remove:
 //! staging directories and temporary files left by crashed writers, once older than a given age
 //! (younger ones may belong to an ingest still running).
 
@@ -35,6 +36,7 @@ pub struct FsckReport {
     pub models: usize,
     pub versions: usize,
     pub aliases: usize,
+    pub rollouts: usize,
     pub findings: Vec<Finding>,
 }
 
@@ -86,6 +88,7 @@ impl Registry {
             let versions = self.check_versions(&model, &mut found)?;
             report.versions += versions.len();
             report.aliases += self.check_aliases(&model, &versions, &mut found)?;
+            report.rollouts += self.check_rollouts(&model, &versions, &mut found)?;
             for path in self.leftovers(&model, age) {
                 let removed = leftovers == Leftovers::Remove && remove(&path);
                 report.findings.push(Finding {
@@ -252,6 +255,69 @@ impl Registry {
         Ok(aliases.len())
     }
 
+    /// Every rollout on complete versions; a running one on its alias's version; its last
+    /// decision in `rollouts.jsonl`.
+    fn check_rollouts(
+        &self,
+        model: &ModelName,
+        versions: &[Manifest],
+        found: &mut impl FnMut(Severity, String),
+    ) -> Result<usize> {
+        let rollouts = match self.rollouts(model) {
+            Ok(rollouts) => rollouts,
+            Err(e) => {
+                found(Severity::Error, e.to_string());
+                return Ok(0);
+            }
+        };
+        let log = self.rollout_log(model)?;
+        for rollout in &rollouts {
+            let alias = &rollout.alias;
+            for (role, version) in [("stable", rollout.stable), ("candidate", rollout.candidate)] {
+                if !versions.iter().any(|m| m.version == version) {
+                    found(
+                        if rollout.routes_traffic() {
+                            Severity::Error
+                        } else {
+                            Severity::Warning
+                        },
+                        format!(
+                            "rollout {} of {alias} has {role} v{version}, which is not a complete version",
+                            rollout.id
+                        ),
+                    );
+                }
+            }
+            let on = self.alias(model, alias)?.map(|r| r.version);
+            if rollout.state.is_active() && on != Some(rollout.stable) {
+                found(
+                    Severity::Warning,
+                    format!(
+                        "rollout {} of {alias} is {:?} from v{} but {alias} is on {} (the next rollout action ends it)",
+                        rollout.id,
+                        rollout.state,
+                        rollout.stable,
+                        on.map_or("no version".into(), |v| format!("v{v}"))
+                    ),
+                );
+            }
+            let last = log
+                .iter()
+                .rev()
+                .find(|e| e.id == rollout.id && &e.alias == alias && e.action != "wait");
+            if last.map(|e| e.generation) != Some(rollout.generation) {
+                found(
+                    Severity::Warning,
+                    format!(
+                        "rollouts.jsonl lacks generation {} of rollout {} of {alias} (a crash between its write and its log line)",
+                        rollout.generation, rollout.id
+                    ),
+                );
+            }
+        }
+        Ok(rollouts.len())
+    }
+
     /// Staging directories and temporary files of a directory registry older than `age`.
     fn leftovers(&self, model: &ModelName, age: Duration) -> Vec<PathBuf> {
         let old = |path: &Path| {
@@ -278,6 +344,17 @@ impl Registry {
                 model_dir.join("uploads"),
             ];
             dirs.extend(children(model_dir.join("versions")));
+            // rollouts/, and below it each alias's evidence (<alias>/<id>/step-<k>/).
+            let mut pending = vec![model_dir.join("rollouts")];
+            while let Some(dir) = pending.pop() {
+                let subdirs = children(dir.clone()).into_iter().filter(|p| p.is_dir());
+                pending.extend(subdirs.filter(|p| {
+                    !p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with(".tmp-"))
+                }));
+                dirs.push(dir);
+            }
             for dir in dirs {
                 found.extend(children(dir).into_iter().filter(|p| {
                     p.file_name()

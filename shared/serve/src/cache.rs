@@ -136,6 +136,7 @@ impl ModelCache {
                 match loaded {
                     Ok(loaded) => {
                         info!(model = %loaded.manifest.model, version, ms = loaded.load_time.as_millis() as u64, bytes = loaded.manifest.size, engine = %loaded.engine.kind(), from = loaded.loaded_from, "model loaded");
+                        crate::metrics::load(&loaded.manifest.model, version, loaded.load_time);
                         Ok(Arc::new(loaded))
                     }
                     Err(e) => {

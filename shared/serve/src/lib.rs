@@ -6,18 +6,23 @@
 pub mod cache;
 pub mod live;
 pub mod loaded;
+pub mod metrics;
 pub mod protocol;
 mod router;
+pub mod shadow;
 pub mod split;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use tract_onnx::prelude::Tensor;
 
 pub use self::cache::{ModelCache, Residency, Resident};
 pub use self::live::{LiveError, LiveModel, LoadFailure, SwapPolicy};
 pub use self::loaded::{LoadError, LoadedModel};
 pub use self::router::router;
+use self::shadow::{ShadowPermit, ShadowSlot};
 use self::split::{EvidenceRecorder, Route};
 use modelpipe_config::Config;
 use modelpipe_core::model_name::ModelName;
@@ -35,6 +40,14 @@ pub struct Inference {
     live: Mutex<HashMap<ModelName, Arc<LiveModel>>>,
     /// What each arm of a running rollout did here, for the publisher's gates.
     evidence: Arc<EvidenceRecorder>,
+    /// The one shadow run this instance may have going.
+    shadow_slot: Arc<ShadowSlot>,
+}
+
+/// A shadow run about to start: the candidate, and the slot it holds until it ends.
+pub struct Shadow {
+    candidate: Arc<LoadedModel>,
+    _permit: ShadowPermit,
 }
 
 /// What a model's live slot holds now.
@@ -59,6 +72,7 @@ impl Inference {
             preload: config.preload_models.clone(),
             live: Mutex::default(),
             evidence: Arc::new(EvidenceRecorder::new(config.reload_check)),
+            shadow_slot: Arc::default(),
         }
     }
 
@@ -161,9 +175,71 @@ impl Inference {
         self.evidence.flush_if_due(self.registry());
     }
 
+    /// The shadow run a shadowed request's answer gets, if the slot is free (else the request
+    /// is counted as skipped) and the candidate is in memory (else the run counts as failed).
+    pub fn shadow(&self, route: &Route) -> Option<Shadow> {
+        if !route.shadow {
+            return None;
+        }
+        let rollout = &route.split.rollout;
+        let Some(permit) = self.shadow_slot.try_acquire() else {
+            self.evidence.record_shadow_skipped(route);
+            metrics::shadow_skipped(&rollout.model, &rollout.alias, rollout.candidate);
+            return None;
+        };
+        match self.cache.get(&rollout.model, rollout.candidate) {
+            Some(candidate) => Some(Shadow {
+                candidate,
+                _permit: permit,
+            }),
+            None => {
+                self.evidence.record_shadow(route, Duration::ZERO, None);
+                metrics::shadow_run(&rollout.model, &rollout.alias, rollout.candidate, None);
+                None
+            }
+        }
+    }
+
+    /// Runs `inputs` on the shadow's candidate on a blocking thread and records how its answer
+    /// compared with stable's `outputs`; returns at once. In Lambda the environment freezes
+    /// once the answer is sent and the runtime asks for the next event, so a run still going
+    /// then finishes when the environment next thaws.
+    pub fn run_shadow(
+        &self,
+        shadow: Shadow,
+        route: Route,
+        inputs: Vec<Tensor>,
+        outputs: Vec<Tensor>,
+    ) {
+        let evidence = self.evidence.clone();
+        let registry = self.registry().clone();
+        tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let answer = shadow.candidate.engine.run(inputs);
+            let took = started.elapsed();
+            let comparison = answer.ok().map(|answer| shadow::compare(&outputs, &answer));
+            evidence.record_shadow(&route, took, comparison.as_ref());
+            let rollout = &route.split.rollout;
+            metrics::shadow_run(
+                &rollout.model,
+                &rollout.alias,
+                rollout.candidate,
+                comparison.as_ref().and_then(|c| c.agreement()),
+            );
+            drop(shadow);
+            evidence.flush_if_due(&registry);
+        });
+    }
+
     /// Writes this instance's rollout evidence now (blocking).
     pub fn flush_evidence(&self) {
         self.evidence.flush(self.registry());
+    }
+
+    /// The rollout `model`'s live slot splits its requests by now, if any (nothing is read).
+    pub fn split(&self, model: &ModelName) -> Option<split::Split> {
+        let slot = self.live.lock().expect("live map").get(model).cloned()?;
+        slot.split()
     }
 
     /// What the live slot of `model` holds now, without loading or checking anything.

@@ -13,13 +13,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 
+use super::metrics::{self, ServedBy};
 use super::protocol::{self, HEADER_CONTENT_LENGTH, Output, ParsedRequest};
 use super::split::{Route, routing_key};
 use super::{Inference, LiveError, LoadError, LoadedModel};
-use modelpipe_core::model_name::ModelName;
+use modelpipe_core::model_name::{AliasName, ModelName};
 use modelpipe_core::signature::Signature;
 use modelpipe_engine::tensors::decode_input;
 use modelpipe_registry::RegistryError;
+use modelpipe_registry::rollout::split::Arm;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -184,6 +186,22 @@ async fn model_metadata(
             });
         }
     }
+    if let Some(split) = inference.split(&model) {
+        let rollout = &split.rollout;
+        // The split this instance applies now (it follows the rollout as it follows the alias).
+        body["rollout"] = json!({
+            "id": rollout.id,
+            "generation": rollout.generation,
+            "stable_version": rollout.stable.to_string(),
+            "candidate_version": rollout.candidate.to_string(),
+            "step": rollout.step + 1,
+            "steps": rollout.plan.steps.len(),
+            "candidate_percent": f64::from(rollout.weight) / 100.0,
+            "shadow_percent": f64::from(rollout.shadow) / 100.0,
+            "sticky_key": rollout.sticky_key,
+            "candidate_loaded": split.candidate_ready,
+        });
+    }
     if let Some(failure) = status.failure {
         body["load_error"] =
             json!({ "version": failure.version.to_string(), "error": failure.error });
@@ -253,7 +271,7 @@ async fn infer_live(
             routing_key(sticky, &headers, &request.request.parameters)
         })
         .await?;
-    infer(&inference, loaded, request, route).await
+    infer(&inference, loaded, request, Served::Live(route)).await
 }
 
 async fn infer_version(
@@ -267,7 +285,7 @@ async fn infer_version(
     let request = read_request(&inference, &headers, body).await?;
     // A pinned version bypasses any rollout's split.
     let loaded = pinned(&inference, &model, version).await?;
-    infer(&inference, loaded, request, None).await
+    infer(&inference, loaded, request, Served::Pinned).await
 }
 
 /// Reads the body, refusing one over the limit before reading it when its length is declared,
@@ -310,14 +328,75 @@ async fn read_request(
     protocol::parse(bytes, header_length).map_err(ApiError::bad_request)
 }
 
-/// Runs `parsed` on `loaded`; a request a rollout routed is recorded for its arm (the model
-/// run's time, or its failure) and answered with headers naming the arm and the rollout.
+/// How a request reached its version.
+enum Served {
+    /// Through the live alias, routed by its rollout if one runs.
+    Live(Option<Route>),
+    /// `/versions/{v}`: no alias, no split.
+    Pinned,
+}
+
+/// Runs `parsed` on `loaded` and counts it in the metrics. A request a rollout routed is
+/// recorded for its arm — the model run's time, or a failure: the arm's signature refusing the
+/// inputs, or its run failing — shadowed if its caller is, and answered (even with an error)
+/// with headers naming the arm and the rollout.
 async fn infer(
     inference: &Inference,
     loaded: Arc<LoadedModel>,
     parsed: ParsedRequest,
-    route: Option<Route>,
+    served: Served,
 ) -> ApiResult<Response> {
+    let started = Instant::now();
+    let (route, by) = match served {
+        Served::Live(Some(route)) => {
+            let by = match route.arm {
+                Arm::Stable => ServedBy::Stable,
+                Arm::Candidate => ServedBy::Candidate,
+            };
+            (Some(route), by)
+        }
+        Served::Live(None) => (None, ServedBy::Stable),
+        Served::Pinned => (None, ServedBy::Pinned),
+    };
+    let answer = answer(inference, &loaded, parsed, route.as_ref()).await;
+    let alias = AliasName::default();
+    metrics::request(
+        &loaded.manifest.model,
+        (by != ServedBy::Pinned).then_some(&alias),
+        by,
+        loaded.version(),
+        started.elapsed(),
+        answer.is_err(),
+    );
+    let mut response = match answer {
+        Ok((response, run)) => {
+            if let Some(route) = &route {
+                inference.record(route, run, false);
+            }
+            response
+        }
+        Err(error) => {
+            if let Some(route) = &route {
+                inference.record(route, started.elapsed(), true);
+            }
+            error.into_response()
+        }
+    };
+    if let Some(route) = &route {
+        let headers = response.headers_mut();
+        headers.insert(HEADER_ARM, HeaderValue::from_static(route.arm.as_str()));
+        headers.insert(HEADER_ROLLOUT, HeaderValue::from(route.split.rollout.id));
+    }
+    Ok(response)
+}
+
+/// The answer of `loaded` to `parsed`, and how long its model run took.
+async fn answer(
+    inference: &Inference,
+    loaded: &Arc<LoadedModel>,
+    parsed: ParsedRequest,
+    route: Option<&Route>,
+) -> ApiResult<(Response, std::time::Duration)> {
     let signature = loaded.engine.signature();
     for input in parsed.inputs() {
         if !signature.inputs.iter().any(|spec| spec.name == input.name) {
@@ -343,7 +422,9 @@ async fn infer(
         .wanted_outputs(signature)
         .map_err(ApiError::bad_request)?;
     let plans = loaded.engine.resident_plans();
-    let started = Instant::now();
+    let shadow = route.and_then(|r| inference.shadow(r));
+    let shadow_inputs = shadow.as_ref().map(|_| tensors.clone());
+    let run_started = Instant::now();
     let outputs = if loaded.runs_quickly(&tensors) {
         loaded.engine.run(tensors)
     } else {
@@ -357,12 +438,13 @@ async fn infer(
                 )
             })?
     };
-    if let Some(route) = &route {
-        inference.record(route, started.elapsed(), outputs.is_err());
-    }
+    let run = run_started.elapsed();
     // The inputs matched the signature, so a failure here is the request's values (e.g. an
     // index out of range): a client error.
     let outputs = outputs.map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if let (Some(shadow), Some(inputs), Some(route)) = (shadow, shadow_inputs, route) {
+        inference.run_shadow(shadow, route.clone(), inputs, outputs.clone());
+    }
     if loaded.engine.resident_plans() > plans {
         // A plan for a new input shape: the version costs more memory now.
         inference.cache().trim();
@@ -384,10 +466,6 @@ async fn infer(
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
     let mut response = Response::new(Body::from(body.bytes));
     let headers = response.headers_mut();
-    if let Some(route) = &route {
-        headers.insert(HEADER_ARM, HeaderValue::from_static(route.arm.as_str()));
-        headers.insert(HEADER_ROLLOUT, HeaderValue::from(route.split.rollout.id));
-    }
     match body.json_length {
         Some(length) => {
             headers.insert(
@@ -403,5 +481,5 @@ async fn infer(
             );
         }
     }
-    Ok(response)
+    Ok((response, run))
 }

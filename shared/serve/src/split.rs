@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use axum::http::HeaderMap;
 use serde_json::{Map, Value};
 
+use crate::shadow::Comparison;
 use modelpipe_core::model_name::{AliasName, ModelName};
 use modelpipe_registry::Registry;
 use modelpipe_registry::rollout::split::{self, Arm};
@@ -28,14 +29,19 @@ pub struct Split {
 pub struct Route {
     pub split: Split,
     pub arm: Arm,
+    /// Whether stable's answer is also run on the candidate (a shadowed caller).
+    pub shadow: bool,
 }
 
 impl Split {
     /// The arm for a request with `key` (see [`routing_key`]).
     pub fn route(&self, key: &[u8]) -> Route {
+        let arm = split::arm(&self.rollout.salt, self.rollout.weight, key);
         Route {
             split: self.clone(),
-            arm: split::arm(&self.rollout.salt, self.rollout.weight, key),
+            arm,
+            shadow: arm == Arm::Stable
+                && split::shadowed(&self.rollout.salt, self.rollout.shadow, key),
         }
     }
 }
@@ -85,6 +91,39 @@ impl EvidenceRecorder {
 
     /// Records one request `route` sent to an arm: its model run's time, or its failure.
     pub fn record(&self, route: &Route, run: Duration, error: bool) {
+        self.update(route, |evidence| {
+            let arm = match route.arm {
+                Arm::Stable => &mut evidence.stable,
+                Arm::Candidate => &mut evidence.candidate,
+            };
+            arm.record(run.as_secs_f64() * 1e6, error);
+        });
+    }
+
+    /// Records one shadow run of the candidate: its time, and its comparison with stable's
+    /// answer (`None`: the run failed).
+    pub fn record_shadow(&self, route: &Route, run: Duration, comparison: Option<&Comparison>) {
+        self.update(route, |evidence| {
+            let shadow = &mut evidence.shadow;
+            shadow
+                .runs
+                .record(run.as_secs_f64() * 1e6, comparison.is_none());
+            if let Some(c) = comparison {
+                shadow.rows += c.rows;
+                shadow.agreed_rows += c.agreed_rows;
+                for &diff in &c.abs_diffs {
+                    shadow.abs_diff.record(diff);
+                }
+            }
+        });
+    }
+
+    /// Records a shadowed request the candidate did not run (one was still going).
+    pub fn record_shadow_skipped(&self, route: &Route) {
+        self.update(route, |evidence| evidence.shadow.skipped += 1);
+    }
+
+    fn update(&self, route: &Route, change: impl FnOnce(&mut StepEvidence)) {
         let rollout = &route.split.rollout;
         let key = (
             rollout.model.clone(),
@@ -94,11 +133,7 @@ impl EvidenceRecorder {
         );
         let mut steps = self.steps.lock().expect("evidence lock");
         let (evidence, dirty) = steps.entry(key).or_default();
-        let arm = match route.arm {
-            Arm::Stable => &mut evidence.stable,
-            Arm::Candidate => &mut evidence.candidate,
-        };
-        arm.record(run.as_secs_f64() * 1e6, error);
+        change(evidence);
         *dirty = true;
     }
 

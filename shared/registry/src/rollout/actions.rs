@@ -438,6 +438,11 @@ fn decided(
     };
     match decision {
         Decision::Wait(why) => {
+            let current = locked.registry().rollout(&rollout.model, &rollout.alias)?;
+            if current.as_ref().map(|r| r.generation) != Some(expected) {
+                // Changed since it was judged: the wait is about a rollout that is gone.
+                return write(rollout.clone(), "wait");
+            }
             // One log line per step and generation: the first wait, with its numbers.
             let logged = locked
                 .registry()

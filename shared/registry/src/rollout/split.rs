@@ -27,10 +27,15 @@ impl Arm {
     }
 }
 
-/// `key`'s bucket under `salt`, in `0..10_000`.
+/// `key`'s bucket under `salt`, in `0..10_000`: FNV-1a (64-bit) over `salt`, a 0xFF byte and
+/// `key`, mixed by SplitMix64's finaliser, modulo 10,000.
 pub fn bucket(salt: &str, key: &[u8]) -> u32 {
+    hashed(&[salt.as_bytes(), &[0xff], key])
+}
+
+fn hashed(parts: &[&[u8]]) -> u32 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for &byte in salt.as_bytes().iter().chain(&[0xff]).chain(key) {
+    for &byte in parts.iter().copied().flatten() {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
@@ -54,9 +59,10 @@ pub fn arm(salt: &str, weight: u32, key: &[u8]) -> Arm {
 }
 
 /// Whether a request stable answers is also run on the candidate, at `share` (of 10,000): an
-/// independent bucket of the same key, so a sticky caller is shadowed always or never.
+/// independent bucket of the same key (the salt followed by `/shadow`), so a sticky caller is
+/// shadowed always or never.
 pub fn shadowed(salt: &str, share: u32, key: &[u8]) -> bool {
-    share > 0 && bucket(&format!("{salt}/shadow"), key) < share
+    share > 0 && hashed(&[salt.as_bytes(), b"/shadow", &[0xff], key]) < share
 }
 
 /// A key for a request that brought none: random, so the request is split at random.

@@ -1,4 +1,5 @@
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use super::actions::{Operator, RolloutError, RolloutRequest, apply};
 use super::*;
@@ -274,6 +275,45 @@ fn a_rollout_started_while_another_runs_is_refused_and_a_publish_ends_it() {
     let second = apply(&registry, &request, None).unwrap();
     let second = &second.rollouts[0].rollout;
     assert_eq!((second.id, second.stable), (2, 3));
+}
+
+#[test]
+fn fsck_finds_a_rollout_on_a_missing_version_and_a_decision_missing_from_the_log() {
+    use crate::fsck::{Leftovers, Severity};
+    let (dir, registry) = registry();
+    start(&registry, 2, 5);
+    let clean = registry.fsck(Leftovers::Report, Duration::ZERO).unwrap();
+    assert_eq!(
+        (clean.rollouts, clean.findings.len()),
+        (1, 0),
+        "{:?}",
+        clean.findings
+    );
+
+    // A crash between the record's write and its log line.
+    let log = dir.path().join("iris/rollouts.jsonl");
+    let lines = std::fs::read_to_string(&log).unwrap();
+    let kept: Vec<&str> = lines.lines().collect();
+    std::fs::write(&log, format!("{}\n", kept[..kept.len() - 1].join("\n"))).unwrap();
+    // A candidate whose version is gone (removed by hand).
+    std::fs::remove_dir_all(dir.path().join("iris/versions/2")).unwrap();
+    let report = registry.fsck(Leftovers::Report, Duration::ZERO).unwrap();
+    let messages: Vec<(Severity, &str)> = report
+        .findings
+        .iter()
+        .map(|f| (f.severity, f.message.as_str()))
+        .collect();
+    assert!(
+        messages.iter().any(|(s, m)| *s == Severity::Error
+            && m.contains("candidate v2, which is not a complete version")),
+        "{messages:?}"
+    );
+    assert!(
+        messages
+            .iter()
+            .any(|(s, m)| *s == Severity::Warning && m.contains("rollouts.jsonl lacks generation")),
+        "{messages:?}"
+    );
 }
 
 #[test]

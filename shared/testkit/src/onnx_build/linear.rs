@@ -1,7 +1,10 @@
 //! `y = softmax(x · W + b)`: a linear classifier whose versions give answers a test can tell
 //! apart and compute by hand.
 
-use super::{Dim, GraphProto, Weights, float_tensor, int_attribute, model_bytes, node, value_info};
+use super::{
+    Dim, GraphProto, PbType, TensorProto, Weights, float_tensor, int_attribute, model_bytes, node,
+    value_info,
+};
 
 /// `y = softmax(x · W + b)` with `x: [batch, inputs]`, `W: [inputs, outputs]`.
 #[derive(Debug, Clone)]
@@ -57,12 +60,38 @@ impl LinearSoftmax {
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
+        model_bytes(self.graph())
+    }
+
+    /// The same model with its batch size baked into a final Reshape to `[rows, outputs]`, as
+    /// a traced export does: it declares a dynamic batch and passes every check at `rows` rows,
+    /// then fails on any request with another number of rows.
+    pub fn to_bytes_with_baked_batch(&self, rows: i64) -> Vec<u8> {
+        let mut graph = self.graph();
+        let output = std::mem::replace(&mut graph.node[1].output[0], "scores".into());
+        graph.node.push(node(
+            "Reshape",
+            &["scores", "baked_shape"],
+            &[&output],
+            vec![],
+        ));
+        graph.initializer.push(TensorProto {
+            name: "baked_shape".into(),
+            dims: vec![2],
+            data_type: PbType::Int64 as i32,
+            int64_data: vec![rows, self.outputs() as i64],
+            ..Default::default()
+        });
+        model_bytes(graph)
+    }
+
+    fn graph(&self) -> GraphProto {
         let (n_in, n_out) = (self.inputs() as i64, self.outputs() as i64);
         let batch = match self.batch {
             Some(n) => Dim::DimValue(n),
             None => Dim::DimParam("N".into()),
         };
-        let graph = GraphProto {
+        GraphProto {
             name: "linear_softmax".into(),
             node: vec![
                 node("Gemm", &[&self.input, "W", "B"], &["logits"], vec![]),
@@ -87,7 +116,6 @@ impl LinearSoftmax {
             )],
             output: vec![value_info(&self.output, vec![batch, Dim::DimValue(n_out)])],
             ..Default::default()
-        };
-        model_bytes(graph)
+        }
     }
 }
