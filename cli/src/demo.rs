@@ -257,10 +257,16 @@ async fn canary(
         alias: Default::default(),
         candidate: 2,
         plan: "canary".into(),
-        settings: [("steps", "10,50"), ("bake", "0s"), ("min-requests", "20")]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
+        // A demo is short and its machine busy: latency is left to real rollouts' defaults.
+        settings: [
+            ("steps", "10,50"),
+            ("bake", "0s"),
+            ("min-requests", "20"),
+            ("max-p99-ratio", "1000"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
         reason: Some("modelctl demo".into()),
     };
     let payload = serde_json::to_value(&request).expect("requests serialise");

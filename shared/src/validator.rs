@@ -144,6 +144,9 @@ struct UploadOptions {
     engine: Option<EngineKind>,
     /// `rollout=canary|shadow` (and `rollout-<setting>`): move the alias by a guarded rollout.
     rollout: Option<RequestedRollout>,
+    /// Whether the metadata named `rollout` (`none` included): if not, the contract's default
+    /// plan applies.
+    rollout_named: bool,
 }
 
 impl UploadOptions {
@@ -195,6 +198,7 @@ impl UploadOptions {
             expected_sha256,
             engine,
             rollout,
+            rollout_named: metadata.contains_key("rollout"),
         })
     }
 }
@@ -466,7 +470,7 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
         upload: &Upload,
         staged: &Staged,
         options: &FetchedOptions,
-    ) -> Result<(Checked, Option<Compiled>), Stop> {
+    ) -> Result<Checks, Stop> {
         let model = &upload.model;
         let reject =
             |reason: String| self.reject(upload, reason, Some(staged.digest.sha256.clone()));
@@ -483,6 +487,10 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
                 Err(reason) => return Err(reject(reason).await),
             },
         };
+        let default_rollout = contract
+            .as_ref()
+            .and_then(|c| c.rollout.clone())
+            .filter(|_| !options.upload.rollout_named);
         let compare_alias = options.upload.alias.clone().unwrap_or_default();
         let live = match self.registry.alias(model, &compare_alias)? {
             Some(alias) => Some((
@@ -519,7 +527,11 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
             Err(e) => return Err(reject(e.to_string()).await),
         };
         log_checked(model, started.elapsed(), &checked, compiled.as_ref());
-        Ok((checked, compiled))
+        Ok(Checks {
+            checked,
+            compiled,
+            default_rollout,
+        })
     }
 
     /// Commits the staged version under the model's lock and records the upload, unless a
@@ -528,7 +540,11 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
         &self,
         upload: &Upload,
         staged: Staged,
-        (checked, compiled): (Checked, Option<Compiled>),
+        Checks {
+            checked,
+            compiled,
+            default_rollout,
+        }: Checks,
         options: &FetchedOptions,
     ) -> Result<UploadRecord, Stop> {
         let new = checked.new_version(staged.digest, upload.source.clone(), compiled);
@@ -537,7 +553,7 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
             self.registry.clone(),
             upload.clone(),
             options.upload.alias.clone(),
-            options.upload.rollout.clone(),
+            options.upload.rollout.clone().or(default_rollout),
         );
         let staging = staged.staging;
         let committed = tokio::task::spawn_blocking(move || -> Result<Option<UploadRecord>, RegistryError> {
@@ -784,6 +800,14 @@ struct Upload {
 }
 
 /// What the object's metadata asked for, and the checksum S3 keeps for it.
+/// What the checks found: the checked model, tract's compiled artifact, and the contract's
+/// default rollout when the upload named none.
+struct Checks {
+    checked: Checked,
+    compiled: Option<Compiled>,
+    default_rollout: Option<RequestedRollout>,
+}
+
 struct FetchedOptions {
     upload: UploadOptions,
     checksum_sha256: Option<String>,

@@ -777,21 +777,37 @@ async fn a_canary_through_the_three_functions_promoted_by_the_publishers_advance
         .unwrap();
     assert_eq!(log.iter().filter(|e| e.action == "promoted").count(), 1);
 
-    // The inference function's log carries EMF documents per arm and version, with no caller's key.
-    let log =
-        std::fs::read_to_string(modelpipe_tests::function_log(&stack._watch, "inference")).unwrap();
-    let documents: Vec<Value> = log
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|doc| doc["_aws"]["CloudWatchMetrics"].is_array())
-        .collect();
-    let requests = |arm: &str, version: &str| -> u64 {
+    // The inference function's log carries EMF documents per arm and version, with no caller's
+    // key. Each invocation's are written once its answer has been posted, so the last may trail.
+    let emf = || {
+        let log =
+            std::fs::read_to_string(modelpipe_tests::function_log(&stack._watch, "inference"))
+                .unwrap();
+        let documents: Vec<Value> = log
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|doc| doc["_aws"]["CloudWatchMetrics"].is_array())
+            .collect();
+        (log, documents)
+    };
+    let count = |documents: &[Value], arm: &str, version: &str| -> u64 {
         documents
             .iter()
             .filter(|d| d["arm"] == arm && d["version"] == version && d["model"] == "iris")
             .filter_map(|d| d["modelpipe_requests_total"].as_u64())
             .sum()
     };
+    let (log, documents) = modelpipe_tests::wait_for(
+        "every request's EMF line",
+        modelpipe_tests::dev::WAIT,
+        || async {
+            let (log, documents) = emf();
+            let total = count(&documents, "candidate", "2") + count(&documents, "stable", "1");
+            (total >= 80).then_some((log, documents))
+        },
+    )
+    .await;
+    let requests = |arm: &str, version: &str| count(&documents, arm, version);
     let candidates = arms.values().filter(|a| *a == "candidate").count() as u64;
     assert_eq!(requests("candidate", "2"), 2 * candidates, "{documents:?}");
     assert_eq!(requests("stable", "1"), 2 * (40 - candidates));

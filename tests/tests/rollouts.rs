@@ -3,7 +3,7 @@
 //! promoting the candidate on the evidence inference recorded, and `modelctl rollout`.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
@@ -108,65 +108,101 @@ async fn decisions_ending(registry: &Registry, last: &str) -> Vec<String> {
     .await
 }
 
-/// Publishes v1 (`iris(1)`), then uploads `candidate` with rollout metadata `metadata`; returns
-/// the rollout it started.
-async fn roll_out(
-    dev: &Dev,
-    files: &Path,
-    registry: &Registry,
-    candidate: &[u8],
-    metadata: Value,
-) -> Rollout {
+/// A `modelctl dev` with v1 (`iris(1)`) live and a rollout of `candidate` started by its upload
+/// with rollout metadata `metadata`.
+struct Stage {
+    _data: tempfile::TempDir,
+    files: tempfile::TempDir,
+    dev: Dev,
+    registry: Registry,
+    registry_dir: PathBuf,
+    rollout: Rollout,
+}
+
+/// [`Stage`] with the controller ticking every `tick_ms` (alias checks and evidence writes every
+/// 20 ms).
+async fn stage(tick_ms: &str, candidate: &[u8], metadata: Value) -> Stage {
+    let data = tempfile::tempdir().unwrap();
+    let dev = Dev::start(
+        data.path(),
+        &["--reload-check-ms", "20", "--rollout-tick-ms", tick_ms],
+    )
+    .await;
+    let registry_dir = data.path().join("registry");
+    let registry = Registry::open(&registry_dir).unwrap();
+    let files = tempfile::tempdir().unwrap();
     let key = "models/iris/model.onnx";
-    upload(
-        &dev.endpoint,
-        &write(files, "v1.onnx", &LinearSoftmax::iris(1).to_bytes()),
-        key,
-        &[],
-    );
+    let v1 = write(files.path(), "v1.onnx", &LinearSoftmax::iris(1).to_bytes());
+    upload(&dev.endpoint, &v1, key, &[]);
     assert_eq!(dev.outcome(key).await.0, "published");
+    let v2 = write(files.path(), "v2.onnx", candidate);
     upload(
         &dev.endpoint,
-        &write(files, "v2.onnx", candidate),
+        &v2,
         key,
         &["--metadata", &metadata.to_string()],
     );
     let outcome = dev.outcome_after(key, "published").await;
     assert_eq!(outcome.0, "rolling-out", "{outcome:?}");
-    let rollout = rollout_of(registry);
+    let rollout = rollout_of(&registry);
     assert_eq!((rollout.stable, rollout.candidate), (1, 2));
     assert_eq!(
-        live_version(registry),
+        live_version(&registry),
         1,
         "live stays on v1 while the candidate is rolled out"
     );
-    rollout
+    Stage {
+        _data: data,
+        files,
+        dev,
+        registry,
+        registry_dir,
+        rollout,
+    }
 }
 
-fn write(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, bytes).unwrap();
     path
 }
 
+/// `modelctl ARGS --registry DIR`, which must succeed: its output.
+fn modelctl(registry_dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(binary("modelctl"))
+        .args(args)
+        .args(["--registry", registry_dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 #[tokio::test]
 async fn a_good_candidate_ramps_through_its_steps_to_promotion_and_callers_stay_on_their_arm() {
-    let data = tempfile::tempdir().unwrap();
-    let dev = Dev::start(
-        data.path(),
-        &["--reload-check-ms", "20", "--rollout-tick-ms", "100"],
-    )
-    .await;
-    let registry = Registry::open(data.path().join("registry")).unwrap();
-    let files = tempfile::tempdir().unwrap();
+    let tick_ms = "100";
     let metadata = json!({
         "rollout": "canary",
         "rollout-steps": "10,50",
         "rollout-bake": "0s",
+        // Latency on a shared test machine is noise; its gate has unit tests.
+        "rollout-max-p99-ratio": "1000",
         "rollout-min-requests": "30",
     });
     let candidate = LinearSoftmax::iris(2).to_bytes();
-    let rollout = roll_out(&dev, files.path(), &registry, &candidate, metadata).await;
+    let staged = stage(tick_ms, &candidate, metadata).await;
+    let Stage {
+        dev,
+        registry,
+        registry_dir,
+        rollout,
+        files,
+        ..
+    } = &staged;
 
     // Clients with sticky keys until the controller promotes v2: every answer comes from the
     // arm the documented hash gives at some weight the rollout had, and no caller seen on the
@@ -233,39 +269,28 @@ async fn a_good_candidate_ramps_through_its_steps_to_promotion_and_callers_stay_
         &["--metadata", "publish=false"],
     );
     assert_eq!(dev.outcome("models/iris/v3.onnx").await.0, "registered");
-    let registry_dir = data.path().join("registry");
-    let modelctl = |args: &[&str]| {
-        let out = Command::new(binary("modelctl"))
-            .args(args)
-            .args(["--registry", registry_dir.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
-    let started = modelctl(&[
-        "rollout",
-        "start",
-        "iris",
-        "3",
-        "--set",
-        "bake=0s",
-        "--set",
-        "min-requests=5",
-    ]);
+    let started = modelctl(
+        registry_dir,
+        &[
+            "rollout",
+            "start",
+            "iris",
+            "3",
+            "--set",
+            "bake=0s",
+            "--set",
+            "min-requests=5",
+        ],
+    );
     assert!(started.contains("v2 → v3"), "{started}");
-    modelctl(&["rollout", "pause", "iris"]);
+    modelctl(registry_dir, &["rollout", "pause", "iris"]);
     for key in &keys {
         infer(&dev, key).await;
     }
     // Enough evidence to pass a step; the paused rollout's log still ends at the pause after
     // the controller has run again (an explicit advance is what the tick does).
-    modelctl(&["rollout", "advance", "iris"]);
-    let status = modelctl(&["rollout", "status", "iris"]);
+    modelctl(registry_dir, &["rollout", "advance", "iris"]);
+    let status = modelctl(registry_dir, &["rollout", "status", "iris"]);
     assert!(status.contains("Paused, step 1 of 3"), "{status}");
     assert_eq!(
         registry
@@ -280,14 +305,7 @@ async fn a_good_candidate_ramps_through_its_steps_to_promotion_and_callers_stay_
 
 #[tokio::test]
 async fn a_candidate_that_fails_is_rolled_back_and_only_its_share_of_callers_see_its_errors() {
-    let data = tempfile::tempdir().unwrap();
-    let dev = Dev::start(
-        data.path(),
-        &["--reload-check-ms", "20", "--rollout-tick-ms", "100"],
-    )
-    .await;
-    let registry = Registry::open(data.path().join("registry")).unwrap();
-    let files = tempfile::tempdir().unwrap();
+    let tick_ms = "100";
     // Passes every check at one row, fails on requests of two (its output is declared [1, 3]
     // now: the upload accepts the signature change).
     let candidate = LinearSoftmax::iris(2).to_bytes_with_baked_batch(1);
@@ -296,9 +314,17 @@ async fn a_candidate_that_fails_is_rolled_back_and_only_its_share_of_callers_see
         "rollout": "canary",
         "rollout-steps": "10,50",
         "rollout-bake": "0s",
+        // Latency on a shared test machine is noise; its gate has unit tests.
+        "rollout-max-p99-ratio": "1000",
         "rollout-min-requests": "20",
     });
-    let rollout = roll_out(&dev, files.path(), &registry, &candidate, metadata).await;
+    let staged = stage(tick_ms, &candidate, metadata).await;
+    let Stage {
+        dev,
+        registry,
+        rollout,
+        ..
+    } = &staged;
 
     let deadline = Instant::now() + WAIT;
     let (mut failed, mut answered) = (0usize, 0usize);
@@ -418,14 +444,7 @@ fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 
 #[tokio::test]
 async fn a_shadowed_candidate_that_answers_differently_is_rolled_back_and_no_caller_sees_it() {
-    let data = tempfile::tempdir().unwrap();
-    let dev = Dev::start(
-        data.path(),
-        &["--reload-check-ms", "20", "--rollout-tick-ms", "100"],
-    )
-    .await;
-    let registry = Registry::open(data.path().join("registry")).unwrap();
-    let files = tempfile::tempdir().unwrap();
+    let tick_ms = "100";
     // v1 negated: its top class is v1's least likely one, on every row.
     let mut opposite = LinearSoftmax::iris(1);
     opposite.weights.iter_mut().flatten().for_each(|w| *w = -*w);
@@ -434,16 +453,17 @@ async fn a_shadowed_candidate_that_answers_differently_is_rolled_back_and_no_cal
         "rollout": "shadow",
         "rollout-steps": "20",
         "rollout-bake": "0s",
+        // Latency on a shared test machine is noise; its gate has unit tests.
+        "rollout-max-p99-ratio": "1000",
         "rollout-min-requests": "20",
     });
-    let rollout = roll_out(
-        &dev,
-        files.path(),
-        &registry,
-        &opposite.to_bytes(),
-        metadata,
-    )
-    .await;
+    let staged = stage(tick_ms, &opposite.to_bytes(), metadata).await;
+    let Stage {
+        dev,
+        registry,
+        rollout,
+        ..
+    } = &staged;
     assert_eq!((rollout.weight, rollout.shadow), (0, 10_000));
 
     let deadline = Instant::now() + WAIT;
@@ -513,25 +533,25 @@ async fn a_shadowed_candidate_that_answers_differently_is_rolled_back_and_no_cal
 
 #[tokio::test]
 async fn ten_thousand_sticky_keys_never_move_back_to_stable_as_the_weight_rises() {
-    let data = tempfile::tempdir().unwrap();
-    // No controller tick: the steps move only when the test advances them.
-    let dev = Dev::start(
-        data.path(),
-        &["--reload-check-ms", "20", "--rollout-tick-ms", "3600000"],
-    )
-    .await;
-    let registry = Registry::open(data.path().join("registry")).unwrap();
-    let files = tempfile::tempdir().unwrap();
+    let tick_ms = "3600000";
     let metadata = json!({
         "rollout": "canary",
         "rollout-steps": "10,30,60",
         "rollout-bake": "0s",
+        // Latency on a shared test machine is noise; its gate has unit tests.
+        "rollout-max-p99-ratio": "1000",
         "rollout-min-requests": "1",
     });
     let candidate = LinearSoftmax::iris(2).to_bytes();
-    let rollout = roll_out(&dev, files.path(), &registry, &candidate, metadata).await;
+    let staged = stage(tick_ms, &candidate, metadata).await;
+    let Stage {
+        dev,
+        registry,
+        registry_dir,
+        rollout,
+        ..
+    } = &staged;
     let keys: Vec<String> = (0..10_000).map(|i| format!("customer-{i:05}")).collect();
-    let registry_dir = data.path().join("registry");
 
     let mut previous: HashSet<String> = HashSet::new();
     for (step, weight) in [(1, 1000u32), (2, 3000), (3, 6000)] {
@@ -581,27 +601,8 @@ async fn ten_thousand_sticky_keys_never_move_back_to_stable_as_the_weight_rises(
         );
         previous = on_candidate;
         if step < 3 {
-            let out = Command::new(binary("modelctl"))
-                .args([
-                    "rollout",
-                    "advance",
-                    "iris",
-                    "--registry",
-                    registry_dir.to_str().unwrap(),
-                ])
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            assert_eq!(
-                rollout_of(&registry).step,
-                step,
-                "{}",
-                String::from_utf8_lossy(&out.stdout)
-            );
+            let out = modelctl(registry_dir, &["rollout", "advance", "iris"]);
+            assert_eq!(rollout_of(registry).step, step, "{out}");
         }
     }
 }

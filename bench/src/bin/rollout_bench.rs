@@ -3,9 +3,9 @@
 //! 1. the split alone — reading the caller's key and choosing its arm — per request;
 //! 2. what a request pays end to end (in-process router, sequential) when a rollout splits the
 //!    alias, against the same model with no rollout: the split, the arm's evidence, the headers;
-//! 3. shadow's cost to the caller: p50/p99 with concurrent clients, no rollout vs every request
-//!    shadowed on a candidate of the same size (the shadow runs on a blocking thread, at most
-//!    one at a time).
+//! 3. shadow's cost to the caller: p50/p99 with one client (as a Lambda environment serves) and
+//!    two, no rollout vs every request shadowed on a candidate of the same size (the shadow runs
+//!    on a blocking thread after the answer, at most one at a time).
 //!
 //! `cargo run --profile profiling -p modelpipe-bench --bin rollout_bench [SECONDS_PER_PHASE]`
 
@@ -110,8 +110,11 @@ async fn answer(app: &axum::Router, request: Request<Body>) {
 /// 1: the key read from a header (or made up) and the arm chosen, per request.
 fn split_alone() {
     let model: ModelName = "m".parse().unwrap();
-    let mlp = Mlp::new(&[16, 32, 4], 1).to_bytes();
-    let (_dir, registry) = registry(&model, &mlp, &mlp, Some(&[("steps", "50")]));
+    let (a, b) = (
+        Mlp::new(&[16, 32, 4], 1).to_bytes(),
+        Mlp::new(&[16, 32, 4], 2).to_bytes(),
+    );
+    let (_dir, registry) = registry(&model, &a, &b, Some(&[("steps", "50")]));
     let rollout = registry
         .rollout(&model, &AliasName::live())
         .unwrap()
@@ -270,11 +273,31 @@ async fn main() {
         Mlp::new(&[16, 256, 256, 4], 1).to_bytes(),
         Mlp::new(&[16, 256, 256, 4], 2).to_bytes(),
     );
-    shadow("MLP 16-256-256-4", a, b, &[1, 16], seconds, 2).await;
+    shadow(
+        "MLP 16-256-256-4",
+        a.clone(),
+        b.clone(),
+        &[1, 16],
+        seconds,
+        2,
+    )
+    .await;
+    let (c, d) = (mobilenet_v2(1), mobilenet_v2(2));
+    // One client: a Lambda environment's one request at a time, the shadow run of the previous
+    // request still going (as it would resume on the next thaw).
     shadow(
         "MobileNetV2-shaped CNN",
-        mobilenet_v2(1),
-        mobilenet_v2(2),
+        c.clone(),
+        d.clone(),
+        &[1, 3, 224, 224],
+        seconds,
+        1,
+    )
+    .await;
+    shadow(
+        "MobileNetV2-shaped CNN",
+        c,
+        d,
         &[1, 3, 224, 224],
         seconds,
         2,

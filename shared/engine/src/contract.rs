@@ -16,6 +16,8 @@ use tract_onnx::prelude::Tensor;
 use crate::Engine;
 use crate::tensors::{InputTensor, TensorData, decode_input, json_data, leaves};
 use modelpipe_core::signature::{Signature, TensorSpec};
+use modelpipe_registry::RequestedRollout;
+use modelpipe_registry::rollout::plan::PlanOptions;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,6 +28,10 @@ pub struct Contract {
     pub outputs: Vec<TensorSpec>,
     #[serde(default)]
     pub examples: Vec<Example>,
+    /// The model's default rollout: uploads without `rollout=` metadata are rolled out by this
+    /// plan instead of published (`rollout=none` on an upload publishes it at once).
+    #[serde(default)]
+    pub rollout: Option<RequestedRollout>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -60,7 +66,14 @@ fn default_tolerance() -> f64 {
 
 impl Contract {
     pub fn parse(bytes: &[u8]) -> Result<Self, String> {
-        serde_json::from_slice(bytes).map_err(|e| format!("contract.json is not valid: {e}"))
+        let contract: Self = serde_json::from_slice(bytes)
+            .map_err(|e| format!("contract.json is not valid: {e}"))?;
+        if let Some(rollout) = &contract.rollout {
+            PlanOptions::with_settings(&rollout.plan, &rollout.settings)
+                .and_then(|options| options.build())
+                .map_err(|e| format!("contract.json rollout: {e}"))?;
+        }
+        Ok(contract)
     }
 
     /// The signature the contract requires (the parts it names).

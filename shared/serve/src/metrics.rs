@@ -47,11 +47,15 @@ impl ServedBy {
 
 /// Units and help texts, once, after the recorder is installed.
 pub fn describe() {
-    describe_counter!(REQUESTS, Unit::Count, "inference requests a model ran");
+    describe_counter!(
+        REQUESTS,
+        Unit::Count,
+        "inference requests routed to a version"
+    );
     describe_counter!(
         ERRORS,
         Unit::Count,
-        "requests the model failed on (inputs matched its signature)"
+        "requests the version could not answer (its signature refused the inputs, or its run failed)"
     );
     describe_histogram!(
         REQUEST_SECONDS,

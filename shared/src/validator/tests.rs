@@ -377,3 +377,107 @@ async fn a_failed_publish_is_an_error_and_the_retried_event_resumes_it() {
     );
     assert_eq!(f.live(), Some(1));
 }
+
+#[tokio::test]
+async fn a_contracts_default_rollout_applies_unless_the_upload_names_its_own_or_none() {
+    let f = fixture();
+    f.upload(
+        "models/iris/v1.onnx",
+        &LinearSoftmax::iris(1).to_bytes(),
+        &[],
+        "01",
+    )
+    .await;
+    let contract = serde_json::json!({"rollout": {"plan": "canary", "settings": {"steps": "20"}}});
+    f.bucket().put(
+        "models/iris/contract.json",
+        contract.to_string().as_bytes(),
+        &[],
+    );
+
+    // No rollout= metadata: the contract's plan.
+    let outcome = f
+        .upload(
+            "models/iris/v2.onnx",
+            &LinearSoftmax::iris(2).to_bytes(),
+            &[],
+            "02",
+        )
+        .await;
+    assert!(
+        matches!(
+            outcome,
+            Outcome::RollingOut {
+                version: 2,
+                rollout: 1,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+    let rollout = f
+        .registry()
+        .rollout(&iris(), &AliasName::live())
+        .unwrap()
+        .unwrap();
+    assert_eq!((rollout.weight, rollout.plan.steps.len()), (2000, 1));
+    assert_eq!(f.live(), Some(1));
+
+    // rollout=none publishes at once (and ends the running rollout, as a publish does).
+    let outcome = f
+        .upload(
+            "models/iris/v3.onnx",
+            &LinearSoftmax::iris(3).to_bytes(),
+            &[("rollout", "none")],
+            "03",
+        )
+        .await;
+    assert!(
+        matches!(outcome, Outcome::Published { version: 3, .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(f.live(), Some(3));
+
+    // The upload's own plan wins over the contract's.
+    let outcome = f
+        .upload(
+            "models/iris/v4.onnx",
+            &LinearSoftmax::iris(4).to_bytes(),
+            &[("rollout", "shadow")],
+            "04",
+        )
+        .await;
+    assert!(
+        matches!(outcome, Outcome::RollingOut { version: 4, .. }),
+        "{outcome:?}"
+    );
+    let rollout = f
+        .registry()
+        .rollout(&iris(), &AliasName::live())
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (rollout.plan.name.as_str(), rollout.shadow),
+        ("shadow", 10_000)
+    );
+
+    // A contract whose plan is bad rejects the upload, saying so.
+    let bad = serde_json::json!({"rollout": {"plan": "canary", "settings": {"steps": "50,20"}}});
+    f.bucket()
+        .put("models/iris/contract.json", bad.to_string().as_bytes(), &[]);
+    let outcome = f
+        .upload(
+            "models/iris/v5.onnx",
+            &LinearSoftmax::iris(5).to_bytes(),
+            &[],
+            "05",
+        )
+        .await;
+    let Outcome::Rejected { reason, .. } = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert!(
+        reason.contains("contract.json rollout: rollout steps must rise"),
+        "{reason}"
+    );
+}

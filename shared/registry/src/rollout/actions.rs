@@ -331,8 +331,23 @@ fn prepare(
         }
     };
     let locked = registry.lock(&next.model)?;
-    let written = locked.swap_rollout(Some(expected), next, did, by, None, request_id)??;
-    Ok(report(written, did, None))
+    match locked.swap_rollout(Some(expected), next, did, by, None, request_id)? {
+        Ok(written) => Ok(report(written, did, None)),
+        // Prepared meanwhile by the other side (the starter, or an advance finishing a start it
+        // found preparing), or paused or aborted: that change stands, and the rollout exists.
+        Err(conflict) => {
+            let current = locked
+                .registry()
+                .rollout(&conflict.model, &conflict.alias)?
+                .expect("a conflicting rollout exists");
+            Ok(RolloutReport {
+                did: "none".into(),
+                detail: conflict.to_string(),
+                rollout: current,
+                evaluation: None,
+            })
+        }
+    }
 }
 
 fn describe(step: &super::Step) -> String {

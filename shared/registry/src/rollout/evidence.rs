@@ -70,8 +70,9 @@ fn middle(bucket: i32) -> f64 {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ArmStats {
     pub requests: u64,
-    /// Requests the model failed on (its load, or its run on inputs that matched the
-    /// signature). Requests refused before reaching a model are not counted at all.
+    /// Requests routed to the arm that it could not answer: its signature refused the inputs,
+    /// its run failed, or (the candidate) it could not be loaded. A body that cannot be parsed
+    /// is refused before any routing and counted nowhere.
     pub errors: u64,
     /// Microseconds from the request read to its answer encoded.
     pub latency_us: Histogram,

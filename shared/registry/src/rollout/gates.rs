@@ -77,6 +77,9 @@ pub struct ShadowSummary {
     pub abs_diff_p99: Option<f64>,
 }
 
+/// Requests each arm needs in a step before their p99s are compared.
+pub const LATENCY_SAMPLES: u64 = 100;
+
 /// Summarises a step's evidence.
 pub fn summarise(
     step_index: usize,
@@ -121,7 +124,9 @@ pub fn decide(step: &Step, gates: &Gates, evaluation: &Evaluation) -> Decision {
                 gates.max_error_rate_increase * 100.0
             ));
         }
-        if let (Some(c), Some(s)) = (candidate.p99_ms, stable.p99_ms) {
+        // Over fewer runs a p99 is the slowest one or two: one cold cache would decide.
+        let latency_judged = stable.requests.min(candidate.requests) >= LATENCY_SAMPLES;
+        if latency_judged && let (Some(c), Some(s)) = (candidate.p99_ms, stable.p99_ms) {
             let limit = s * gates.max_p99_ratio + gates.p99_slack_ms;
             if c > limit {
                 return Decision::Fail(format!(
