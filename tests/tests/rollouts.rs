@@ -1,6 +1,8 @@
-//! Guarded rollouts through `modelctl dev` as users drive it: an upload with `rollout=canary`
-//! metadata (stock `aws` CLI), HTTP clients with sticky routing keys, the dev controller's tick
-//! promoting the candidate on the evidence inference recorded, and `modelctl rollout`.
+//! Guarded rollouts through `modelctl dev` as users drive it: uploads with `rollout=` metadata
+//! (stock `aws` CLI), HTTP clients with sticky routing keys, the dev controller's tick judging
+//! the evidence inference recorded — a good candidate promoted, a failing one and a shadowed one
+//! that disagrees rolled back, 10,000 keys sticky across weight increases — and `modelctl
+//! rollout` / `status`, and `/metrics`.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -292,6 +294,11 @@ async fn a_good_candidate_ramps_through_its_steps_to_promotion_and_callers_stay_
     modelctl(registry_dir, &["rollout", "advance", "iris"]);
     let status = modelctl(registry_dir, &["rollout", "status", "iris"]);
     assert!(status.contains("Paused, step 1 of 3"), "{status}");
+    // `modelctl status` shows the alias, the split and the step's evidence together.
+    let overview = modelctl(registry_dir, &["status", "iris"]);
+    for part in ["live       → v2", "v2 → v3", "Paused", "evidence (step 1"] {
+        assert!(overview.contains(part), "{part:?} missing from:\n{overview}");
+    }
     assert_eq!(
         registry
             .rollout_log(&iris())

@@ -442,9 +442,6 @@ async fn answer(
     // The inputs matched the signature, so a failure here is the request's values (e.g. an
     // index out of range): a client error.
     let outputs = outputs.map_err(|e| ApiError::bad_request(e.to_string()))?;
-    if let (Some(shadow), Some(inputs), Some(route)) = (shadow, shadow_inputs, route) {
-        inference.run_shadow(shadow, route.clone(), inputs, outputs.clone());
-    }
     if loaded.engine.resident_plans() > plans {
         // A plan for a new input shape: the version costs more memory now.
         inference.cache().trim();
@@ -464,6 +461,10 @@ async fn answer(
         &selected,
     )
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    // The caller's answer is ready: the candidate may have the rest of the shadow's work.
+    if let (Some(shadow), Some(inputs), Some(route)) = (shadow, shadow_inputs, route) {
+        inference.run_shadow(shadow, route.clone(), inputs, outputs);
+    }
     let mut response = Response::new(Body::from(body.bytes));
     let headers = response.headers_mut();
     match body.json_length {

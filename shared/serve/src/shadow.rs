@@ -45,7 +45,7 @@ pub fn compare(stable: &[Tensor], candidate: &[Tensor]) -> Comparison {
             agreed.fill(false);
             continue;
         }
-        let width = if rows == 0 { 0 } else { s.len() / rows };
+        let width = s.len().checked_div(rows).unwrap_or(0);
         if is_float(s) {
             let (Some(s), Some(c)) = (floats(s), floats(c)) else {
                 agreed.fill(false);

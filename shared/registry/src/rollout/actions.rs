@@ -335,19 +335,27 @@ fn prepare(
         Ok(written) => Ok(report(written, did, None)),
         // Prepared meanwhile by the other side (the starter, or an advance finishing a start it
         // found preparing), or paused or aborted: that change stands, and the rollout exists.
-        Err(conflict) => {
-            let current = locked
-                .registry()
-                .rollout(&conflict.model, &conflict.alias)?
-                .expect("a conflicting rollout exists");
-            Ok(RolloutReport {
-                did: "none".into(),
-                detail: conflict.to_string(),
-                rollout: current,
-                evaluation: None,
-            })
-        }
+        Err(conflict) => superseded(&locked, &conflict, None),
     }
+}
+
+/// The report of a change dropped because the rollout moved since it was read: the rollout as
+/// it is now.
+fn superseded(
+    locked: &Locked<'_>,
+    conflict: &Conflict,
+    evaluation: Option<Evaluation>,
+) -> RolloutResult<RolloutReport> {
+    let current = locked
+        .registry()
+        .rollout(&conflict.model, &conflict.alias)?
+        .expect("a conflicting rollout exists");
+    Ok(RolloutReport {
+        did: "none".into(),
+        detail: conflict.to_string(),
+        rollout: current,
+        evaluation,
+    })
 }
 
 fn describe(step: &super::Step) -> String {
@@ -437,18 +445,7 @@ fn decided(
             }
             // Someone (an operator, another advance) changed it after it was judged: their
             // change stands and this decision is dropped.
-            Err(conflict) => {
-                let current = locked
-                    .registry()
-                    .rollout(&rollout.model, &rollout.alias)?
-                    .expect("a conflicting rollout exists");
-                Ok(RolloutReport {
-                    did: "none".into(),
-                    detail: conflict.to_string(),
-                    rollout: current,
-                    evaluation: Some(evaluation.clone()),
-                })
-            }
+            Err(conflict) => superseded(&locked, &conflict, Some(evaluation.clone())),
         }
     };
     match decision {
