@@ -159,6 +159,7 @@ mod tests {
         assert_eq!(config.models_prefix, "models/");
         assert_eq!(config.max_model_bytes, 2147483648);
         assert_eq!(config.reload_check, Duration::from_millis(1000));
+        assert_eq!(config.metrics_namespace, "modelpipe");
         assert!(config.preload_models.is_empty());
         assert_eq!(config.model_cache_bytes, None);
         assert_eq!(config.limits.max_nodes, 10_000);
