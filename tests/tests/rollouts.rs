@@ -110,6 +110,19 @@ async fn decisions_ending(registry: &Registry, last: &str) -> Vec<String> {
     .await
 }
 
+/// Upload metadata for a rollout by plan `name` over `steps` (percentages), each step passing
+/// on `min_requests` per arm with no bake time. Latency on a shared test machine is noise (its
+/// gate has unit tests), so any p99 passes.
+fn plan(name: &str, steps: &str, min_requests: u32) -> Value {
+    json!({
+        "rollout": name,
+        "rollout-steps": steps,
+        "rollout-bake": "0s",
+        "rollout-max-p99-ratio": "1000",
+        "rollout-min-requests": min_requests.to_string(),
+    })
+}
+
 /// A `modelctl dev` with v1 (`iris(1)`) live and a rollout of `candidate` started by its upload
 /// with rollout metadata `metadata`.
 struct Stage {
@@ -187,14 +200,7 @@ fn modelctl(registry_dir: &Path, args: &[&str]) -> String {
 #[tokio::test]
 async fn a_good_candidate_ramps_through_its_steps_to_promotion_and_callers_stay_on_their_arm() {
     let tick_ms = "100";
-    let metadata = json!({
-        "rollout": "canary",
-        "rollout-steps": "10,50",
-        "rollout-bake": "0s",
-        // Latency on a shared test machine is noise; its gate has unit tests.
-        "rollout-max-p99-ratio": "1000",
-        "rollout-min-requests": "30",
-    });
+    let metadata = plan("canary", "10,50", 30);
     let candidate = LinearSoftmax::iris(2).to_bytes();
     let staged = stage(tick_ms, &candidate, metadata).await;
     let Stage {
@@ -297,7 +303,10 @@ async fn a_good_candidate_ramps_through_its_steps_to_promotion_and_callers_stay_
     // `modelctl status` shows the alias, the split and the step's evidence together.
     let overview = modelctl(registry_dir, &["status", "iris"]);
     for part in ["live       → v2", "v2 → v3", "Paused", "evidence (step 1"] {
-        assert!(overview.contains(part), "{part:?} missing from:\n{overview}");
+        assert!(
+            overview.contains(part),
+            "{part:?} missing from:\n{overview}"
+        );
     }
     assert_eq!(
         registry
@@ -316,15 +325,8 @@ async fn a_candidate_that_fails_is_rolled_back_and_only_its_share_of_callers_see
     // Passes every check at one row, fails on requests of two (its output is declared [1, 3]
     // now: the upload accepts the signature change).
     let candidate = LinearSoftmax::iris(2).to_bytes_with_baked_batch(1);
-    let metadata = json!({
-        "allow-signature-change": "true",
-        "rollout": "canary",
-        "rollout-steps": "10,50",
-        "rollout-bake": "0s",
-        // Latency on a shared test machine is noise; its gate has unit tests.
-        "rollout-max-p99-ratio": "1000",
-        "rollout-min-requests": "20",
-    });
+    let mut metadata = plan("canary", "10,50", 20);
+    metadata["allow-signature-change"] = json!("true");
     let staged = stage(tick_ms, &candidate, metadata).await;
     let Stage {
         dev,
@@ -456,14 +458,7 @@ async fn a_shadowed_candidate_that_answers_differently_is_rolled_back_and_no_cal
     let mut opposite = LinearSoftmax::iris(1);
     opposite.weights.iter_mut().flatten().for_each(|w| *w = -*w);
     opposite.bias.iter_mut().for_each(|b| *b = -*b);
-    let metadata = json!({
-        "rollout": "shadow",
-        "rollout-steps": "20",
-        "rollout-bake": "0s",
-        // Latency on a shared test machine is noise; its gate has unit tests.
-        "rollout-max-p99-ratio": "1000",
-        "rollout-min-requests": "20",
-    });
+    let metadata = plan("shadow", "20", 20);
     let staged = stage(tick_ms, &opposite.to_bytes(), metadata).await;
     let Stage {
         dev,
@@ -541,14 +536,7 @@ async fn a_shadowed_candidate_that_answers_differently_is_rolled_back_and_no_cal
 #[tokio::test]
 async fn ten_thousand_sticky_keys_never_move_back_to_stable_as_the_weight_rises() {
     let tick_ms = "3600000";
-    let metadata = json!({
-        "rollout": "canary",
-        "rollout-steps": "10,30,60",
-        "rollout-bake": "0s",
-        // Latency on a shared test machine is noise; its gate has unit tests.
-        "rollout-max-p99-ratio": "1000",
-        "rollout-min-requests": "1",
-    });
+    let metadata = plan("canary", "10,30,60", 1);
     let candidate = LinearSoftmax::iris(2).to_bytes();
     let staged = stage(tick_ms, &candidate, metadata).await;
     let Stage {
