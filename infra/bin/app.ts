@@ -2,6 +2,8 @@
 //   artifacts        folder of cargo lambda build output [../target/lambda]
 //   registry         efs | s3 [efs]
 //   inferenceMemory  MB [2048]; preloadModels (comma list); modelCacheBytes; reloadCheckMs [1000]
+//   adoptSpreadMs    [10000]: the window a fleet adopts a new version over (docs/fleet.md)
+//   provisionedConcurrency  environments kept initialised on the live alias [none]
 //   inferenceImage   true: ship inference as a container image built from infra/docker/
 //   bakeRegistry     with inferenceImage: a folder made by `modelctl bake` (relative to the
 //                    repository), baked into the image and served read-only
@@ -36,6 +38,8 @@ new ModelpipeStack(app, 'Modelpipe', {
     preloadModels: context('preloadModels')?.split(',').map((m) => m.trim()).filter(Boolean),
     modelCacheBytes: number('modelCacheBytes'),
     reloadCheckMs: number('reloadCheckMs'),
+    adoptSpreadMs: number('adoptSpreadMs'),
+    provisionedConcurrency: number('provisionedConcurrency'),
     image:
       context('inferenceImage') === 'true'
         ? { context: repository, bakedRegistry: context('bakeRegistry') }

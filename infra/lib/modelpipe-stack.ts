@@ -45,6 +45,17 @@ export interface InferenceOptions {
   readonly modelCacheBytes?: number;
   /** RELOAD_CHECK_MS [1000]. */
   readonly reloadCheckMs?: number;
+  /**
+   * ADOPT_SPREAD_MS [10000]: the window over which the inference environments adopt a new
+   * version, each at its own offset, so the fleet reads the registry over it (docs/fleet.md).
+   */
+  readonly adoptSpreadMs?: number;
+  /**
+   * Environments kept initialised on the `live` alias (provisioned concurrency) [none]: they
+   * load PRELOAD_MODELS before traffic reaches them, so scale-out within them costs no cold
+   * start. Billed while provisioned: opt in.
+   */
+  readonly provisionedConcurrency?: number;
   /** Ship inference as a container image instead of a zip. */
   readonly image?: InferenceImage;
 }
@@ -130,6 +141,9 @@ export class ModelpipeStack extends Stack {
       const fileSystem = new efs.FileSystem(this, 'Registry', {
         vpc,
         encrypted: true,
+        // A fleet adopting a version reads it N times: Bursting's baseline (and its credits)
+        // cannot carry that; Elastic scales to the reads (docs/fleet.md).
+        throughputMode: efs.ThroughputMode.ELASTIC,
         removalPolicy: RemovalPolicy.RETAIN,
       });
       accessPoint = fileSystem.addAccessPoint('Models', {
@@ -245,6 +259,7 @@ export class ModelpipeStack extends Stack {
     const inferenceEnv: Record<string, string> = {
       MODEL_ROOT: baked ? '/opt/models' : modelRoot,
       RELOAD_CHECK_MS: String(options.reloadCheckMs ?? 1000),
+      ADOPT_SPREAD_MS: String(options.adoptSpreadMs ?? 10000),
       RUST_LOG: 'info',
     };
     if (options.preloadModels?.length) inferenceEnv.PRELOAD_MODELS = options.preloadModels.join(',');
@@ -281,6 +296,7 @@ export class ModelpipeStack extends Stack {
     const live = new lambda.Alias(this, 'InferenceLive', {
       aliasName: 'live',
       version: this.inference.currentVersion,
+      provisionedConcurrentExecutions: options.provisionedConcurrency,
     });
 
     if (registryBucket) {

@@ -151,18 +151,41 @@ test('the HTTP API integrates the inference alias live, which points at a publis
 test('inference memory and model settings come from props', () => {
   const defaults = functionProps(template, 'Inference');
   assert.equal(defaults.MemorySize, 2048);
-  assert.deepEqual(defaults.Environment.Variables, { MODEL_ROOT: '/mnt/models', RELOAD_CHECK_MS: '1000', RUST_LOG: 'info' });
+  assert.deepEqual(defaults.Environment.Variables, {
+    MODEL_ROOT: '/mnt/models',
+    RELOAD_CHECK_MS: '1000',
+    ADOPT_SPREAD_MS: '10000',
+    RUST_LOG: 'info',
+  });
   const tuned = functionProps(
-    synth({ inference: { memoryMb: 4096, preloadModels: ['iris', 'mnist'], modelCacheBytes: 1_000_000_000, reloadCheckMs: 250 } }),
+    synth({
+      inference: { memoryMb: 4096, preloadModels: ['iris', 'mnist'], modelCacheBytes: 1_000_000_000, reloadCheckMs: 250, adoptSpreadMs: 60000 },
+    }),
     'Inference',
   );
   assert.equal(tuned.MemorySize, 4096);
   assert.deepEqual(tuned.Environment.Variables, {
     MODEL_ROOT: '/mnt/models',
     RELOAD_CHECK_MS: '250',
+    ADOPT_SPREAD_MS: '60000',
     PRELOAD_MODELS: 'iris,mnist',
     MODEL_CACHE_BYTES: '1000000000',
     RUST_LOG: 'info',
+  });
+});
+
+test('the registry file system scales its throughput to the reads (Elastic, never Bursting)', () => {
+  template.hasResourceProperties('AWS::EFS::FileSystem', { ThroughputMode: 'elastic' });
+});
+
+test('provisioned concurrency on the live alias is opt-in', () => {
+  const aliases = template.findResources('AWS::Lambda::Alias');
+  for (const alias of Object.values(aliases)) {
+    assert.equal(alias.Properties.ProvisionedConcurrencyConfig, undefined, 'none by default');
+  }
+  synth({ inference: { provisionedConcurrency: 5 } }).hasResourceProperties('AWS::Lambda::Alias', {
+    Name: 'live',
+    ProvisionedConcurrencyConfig: { ProvisionedConcurrentExecutions: 5 },
   });
 });
 

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use modelpipe::s3_event::{CreatedObject, object_created_event};
 
 pub mod dev;
+pub mod lambda_env;
 pub mod serving;
 
 pub fn workspace_root() -> PathBuf {

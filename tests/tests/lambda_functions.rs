@@ -3,6 +3,8 @@
 //! object through aws-sdk-s3 and reaches the publisher through aws-sdk-lambda's Invoke against
 //! watch; the inference binary answering API Gateway HTTP API and REST API events.
 
+use std::time::Duration;
+
 use aws_sdk_lambda::primitives::Blob;
 use aws_sdk_s3::primitives::ByteStream;
 use base64::Engine as _;
@@ -12,7 +14,7 @@ use modelpipe_registry::{FileCacheConfig, Registry};
 use modelpipe_testkit::onnx_build::LinearSoftmax;
 use modelpipe_tests::{
     Server, aws_config, http_api_event, local_aws_env, moto, rest_api_event, s3_put_event,
-    start_function, start_watch, unique_bucket,
+    start_function, start_watch, unique_bucket, wait_for,
 };
 use serde_json::{Value, json};
 
@@ -68,7 +70,11 @@ impl Stack {
             ("AWS_ENDPOINT_URL_LAMBDA", watch.endpoint()),
         ]);
         let mut inference_env = env.clone();
-        inference_env.push(("RELOAD_CHECK_MS", "0".to_string()));
+        inference_env.extend([
+            ("RELOAD_CHECK_MS", "0".to_string()),
+            // One environment: no fleet to spread its loads over.
+            ("ADOPT_SPREAD_MS", "0".to_string()),
+        ]);
         let functions = vec![
             start_function(&watch, "validator", &validator_env),
             start_function(&watch, "publisher", &env),
@@ -152,6 +158,21 @@ impl Stack {
             status,
             serde_json::from_str(answer["body"].as_str().unwrap()).unwrap(),
         )
+    }
+
+    /// Infers until `version` answers: after a move the function answers from the version in
+    /// memory and adopts the new one after that answer. Every answer on the way is a 200.
+    async fn infer_until(&self, version: &str) -> Value {
+        wait_for(
+            &format!("v{version} to answer"),
+            Duration::from_secs(30),
+            || async {
+                let (status, answer) = self.infer(ROW).await;
+                assert_eq!(status, 200, "{answer}");
+                (answer["model_version"] == version).then_some(answer)
+            },
+        )
+        .await
     }
 
     /// `GET /v2/models/iris` through an HTTP API event.
@@ -294,7 +315,7 @@ async fn lifecycle(mut stack: Stack) -> Stack {
         )
         .await;
     assert_eq!(outcome[0]["version"], 2, "{outcome}");
-    assert_answer(&stack.infer(ROW).await.1, "2", &v2);
+    assert_answer(&stack.infer_until("2").await, "2", &v2);
     let metadata = stack.metadata().await;
     assert_eq!(metadata["engine"]["name"], "onnxruntime", "{metadata}");
     assert_eq!(
@@ -326,7 +347,7 @@ async fn lifecycle(mut stack: Stack) -> Stack {
         rollback,
         json!({"model": "iris", "alias": "live", "version": 1, "previous": 2})
     );
-    assert_answer(&stack.infer(ROW).await.1, "1", &v1);
+    assert_answer(&stack.infer_until("1").await, "1", &v1);
 
     let refused = stack
         .invoke(

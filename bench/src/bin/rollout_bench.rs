@@ -164,8 +164,15 @@ async fn end_to_end(rounds: usize) {
     );
     let (_d1, plain) = registry(&model, &a, &b, None);
     let (_d2, split) = registry(&model, &a, &b, Some(&[("steps", "50")]));
-    let apps = [plain, split]
-        .map(|r| router(Arc::new(Inference::new(r, &config(), SwapPolicy::Blocking))));
+    let apps = [plain, split].map(|r| {
+        router(Arc::new(Inference::new(
+            r,
+            &config(),
+            SwapPolicy::AfterAnswer {
+                offset: Duration::ZERO,
+            },
+        )))
+    });
     let payload = Payload::new(&[1, 16]);
     for app in &apps {
         for i in 0..200 {
@@ -218,7 +225,13 @@ async fn shadow(
         ("100 % shadowed", Some(shadow_settings)),
     ] {
         let (_dir, registry) = registry(&model, &stable, &candidate, settings);
-        let inference = Arc::new(Inference::new(registry, &config(), SwapPolicy::Blocking));
+        let inference = Arc::new(Inference::new(
+            registry,
+            &config(),
+            SwapPolicy::AfterAnswer {
+                offset: Duration::ZERO,
+            },
+        ));
         let app = router(inference.clone());
         for i in 0..50 {
             answer(&app, payload.request(i)).await;

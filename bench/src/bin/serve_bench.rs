@@ -5,7 +5,8 @@
 //!    a MobileNetV2-shaped CNN, JSON and binary bodies, medians of interleaved rounds;
 //! 2. tract on 1 thread vs every core (`multithread-mm`);
 //! 3. p50/p99 over a local HTTP port with concurrent clients, steady vs while versions swap;
-//! 4. what the request that notices an alias move pays under the Lambda (blocking) policy;
+//! 4. what the request that notices an alias move pays under the Lambda (after-answer) policy,
+//!    and the adoption after its answer;
 //! 5. peak RSS during a swap vs with one model resident.
 //!
 //! `cargo run --profile profiling -p modelpipe-bench --bin serve_bench [SECONDS_PER_PHASE]`
@@ -280,19 +281,23 @@ async fn swaps(seconds: u64, clients: usize, swap_every: Duration) {
     );
 }
 
-/// 4: the request that notices a move under the blocking (Lambda) policy, vs a steady one.
-async fn blocking_cost(name: &str, versions: [Vec<u8>; 2], shape: &[usize]) {
+/// 4: under the Lambda policy, the request that notices a move (answered by the version in
+/// memory) vs a steady one, and the adoption that follows the answer.
+async fn after_answer_cost(name: &str, versions: [Vec<u8>; 2], shape: &[usize]) {
     let Fixture {
         _dir,
         registry,
         model,
         versions: v,
     } = fixture(name, &versions);
-    let app = router(Arc::new(Inference::new(
+    let inference = Arc::new(Inference::new(
         registry.clone(),
         &config(&[("RELOAD_CHECK_MS", "0")]),
-        SwapPolicy::Blocking,
-    )));
+        SwapPolicy::AfterAnswer {
+            offset: Duration::ZERO,
+        },
+    ));
+    let app = router(inference.clone());
     let count: usize = shape.iter().product();
     let b = body(shape, &vec![0.5; count], true);
     let uri = format!("/v2/models/{name}/infer");
@@ -305,16 +310,20 @@ async fn blocking_cost(name: &str, versions: [Vec<u8>; 2], shape: &[usize]) {
         t.elapsed()
     };
     call().await;
-    let (mut steady, mut noticing) = (Vec::new(), Vec::new());
+    let (mut steady, mut noticing, mut adopting) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..6 {
         steady.push(call().await);
         publish(&registry, &model, v[(i + 1) % 2]);
         noticing.push(call().await);
+        let t = Instant::now();
+        assert_eq!(inference.adopt().await.len(), 1, "the move is adopted");
+        adopting.push(t.elapsed());
     }
     println!(
-        "blocking swap {name}: steady request {:.2} ms | request that notices the move {:.1} ms",
+        "after-answer swap {name}: steady request {:.2} ms | request that notices the move {:.2} ms | adoption after its answer {:.1} ms",
         ms(median(steady)),
-        ms(median(noticing))
+        ms(median(noticing)),
+        ms(median(adopting))
     );
 }
 
@@ -339,7 +348,9 @@ async fn memory() {
     let inference = Arc::new(Inference::new(
         registry.clone(),
         &config(&[("RELOAD_CHECK_MS", "0")]),
-        SwapPolicy::Blocking,
+        SwapPolicy::AfterAnswer {
+            offset: Duration::ZERO,
+        },
     ));
     modelpipe_serve::loaded::release_freed_memory();
     let before = rss_kib("VmRSS:");
@@ -347,6 +358,8 @@ async fn memory() {
     let one = rss_kib("VmRSS:");
     publish(&registry, &model, v[1]);
     std::fs::write("/proc/self/clear_refs", "5").unwrap(); // resets VmHWM to the current RSS
+    inference.live(&model).await.unwrap(); // notices the move
+    inference.adopt().await; // what the function does after that answer
     let swapped = inference.live(&model).await.unwrap();
     assert_eq!(swapped.version(), v[1]);
     drop(swapped);
@@ -379,7 +392,7 @@ async fn main() {
     overhead("mlp", mlp, &[64, 4], 7).await;
     overhead("mobilenet", mobilenet_v2(1), &[1, 3, 224, 224], 7).await;
     threads(&mobilenet_v2(1), &[1, 3, 224, 224], 7);
-    blocking_cost(
+    after_answer_cost(
         "mlp",
         [
             Mlp::new(&[4, 64, 64, 3], 1).to_bytes(),
@@ -388,7 +401,7 @@ async fn main() {
         &[1, 4],
     )
     .await;
-    blocking_cost(
+    after_answer_cost(
         "mobilenet",
         [mobilenet_v2(1), mobilenet_v2(2)],
         &[1, 3, 224, 224],

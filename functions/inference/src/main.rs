@@ -1,10 +1,16 @@
 //! The inference Lambda: Open Inference Protocol v2 behind API Gateway (HTTP API or REST API).
-//! `PRELOAD_MODELS` are loaded here, during init, outside the handler. Per-version metrics are
-//! EMF lines on stdout (CloudWatch turns them into metrics), written after each invocation.
+//! `PRELOAD_MODELS` are loaded here, during init, outside the handler. A new version of a model
+//! is adopted after an answer, never on a caller's time ([`after_answer`]). Per-version metrics
+//! are EMF lines on stdout (CloudWatch turns them into metrics), written after each invocation.
+
+mod after_answer;
 
 use std::sync::Arc;
 
 use lambda_http::Error;
+use lambda_runtime::Runtime;
+use lambda_runtime::layers::TracingLayer;
+use metrics_cloudwatch_embedded::lambda::MetricsLayer;
 use modelpipe_config::Config;
 use modelpipe_serve::{Inference, SwapPolicy, router};
 
@@ -28,12 +34,18 @@ async fn run() -> Result<(), Error> {
         .init()?;
     modelpipe_serve::metrics::describe();
     let registry = config.open_registry()?;
-    // One request at a time per environment: its run can have every vCPU (with concurrent
-    // requests, as in `modelctl dev`, they already keep the cores busy; see BENCHMARKS.md).
-    let threads = modelpipe_engine::use_threads(None);
-    tracing::info!(threads, "engine threads");
-    // Lambda freezes the process between invocations: the request that notices a move loads it.
-    let inference = Arc::new(Inference::new(registry, &config, SwapPolicy::Blocking));
+    let threads = modelpipe_engine::use_threads(config.engine_threads);
+    // The log stream names this execution environment: no two share one.
+    let environment = std::env::var("AWS_LAMBDA_LOG_STREAM_NAME").unwrap_or_default();
+    let policy = SwapPolicy::after_answer(config.adopt_spread, &environment);
+    tracing::info!(threads, ?policy, "engine threads and adoption offset");
+    let inference = Arc::new(Inference::new(registry, &config, policy));
     inference.preload().await;
-    metrics_cloudwatch_embedded::lambda::service::run_http(metrics, router(inference)).await
+    let (extension, answered) = after_answer::register(inference.clone()).await?;
+    let runtime = Runtime::new(lambda_http::Adapter::from(router(inference)))
+        .layer(TracingLayer::new())
+        .layer(MetricsLayer::new(metrics))
+        .layer(answered);
+    tokio::try_join!(runtime.run(), extension)?;
+    Ok(())
 }

@@ -11,9 +11,9 @@ async fn main() -> Result<(), Error> {
     modelpipe_config::telemetry::init_lambda();
     let config = Config::from_env()?;
     let registry = config.open_registry()?;
-    // The engines are timed on as many threads as the inference function gives them (one per
-    // vCPU; give both functions the same memory for the same vCPUs).
-    let threads = modelpipe_engine::use_threads(None);
+    // The engines are timed on as many threads as the inference function gives them
+    // (ENGINE_THREADS, every vCPU by default: give both functions the same memory).
+    let threads = modelpipe_engine::use_threads(config.engine_threads);
     tracing::info!(threads, "engine threads");
     let function = config
         .publisher_function

@@ -23,6 +23,12 @@ pub struct Config {
     pub publisher_function: Option<String>,
     /// `RELOAD_CHECK_MS` [1000]: how often a request may look at the alias.
     pub reload_check: Duration,
+    /// `ADOPT_SPREAD_MS` [10000]: the window over which a fleet of inference environments
+    /// adopts a new version, each at an offset derived from its identity (docs/fleet.md).
+    pub adopt_spread: Duration,
+    /// `ENGINE_THREADS` [every vCPU]: the threads each engine runs a model on, in every entry
+    /// point (the Lambda functions and modelctl alike).
+    pub engine_threads: Option<usize>,
     /// `PRELOAD_MODELS`: models loaded during init.
     pub preload_models: Vec<ModelName>,
     /// `MODEL_CACHE_BYTES`: budget for models loaded on demand. Unset: half the function's
@@ -117,6 +123,26 @@ impl Config {
                 get("RELOAD_CHECK_MS"),
                 1000,
             )?),
+            adopt_spread: Duration::from_millis(parse(
+                "ADOPT_SPREAD_MS",
+                get("ADOPT_SPREAD_MS"),
+                10_000,
+            )?),
+            engine_threads: match get("ENGINE_THREADS") {
+                Some(v) if !v.trim().is_empty() => {
+                    match parse("ENGINE_THREADS", Some(v.clone()), 0)? {
+                        0 => {
+                            return Err(ConfigError {
+                                name: "ENGINE_THREADS",
+                                value: v,
+                                why: "at least one thread".into(),
+                            });
+                        }
+                        n => Some(n),
+                    }
+                }
+                _ => None,
+            },
             preload_models,
             model_cache_bytes: match get("MODEL_CACHE_BYTES") {
                 Some(v) if !v.is_empty() => Some(parse("MODEL_CACHE_BYTES", Some(v), 0)?),
@@ -160,6 +186,8 @@ mod tests {
         assert_eq!(config.max_model_bytes, 2147483648);
         assert_eq!(config.reload_check, Duration::from_millis(1000));
         assert_eq!(config.metrics_namespace, "modelpipe");
+        assert_eq!(config.adopt_spread, Duration::from_secs(10));
+        assert_eq!(config.engine_threads, None, "every vCPU");
         assert!(config.preload_models.is_empty());
         assert_eq!(config.model_cache_bytes, None);
         assert_eq!(config.limits.max_nodes, 10_000);
@@ -192,6 +220,8 @@ mod tests {
         let err = Config::from_lookup(|n| (n == "PRELOAD_MODELS").then(|| "iris,Bad".into()))
             .unwrap_err();
         assert!(err.to_string().contains("PRELOAD_MODELS"));
+        let err = Config::from_lookup(|n| (n == "ENGINE_THREADS").then(|| "0".into())).unwrap_err();
+        assert!(err.to_string().contains("at least one thread"), "{err}");
         let err = Config::from_lookup(|n| (n == "MODEL_ROOT").then(|| "s3://".into())).unwrap_err();
         assert!(err.to_string().contains("no bucket name"), "{err}");
     }

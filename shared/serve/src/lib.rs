@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use tract_onnx::prelude::Tensor;
 
 pub use self::cache::{ModelCache, Residency, Resident};
-pub use self::live::{LiveError, LiveModel, LoadFailure, SwapPolicy};
+pub use self::live::{Adopted, LiveError, LiveModel, LoadFailure, SwapPolicy};
 pub use self::loaded::{LoadError, LoadedModel};
 pub use self::router::router;
 use self::shadow::{ShadowPermit, ShadowSlot};
@@ -55,6 +55,8 @@ pub struct Shadow {
 pub struct LiveStatus {
     /// The version serving requests, if it is in memory.
     pub loaded: Option<u64>,
+    /// The version it adopts after a coming answer (a move noticed, not yet loaded).
+    pub pending: Option<u64>,
     pub failure: Option<LoadFailure>,
 }
 
@@ -87,10 +89,20 @@ impl Inference {
     /// Whether and how alias moves are noticed, for metadata.
     pub fn hot_reload(&self) -> serde_json::Value {
         match self.reload_check {
-            Some(every) => serde_json::json!({
-                "enabled": true,
-                "check_ms": every.as_millis() as u64,
-            }),
+            Some(every) => {
+                let adopt = match self.policy {
+                    SwapPolicy::AfterAnswer { offset } => serde_json::json!({
+                        "when": "after_answer",
+                        "offset_ms": offset.as_millis() as u64,
+                    }),
+                    SwapPolicy::Background => serde_json::json!({ "when": "background" }),
+                };
+                serde_json::json!({
+                    "enabled": true,
+                    "check_ms": every.as_millis() as u64,
+                    "adopt": adopt,
+                })
+            }
             None => serde_json::json!({
                 "enabled": false,
                 "reason": format!(
@@ -231,6 +243,25 @@ impl Inference {
         });
     }
 
+    /// What requests left for after their answer (under [`SwapPolicy::AfterAnswer`]): each live
+    /// slot's pending move and rollout candidate, if due. In Lambda the inference function's
+    /// internal extension calls this once the runtime has posted an invocation's answer, so
+    /// the environment does it before it asks for its next event and freezes.
+    pub async fn adopt(&self) -> Vec<Adopted> {
+        let slots: Vec<Arc<LiveModel>> = self
+            .live
+            .lock()
+            .expect("live map")
+            .values()
+            .cloned()
+            .collect();
+        let mut adopted = Vec::new();
+        for slot in slots {
+            adopted.extend(slot.adopt(&self.cache).await);
+        }
+        adopted
+    }
+
     /// Writes this instance's rollout evidence now (blocking).
     pub fn flush_evidence(&self) {
         self.evidence.flush(self.registry());
@@ -249,6 +280,7 @@ impl Inference {
         };
         LiveStatus {
             loaded: slot.version().filter(|&v| self.cache.is_resident(model, v)),
+            pending: slot.pending_version(),
             failure: slot.failure(),
         }
     }

@@ -7,12 +7,16 @@
 //! [`RETRY_BACKOFF`](super::cache::RETRY_BACKOFF).
 //!
 //! What to do is decided by [`next_swap`], a pure function of what the slot serves, what the
-//! alias says and whether that version failed lately; [`LiveModel`] reads those facts and
-//! carries the decision out (TF Serving's split between `AspiredVersionPolicy` and its manager).
+//! alias says, whether that version failed lately and whether it is already in memory;
+//! [`LiveModel`] reads those facts and carries the decision out (TF Serving's split between
+//! `AspiredVersionPolicy` and its manager). Under [`SwapPolicy::AfterAnswer`] (Lambda) no
+//! caller waits for a load: the move is left [pending](LiveModel::adopt) until the runtime has
+//! posted the answer, and is adopted then, not before this environment's offset in the fleet's
+//! spread.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{info, warn};
 
@@ -20,18 +24,34 @@ use super::cache::{ModelCache, Residency};
 use super::loaded::{LoadError, LoadedModel};
 use super::split::Split;
 use modelpipe_core::model_name::{AliasName, ModelName};
-use modelpipe_registry::rollout::Rollout;
+use modelpipe_registry::rollout::plan::BASIS;
+use modelpipe_registry::rollout::{Rollout, split};
 
 /// Who pays for loading a new version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SwapPolicy {
-    /// The request that notices the move loads it and answers from it (Lambda: the process is
-    /// frozen between invocations, so a background load would only progress while requests
-    /// run; see docs/hot-swap.md).
-    Blocking,
-    /// A background task loads it while requests keep being served by the old version (a
-    /// long-running server).
+    /// Lambda: the request that notices a move is answered by the version in memory; the new
+    /// one is loaded after that answer has been posted and before the environment asks for
+    /// its next event ([`LiveModel::adopt`], driven by the inference function's internal
+    /// extension), so the next invocation is served by it. `offset` is this environment's
+    /// place in `ADOPT_SPREAD_MS`: a move is adopted no earlier than `offset` after it was
+    /// made, so a fleet reads the registry over the spread instead of all at once.
+    AfterAnswer { offset: Duration },
+    /// A long-running server: a background task loads it at once while requests keep being
+    /// served by the old version.
     Background,
+}
+
+impl SwapPolicy {
+    /// [`Self::AfterAnswer`] for the environment named `environment` (in Lambda its log
+    /// stream, which no other environment shares): a point of `[0, spread]` derived from the
+    /// name by the rollout split's hash, so a fleet's offsets are spread evenly over it.
+    pub fn after_answer(spread: Duration, environment: &str) -> Self {
+        let bucket = split::bucket("adopt-spread", environment.as_bytes());
+        Self::AfterAnswer {
+            offset: spread.mul_f64(f64::from(bucket) / f64::from(BASIS - 1)),
+        }
+    }
 }
 
 /// What reading the alias found.
@@ -49,10 +69,13 @@ pub enum AliasRead {
 pub enum SwapDecision {
     /// Keep serving what it serves (nothing, if it serves nothing yet).
     Keep(KeepReason),
-    /// Load the version on this request and answer from it.
+    /// Swap to the version on this request and answer from it: nothing serves yet, or the
+    /// version is already in memory (a rollout's promoted candidate), so nothing is read.
     LoadNow(u64),
     /// Load the version on a background task; this request is answered by the current one.
     LoadInBackground(u64),
+    /// Answer this request with the current version; load the new one after the answer.
+    AdoptAfterAnswer(u64),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,11 +90,12 @@ pub enum KeepReason {
 
 /// The swap policy: `serving` is the version answering requests (`None` before the first
 /// load), `alias` what the alias read found, `failed_recently` whether loading that version
-/// failed within the backoff.
+/// failed within the backoff, `resident` whether it is in memory already.
 pub fn next_swap(
     serving: Option<u64>,
     alias: &AliasRead,
     failed_recently: bool,
+    resident: bool,
     policy: SwapPolicy,
 ) -> SwapDecision {
     let target = match *alias {
@@ -84,10 +108,23 @@ pub fn next_swap(
         None => SwapDecision::LoadNow(target),
         Some(current) if current == target => SwapDecision::Keep(KeepReason::Current),
         Some(_) if failed_recently => SwapDecision::Keep(KeepReason::FailedRecently),
+        Some(_) if resident => SwapDecision::LoadNow(target),
         Some(_) => match policy {
-            SwapPolicy::Blocking => SwapDecision::LoadNow(target),
+            SwapPolicy::AfterAnswer { .. } => SwapDecision::AdoptAfterAnswer(target),
             SwapPolicy::Background => SwapDecision::LoadInBackground(target),
         },
+    }
+}
+
+/// How long after now a move made at `moved_at` (the publisher's clock) is due here, for an
+/// environment at `offset` in the spread: never more than `offset`, whatever the clocks say.
+fn adoption_delay(now: SystemTime, moved_at: Option<SystemTime>, offset: Duration) -> Duration {
+    match moved_at {
+        Some(moved_at) => (moved_at + offset)
+            .duration_since(now)
+            .unwrap_or_default()
+            .min(offset),
+        None => offset,
     }
 }
 
@@ -103,6 +140,26 @@ pub struct LoadFailure {
     pub error: String,
 }
 
+/// Work an [`SwapPolicy::AfterAnswer`] slot left for after the answer.
+#[derive(Debug, Clone, Default)]
+struct Pending {
+    /// The alias's version, and when this environment may adopt it.
+    version: Option<(u64, Instant)>,
+    /// A rollout whose candidate is not in memory yet: its split starts here once it is.
+    rollout: Option<(Rollout, Instant)>,
+}
+
+/// What [`LiveModel::adopt`] did after an answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Adopted {
+    /// Now serving `version`.
+    Version { model: ModelName, version: u64 },
+    /// Loading `version` failed; the previous one keeps serving.
+    Failed { model: ModelName, version: u64 },
+    /// The rollout's candidate is in memory and its split applies here.
+    Candidate { model: ModelName, version: u64 },
+}
+
 pub struct LiveModel {
     model: ModelName,
     alias: AliasName,
@@ -115,6 +172,7 @@ pub struct LiveModel {
     failure: Mutex<Option<LoadFailure>>,
     /// The alias's running rollout, read with the alias.
     split: RwLock<Option<Split>>,
+    pending: Mutex<Pending>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +181,13 @@ pub enum LiveError {
     NotFound(ModelName),
     #[error("model '{model}' is not ready: {error}")]
     NotReady { model: ModelName, error: String },
+}
+
+/// What one alias read found: the version and when it was moved there, and the rollout.
+struct Read {
+    alias: AliasRead,
+    moved_at: Option<SystemTime>,
+    rollout: Option<Rollout>,
 }
 
 impl LiveModel {
@@ -136,6 +201,7 @@ impl LiveModel {
             loading: Arc::new(tokio::sync::Mutex::new(())),
             failure: Mutex::new(None),
             split: RwLock::new(None),
+            pending: Mutex::default(),
         }
     }
 
@@ -151,6 +217,15 @@ impl LiveModel {
 
     pub fn failure(&self) -> Option<LoadFailure> {
         self.failure.lock().expect("failure lock").clone()
+    }
+
+    /// The version this slot will adopt after an answer, if a move is pending.
+    pub fn pending_version(&self) -> Option<u64> {
+        self.pending
+            .lock()
+            .expect("pending lock")
+            .version
+            .map(|(v, _)| v)
     }
 
     fn not_ready(&self, error: impl ToString) -> LiveError {
@@ -192,29 +267,56 @@ impl LiveModel {
         current: u64,
         policy: SwapPolicy,
     ) {
-        let (alias, rollout) = self.read_alias(cache).await;
-        self.swap_if_moved(cache, current, &alias, policy).await;
+        let read = self.read_alias(cache).await;
+        self.swap_if_moved(cache, current, &read, policy).await;
         match policy {
-            SwapPolicy::Blocking => self.follow_rollout(cache, &alias, rollout).await,
+            SwapPolicy::AfterAnswer { offset } => {
+                let rollout = self.rollout_to_follow(&read);
+                let candidate_resident = rollout
+                    .as_ref()
+                    .is_some_and(|r| cache.is_resident(&self.model, r.candidate));
+                if rollout.is_some() && !candidate_resident {
+                    // The split starts here once the candidate is in memory, after an answer.
+                    let delay = adoption_delay(SystemTime::now(), started_at(&rollout), offset);
+                    let mut pending = self.pending.lock().expect("pending lock");
+                    // Noticed again: the newer generation, adopted when it was first due.
+                    let due = match &pending.rollout {
+                        Some((r, due)) if rollout.as_ref().is_some_and(|n| n.id == r.id) => *due,
+                        _ => Instant::now() + delay,
+                    };
+                    pending.rollout = rollout.map(|r| (r, due));
+                } else {
+                    self.pending.lock().expect("pending lock").rollout = None;
+                    self.follow_rollout(cache, &read.alias, rollout).await;
+                }
+            }
             SwapPolicy::Background => {
                 let (this, cache) = (self.clone(), cache.clone());
-                tokio::spawn(async move { this.follow_rollout(&cache, &alias, rollout).await });
+                let rollout = self.rollout_to_follow(&read);
+                tokio::spawn(
+                    async move { this.follow_rollout(&cache, &read.alias, rollout).await },
+                );
             }
         }
     }
 
-    /// Starts splitting by `rollout` once its candidate is loaded, or stops (dropping the
-    /// candidate from the cache) when it no longer routes traffic or the alias moved under it.
+    /// The alias's rollout if it routes traffic away from the version the alias names now.
+    fn rollout_to_follow(&self, read: &Read) -> Option<Rollout> {
+        read.rollout
+            .clone()
+            .filter(|r| r.routes_traffic() && read.alias == AliasRead::Version(r.stable))
+    }
+
+    /// Starts splitting by `rollout` (loading its candidate if it is not in memory), or stops
+    /// (dropping the candidate from the cache) when there is none to follow.
     async fn follow_rollout(
         &self,
         cache: &ModelCache,
         alias: &AliasRead,
         rollout: Option<Rollout>,
     ) {
-        let active =
-            rollout.filter(|r| r.routes_traffic() && *alias == AliasRead::Version(r.stable));
         let previous = self.split();
-        let Some(rollout) = active else {
+        let Some(rollout) = rollout else {
             if let Some(previous) = previous {
                 *self.split.write().expect("split lock") = None;
                 let candidate = previous.rollout.candidate;
@@ -254,15 +356,37 @@ impl LiveModel {
         self: &Arc<Self>,
         cache: &Arc<ModelCache>,
         current: u64,
-        alias: &AliasRead,
+        read: &Read,
         policy: SwapPolicy,
     ) {
-        let alias = alias.clone();
-        let failed_recently = match alias {
-            AliasRead::Version(target) => cache.recent_failure(&self.model, target).is_some(),
-            _ => false,
+        let (failed_recently, resident) = match read.alias {
+            AliasRead::Version(target) => (
+                cache.recent_failure(&self.model, target).is_some(),
+                cache.is_resident(&self.model, target),
+            ),
+            _ => (false, false),
         };
-        let decision = next_swap(Some(current), &alias, failed_recently, policy);
+        let decision = next_swap(
+            Some(current),
+            &read.alias,
+            failed_recently,
+            resident,
+            policy,
+        );
+        if let SwapDecision::AdoptAfterAnswer(target) = decision {
+            let SwapPolicy::AfterAnswer { offset } = policy else {
+                unreachable!("only AfterAnswer adopts after the answer")
+            };
+            let delay = adoption_delay(SystemTime::now(), read.moved_at, offset);
+            let mut pending = self.pending.lock().expect("pending lock");
+            // A move noticed again keeps the time it was first given.
+            if pending.version.map(|(v, _)| v) != Some(target) {
+                pending.version = Some((target, Instant::now() + delay));
+            }
+            return;
+        }
+        // Anything else settles what an earlier move left pending.
+        self.pending.lock().expect("pending lock").version = None;
         let (SwapDecision::LoadNow(target) | SwapDecision::LoadInBackground(target)) = decision
         else {
             return;
@@ -283,6 +407,46 @@ impl LiveModel {
         }
     }
 
+    /// Does what earlier requests left for after their answer and is due by now: loads and
+    /// swaps to the alias's new version, loads a rollout's candidate and starts its split.
+    /// What is not due yet stays pending for a later answer.
+    pub async fn adopt(&self, cache: &ModelCache) -> Vec<Adopted> {
+        let now = Instant::now();
+        let (version, rollout) = {
+            let mut pending = self.pending.lock().expect("pending lock");
+            let version = pending.version.filter(|&(_, at)| at <= now).map(|(v, _)| v);
+            if version.is_some() {
+                pending.version = None;
+            }
+            let rollout = pending
+                .rollout
+                .take_if(|(_, at)| *at <= now)
+                .map(|(r, _)| r);
+            (version, rollout)
+        };
+        let mut adopted = Vec::new();
+        if let Some(version) = version {
+            let _guard = self.loading.lock().await;
+            let model = self.model.clone();
+            adopted.push(match self.swap_to(cache, version).await {
+                Ok(_) => Adopted::Version { model, version },
+                Err(_) => Adopted::Failed { model, version },
+            });
+        }
+        if let Some(rollout) = rollout {
+            let candidate = rollout.candidate;
+            let alias = AliasRead::Version(rollout.stable);
+            self.follow_rollout(cache, &alias, Some(rollout)).await;
+            if self.split().is_some_and(|s| s.candidate_ready) {
+                adopted.push(Adopted::Candidate {
+                    model: self.model.clone(),
+                    version: candidate,
+                });
+            }
+        }
+        adopted
+    }
+
     async fn first_load(
         self: &Arc<Self>,
         cache: &Arc<ModelCache>,
@@ -295,13 +459,21 @@ impl LiveModel {
             drop(guard);
             return Box::pin(self.get(cache, every, policy)).await;
         }
-        let (alias, rollout) = self.read_alias(cache).await;
-        let version = match (next_swap(None, &alias, false, policy), alias.clone()) {
-            (SwapDecision::LoadNow(version) | SwapDecision::LoadInBackground(version), _) => {
-                version
+        let read = self.read_alias(cache).await;
+        let version = match (
+            next_swap(None, &read.alias, false, false, policy),
+            &read.alias,
+        ) {
+            (SwapDecision::Keep(_), AliasRead::Unreadable(error)) => {
+                return Err(self.not_ready(error));
             }
-            (_, AliasRead::Unreadable(error)) => return Err(self.not_ready(error)),
             (SwapDecision::Keep(_), _) => return Err(LiveError::NotFound(self.model.clone())),
+            (
+                SwapDecision::LoadNow(version)
+                | SwapDecision::LoadInBackground(version)
+                | SwapDecision::AdoptAfterAnswer(version),
+                _,
+            ) => version,
         };
         if let Some(every) = every {
             *self.next_check.lock().expect("check lock") = Instant::now() + every;
@@ -310,14 +482,16 @@ impl LiveModel {
             .swap_to(cache, version)
             .await
             .map_err(|e| self.not_ready(e))?;
-        self.follow_rollout(cache, &alias, rollout).await;
+        // Nothing was resident: the candidate loads with the first version, on this request.
+        let rollout = self.rollout_to_follow(&read);
+        self.follow_rollout(cache, &read.alias, rollout).await;
         Ok(loaded)
     }
 
     /// The alias, read off the request's thread: on an S3 registry it is a (conditional) round
     /// trip. A failed read is logged here.
     /// The alias's rollout is read with it; one that cannot be read splits nothing.
-    async fn read_alias(&self, cache: &ModelCache) -> (AliasRead, Option<Rollout>) {
+    async fn read_alias(&self, cache: &ModelCache) -> Read {
         let (registry, model, alias) = (
             cache.registry().clone(),
             self.model.clone(),
@@ -335,7 +509,11 @@ impl LiveModel {
             Ok(read) => read,
             Err(error) => {
                 warn!(model = %self.model, alias = %self.alias, %error, "cannot read the alias; serving the loaded version, if any");
-                return (AliasRead::Unreadable(error), None);
+                return Read {
+                    alias: AliasRead::Unreadable(error),
+                    moved_at: None,
+                    rollout: None,
+                };
             }
         };
         let rollout = rollout.unwrap_or_else(|error| {
@@ -343,8 +521,16 @@ impl LiveModel {
             None
         });
         match record {
-            Some(record) => (AliasRead::Version(record.version), rollout),
-            None => (AliasRead::Missing, None),
+            Some(record) => Read {
+                alias: AliasRead::Version(record.version),
+                moved_at: humantime::parse_rfc3339(&record.updated_at).ok(),
+                rollout,
+            },
+            None => Read {
+                alias: AliasRead::Missing,
+                moved_at: None,
+                rollout: None,
+            },
         }
     }
 
@@ -393,6 +579,16 @@ impl LiveModel {
     }
 }
 
+/// When a rollout started routing traffic, on the publisher's clock.
+fn started_at(rollout: &Option<Rollout>) -> Option<SystemTime> {
+    let rollout = rollout.as_ref()?;
+    let at = rollout
+        .step_started_at
+        .as_deref()
+        .unwrap_or(&rollout.started_at);
+    humantime::parse_rfc3339(at).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -402,34 +598,49 @@ mod tests {
     use modelpipe_testkit::onnx_build::LinearSoftmax;
 
     use AliasRead::{Missing, Unreadable, Version};
-    use SwapPolicy::{Background, Blocking};
+    use SwapPolicy::Background;
+
+    const AFTER: SwapPolicy = SwapPolicy::AfterAnswer {
+        offset: Duration::ZERO,
+    };
 
     #[test]
-    fn a_moved_alias_is_loaded_by_the_request_or_in_the_background_as_the_policy_says() {
+    fn a_moved_alias_is_loaded_after_the_answer_or_in_the_background_as_the_policy_says() {
         assert_eq!(
-            next_swap(Some(1), &Version(2), false, Blocking),
-            SwapDecision::LoadNow(2)
+            next_swap(Some(1), &Version(2), false, false, AFTER),
+            SwapDecision::AdoptAfterAnswer(2)
         );
         assert_eq!(
-            next_swap(Some(1), &Version(2), false, Background),
+            next_swap(Some(1), &Version(2), false, false, Background),
             SwapDecision::LoadInBackground(2)
         );
         // A rollback is a move like any other.
         assert_eq!(
-            next_swap(Some(3), &Version(1), false, Blocking),
-            SwapDecision::LoadNow(1)
+            next_swap(Some(3), &Version(1), false, false, AFTER),
+            SwapDecision::AdoptAfterAnswer(1)
         );
     }
 
     #[test]
-    fn the_first_load_is_always_the_requests_own() {
-        for policy in [Blocking, Background] {
+    fn a_version_already_in_memory_is_swapped_to_on_the_request_that_notices() {
+        // A promoted rollout candidate: nothing to read, so no reason to wait.
+        for policy in [AFTER, Background] {
             assert_eq!(
-                next_swap(None, &Version(4), false, policy),
+                next_swap(Some(1), &Version(2), false, true, policy),
+                SwapDecision::LoadNow(2)
+            );
+        }
+    }
+
+    #[test]
+    fn the_first_load_is_always_the_requests_own() {
+        for policy in [AFTER, Background] {
+            assert_eq!(
+                next_swap(None, &Version(4), false, false, policy),
                 SwapDecision::LoadNow(4)
             );
             assert_eq!(
-                next_swap(None, &Missing, false, policy),
+                next_swap(None, &Missing, false, false, policy),
                 SwapDecision::Keep(KeepReason::NoAlias)
             );
         }
@@ -437,25 +648,28 @@ mod tests {
 
     #[test]
     fn the_serving_version_stays_when_nothing_moved_or_the_move_cannot_be_served() {
-        for policy in [Blocking, Background] {
-            let keep =
-                |serving, alias: &AliasRead, failed| next_swap(serving, alias, failed, policy);
-            assert_eq!(
-                keep(Some(2), &Version(2), false),
-                SwapDecision::Keep(KeepReason::Current)
-            );
-            assert_eq!(
-                keep(Some(2), &Version(3), true),
-                SwapDecision::Keep(KeepReason::FailedRecently)
-            );
-            assert_eq!(
-                keep(Some(2), &Missing, false),
-                SwapDecision::Keep(KeepReason::NoAlias)
-            );
-            assert_eq!(
-                keep(Some(2), &Unreadable("timeout".into()), false),
-                SwapDecision::Keep(KeepReason::AliasUnreadable)
-            );
+        for policy in [AFTER, Background] {
+            for resident in [false, true] {
+                let keep = |serving, alias: &AliasRead, failed| {
+                    next_swap(serving, alias, failed, resident, policy)
+                };
+                assert_eq!(
+                    keep(Some(2), &Version(2), false),
+                    SwapDecision::Keep(KeepReason::Current)
+                );
+                assert_eq!(
+                    keep(Some(2), &Version(3), true),
+                    SwapDecision::Keep(KeepReason::FailedRecently)
+                );
+                assert_eq!(
+                    keep(Some(2), &Missing, false),
+                    SwapDecision::Keep(KeepReason::NoAlias)
+                );
+                assert_eq!(
+                    keep(Some(2), &Unreadable("timeout".into()), false),
+                    SwapDecision::Keep(KeepReason::AliasUnreadable)
+                );
+            }
         }
     }
 
@@ -472,6 +686,51 @@ mod tests {
         assert_eq!(due(late, start + every, every), Some(late + every));
     }
 
+    #[test]
+    fn an_environment_adopts_a_move_at_its_offset_after_the_move_and_never_later_than_that() {
+        let moved = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let offset = Duration::from_secs(4);
+        let at = |secs: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        assert_eq!(
+            adoption_delay(at(1_001), Some(moved), offset),
+            Duration::from_secs(3)
+        );
+        assert_eq!(
+            adoption_delay(at(1_010), Some(moved), offset),
+            Duration::ZERO
+        );
+        // A move stamped in this environment's future (clock skew) waits at most the offset.
+        assert_eq!(adoption_delay(at(900), Some(moved), offset), offset);
+        assert_eq!(adoption_delay(at(1_001), None, offset), offset);
+    }
+
+    #[test]
+    fn offsets_are_spread_over_the_window_by_environment() {
+        let spread = Duration::from_secs(10);
+        let offsets: Vec<Duration> = (0..500)
+            .map(|n| {
+                match SwapPolicy::after_answer(spread, &format!("2026/12/04/[$LATEST]{n:032x}")) {
+                    SwapPolicy::AfterAnswer { offset } => offset,
+                    Background => unreachable!(),
+                }
+            })
+            .collect();
+        assert!(offsets.iter().all(|&o| o <= spread));
+        // Each tenth of the window gets some of the 500 environments, none more than twice its share.
+        for tenth in 0..10 {
+            let lo = spread * tenth / 10;
+            let n = offsets
+                .iter()
+                .filter(|&&o| o >= lo && o < lo + spread / 10)
+                .count();
+            assert!((10..=100).contains(&n), "tenth {tenth}: {n} environments");
+        }
+        assert_eq!(
+            SwapPolicy::after_answer(spread, "same"),
+            SwapPolicy::after_answer(spread, "same")
+        );
+    }
+
     fn publish(registry: &Registry, model: &ModelName, version: u64) {
         let request = PublisherRequest::Publish {
             model: model.clone(),
@@ -482,10 +741,11 @@ mod tests {
         apply(registry, &request, None).unwrap();
     }
 
-    /// What Lambda runs: the request that notices the move answers from the new version; a
-    /// version that fails to load is never swapped in and is shown as the failure.
+    /// What Lambda runs: the request that notices the move is answered by the version in
+    /// memory; the new one is adopted after the answer; a version that fails to load is never
+    /// swapped in and is shown as the failure.
     #[tokio::test]
-    async fn blocking_swaps_on_the_request_that_notices_and_never_to_a_broken_version() {
+    async fn after_answer_serves_the_resident_version_and_adopts_the_move_afterwards() {
         let dir = tempfile::tempdir().unwrap();
         let registry = Registry::open(dir.path()).unwrap();
         let model: ModelName = "iris".parse().unwrap();
@@ -502,11 +762,30 @@ mod tests {
         let live = Arc::new(LiveModel::new(model.clone(), Residency::OnDemand));
         let every = Some(Duration::ZERO);
 
-        let serving = async || live.get(&cache, every, Blocking).await.unwrap();
+        let serving = async || live.get(&cache, every, AFTER).await.unwrap();
 
         publish(&registry, &model, v1);
-        assert_eq!(serving().await.manifest.version, v1);
+        assert_eq!(
+            serving().await.manifest.version,
+            v1,
+            "the first load is the caller's"
+        );
+        assert!(live.adopt(&cache).await.is_empty(), "nothing pending");
+
         publish(&registry, &model, v2);
+        assert_eq!(serving().await.manifest.version, v1, "the noticing request");
+        assert!(
+            !cache.is_resident(&model, v2),
+            "nothing loaded on the request"
+        );
+        assert_eq!(live.pending_version(), Some(v2));
+        assert_eq!(
+            live.adopt(&cache).await,
+            vec![Adopted::Version {
+                model: model.clone(),
+                version: v2
+            }]
+        );
         assert_eq!(serving().await.manifest.version, v2);
         assert!(
             cache.get(&model, v1).is_none(),
@@ -515,7 +794,48 @@ mod tests {
 
         publish(&registry, &model, broken);
         assert_eq!(serving().await.manifest.version, v2);
+        assert_eq!(
+            live.adopt(&cache).await,
+            vec![Adopted::Failed {
+                model: model.clone(),
+                version: broken
+            }]
+        );
+        assert_eq!(serving().await.manifest.version, v2);
         assert_eq!(live.failure().map(|f| f.version), Some(broken));
         assert_eq!(live.version(), Some(v2));
+    }
+
+    #[tokio::test]
+    async fn a_move_is_not_adopted_before_the_environments_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::open(dir.path()).unwrap();
+        let model: ModelName = "iris".parse().unwrap();
+        let [v1, v2] = [1, 2].map(|seed| {
+            let bytes = LinearSoftmax::iris(seed).to_bytes();
+            commit_checked(&registry, &model, &bytes, None, Compile::No)
+        });
+        let cache = Arc::new(ModelCache::new(
+            registry.clone(),
+            None,
+            modelpipe_engine::Limits::default(),
+        ));
+        let live = Arc::new(LiveModel::new(model.clone(), Residency::OnDemand));
+        let policy = SwapPolicy::AfterAnswer {
+            offset: Duration::from_secs(3600),
+        };
+        publish(&registry, &model, v1);
+        live.get(&cache, Some(Duration::ZERO), policy)
+            .await
+            .unwrap();
+        publish(&registry, &model, v2);
+        let answer = live
+            .get(&cache, Some(Duration::ZERO), policy)
+            .await
+            .unwrap();
+        assert_eq!(answer.manifest.version, v1);
+        assert!(live.adopt(&cache).await.is_empty(), "not due for an hour");
+        assert_eq!(live.pending_version(), Some(v2), "still pending");
+        assert_eq!(live.version(), Some(v1));
     }
 }

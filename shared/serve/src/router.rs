@@ -186,6 +186,10 @@ async fn model_metadata(
             });
         }
     }
+    if let Some(version) = status.pending {
+        // Noticed here, adopted after an answer (Lambda): the next invocations get it.
+        body["adopting_version"] = json!(version.to_string());
+    }
     if let Some(split) = inference.split(&model) {
         let rollout = &split.rollout;
         // The split this instance applies now (it follows the rollout as it follows the alias).

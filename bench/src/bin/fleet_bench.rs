@@ -1,0 +1,300 @@
+//! A fleet adopting new versions, on emulated Lambda (`modelpipe_tests::lambda_env`: Runtime and
+//! Extensions API, each environment frozen between invocations), running the real inference
+//! binary on one registry directory (figures in BENCHMARKS.md):
+//!
+//! 1. a MobileNetV2-shaped CNN, 4 environments, 2 callers: the callers' latency in the windows
+//!    in which the fleet adopts a new version against steady, over several moves, and failures;
+//! 2. a small model, 16 environments, 2 callers: how long until the fleet is on the new version
+//!    and the registry bytes each adoption read per second, with `ADOPT_SPREAD_MS=0` and with a
+//!    spread.
+//!
+//! `cargo run -p modelpipe-bench --bin fleet_bench [-- --inference target/debug/inference]`
+//! (the binary cargo built last; the figures name it).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use modelpipe_core::ModelName;
+use modelpipe_engine::EngineKind;
+use modelpipe_registry::Registry;
+use modelpipe_testkit::onnx_build::{Mlp, mobilenet_v2};
+use modelpipe_tests::lambda_env::{Fleet, FleetAnswer, unix_micros};
+use modelpipe_tests::serving::{commit_in, publish};
+use modelpipe_tests::{http_api_event, venv_onnxruntime_library};
+use serde_json::{Value, json};
+
+#[derive(Parser)]
+struct Args {
+    /// The inference function binary.
+    #[arg(long, default_value = "target/debug/inference")]
+    inference: PathBuf,
+    /// Moves of the CNN's alias (each one a swap window).
+    #[arg(long, default_value_t = 4)]
+    moves: usize,
+    /// Seconds of steady traffic before each move.
+    #[arg(long, default_value_t = 6)]
+    steady_seconds: u64,
+}
+
+struct Run {
+    answers: Vec<(FleetAnswer, u64, Instant)>,
+}
+
+fn version_of(answer: &FleetAnswer) -> Option<u64> {
+    let body: Value = serde_json::from_slice(answer.answer.body.as_ref().ok()?).ok()?;
+    if body["statusCode"] != 200 {
+        return None;
+    }
+    let payload: Value = serde_json::from_str(body["body"].as_str()?).ok()?;
+    payload["model_version"].as_str()?.parse().ok()
+}
+
+fn quantile(mut values: Vec<f64>, q: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    values[((values.len() - 1) as f64 * q).round() as usize]
+}
+
+/// Callers invoking the fleet with `event` until `stop`; every answer with its version.
+fn callers(
+    fleet: &Arc<Fleet>,
+    event: &Value,
+    count: usize,
+    stop: &Arc<AtomicBool>,
+    into: &Arc<Mutex<Run>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..count)
+        .map(|_| {
+            let (fleet, event, stop, into) =
+                (fleet.clone(), event.clone(), stop.clone(), into.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let answer = fleet
+                        .invoke(event.clone(), Duration::from_secs(60))
+                        .await
+                        .expect("invoke");
+                    let version = version_of(&answer).unwrap_or(0);
+                    into.lock()
+                        .unwrap()
+                        .answers
+                        .push((answer, version, Instant::now()));
+                }
+            })
+        })
+        .collect()
+}
+
+/// Waits until every environment has answered from `version` after `since`.
+async fn until_fleet_on(fleet: &Fleet, run: &Mutex<Run>, version: u64, since: Instant) -> Duration {
+    loop {
+        let on: std::collections::HashSet<usize> = run
+            .lock()
+            .unwrap()
+            .answers
+            .iter()
+            .filter(|(_, v, at)| *v == version && *at >= since)
+            .map(|(a, _, _)| a.environment)
+            .collect();
+        if on.len() == fleet.environments.len() {
+            return since.elapsed();
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(120),
+            "the fleet did not reach v{version}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn registry_with(
+    model: &ModelName,
+    versions: &[Vec<u8>],
+    engine: EngineKind,
+) -> (tempfile::TempDir, Registry, Vec<u64>) {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::open(dir.path()).unwrap();
+    let numbers = versions
+        .iter()
+        .map(|bytes| commit_in(&registry, model, bytes, Some(engine)))
+        .collect();
+    (dir, registry, numbers)
+}
+
+fn env(dir: &tempfile::TempDir, model: &str, spread_ms: u64) -> Vec<(&'static str, String)> {
+    vec![
+        ("MODEL_ROOT", dir.path().display().to_string()),
+        ("PRELOAD_MODELS", model.to_string()),
+        ("RELOAD_CHECK_MS", "100".to_string()),
+        ("ADOPT_SPREAD_MS", spread_ms.to_string()),
+        (
+            "ORT_DYLIB_PATH",
+            venv_onnxruntime_library().display().to_string(),
+        ),
+        ("RUST_LOG", "info".to_string()),
+    ]
+}
+
+/// 1: the CNN, 4 environments, 2 callers, `moves` moves between two versions.
+async fn swap_window(args: &Args) {
+    let model: ModelName = "cnn".parse().unwrap();
+    let (dir, registry, v) = registry_with(
+        &model,
+        &[mobilenet_v2(1), mobilenet_v2(2)],
+        EngineKind::Onnxruntime,
+    );
+    publish(&registry, &model, v[0]);
+    let fleet = Fleet::start(&args.inference, "cnn", 4, &env(&dir, "cnn", 2000)).await;
+    let input: Vec<f32> = (0..3 * 224 * 224)
+        .map(|i| (i % 255) as f32 / 255.0)
+        .collect();
+    let request = json!({"inputs": [{"name": "input", "shape": [1, 3, 224, 224], "datatype": "FP32", "data": input}]});
+    let event = http_api_event("POST", "/v2/models/cnn/infer", Some(&request.to_string()));
+    let run = Arc::new(Mutex::new(Run {
+        answers: Vec::new(),
+    }));
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = callers(&fleet, &event, 2, &stop, &run);
+    tokio::time::sleep(Duration::from_secs(2)).await; // warm-up, not counted
+    run.lock().unwrap().answers.clear();
+    let mut windows = Vec::new();
+    let mut fleet_times = Vec::new();
+    for m in 0..args.moves {
+        tokio::time::sleep(Duration::from_secs(args.steady_seconds)).await;
+        let target = v[(m + 1) % 2];
+        let moved = Instant::now();
+        publish(&registry, &model, target);
+        let took = until_fleet_on(&fleet, &run, target, moved).await;
+        fleet_times.push(took.as_secs_f64());
+        windows.push((moved, Instant::now()));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let answers = std::mem::take(&mut run.lock().unwrap().answers);
+    let in_window = |at: Instant, latency: Duration| {
+        let asked = at - latency;
+        windows.iter().any(|(from, to)| asked <= *to && at >= *from)
+    };
+    let (mut steady, mut swapping, mut failed) = (Vec::new(), Vec::new(), 0);
+    for (answer, version, at) in &answers {
+        if *version == 0 {
+            failed += 1;
+        }
+        let ms = answer.answer.latency.as_secs_f64() * 1e3;
+        if in_window(*at, answer.answer.latency) {
+            swapping.push(ms);
+        } else {
+            steady.push(ms);
+        }
+    }
+    let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    let adoptions: Vec<f64> = fleet
+        .environments
+        .iter()
+        .flat_map(|e| e.logged("adopted after the answer"))
+        .filter_map(|l| l["fields"]["took_ms"].as_f64())
+        .collect();
+    println!(
+        "cnn fleet (4 environments, 2 callers, {} moves, spread 2 s, RELOAD_CHECK_MS 100, ONNX Runtime, {}): \
+         steady p50 {:.1} ms p99 {:.1} ms max {:.1} ms ({} answers) | swap windows p50 {:.1} ms p99 {:.1} ms max {:.1} ms ({} answers) | \
+         p99 ratio {:.2}, max ratio {:.2} | failed {failed} | adoptions after the answer: {} (median {:.0} ms) | fleet on the new version after {:.2}–{:.2} s | invocations that found no environment free: {}",
+        args.moves,
+        args.inference.display(),
+        quantile(steady.clone(), 0.5),
+        quantile(steady.clone(), 0.99),
+        max(&steady),
+        steady.len(),
+        quantile(swapping.clone(), 0.5),
+        quantile(swapping.clone(), 0.99),
+        max(&swapping),
+        swapping.len(),
+        quantile(swapping.clone(), 0.99) / quantile(steady.clone(), 0.99),
+        max(&swapping) / max(&steady),
+        adoptions.len(),
+        quantile(adoptions.clone(), 0.5),
+        fleet_times.iter().copied().fold(f64::INFINITY, f64::min),
+        fleet_times.iter().copied().fold(0.0, f64::max),
+        fleet.found_none_free.load(Ordering::Relaxed),
+    );
+}
+
+/// 2: a small model on 16 environments: the registry reads of one move, with and without a spread.
+async fn spread(args: &Args, spread_ms: u64) {
+    let model: ModelName = "mlp".parse().unwrap();
+    let versions = [
+        Mlp::new(&[64, 512, 512, 8], 1).to_bytes(),
+        Mlp::new(&[64, 512, 512, 8], 2).to_bytes(),
+    ];
+    let (dir, registry, v) = registry_with(&model, &versions, EngineKind::Tract);
+    publish(&registry, &model, v[0]);
+    let fleet = Fleet::start(&args.inference, "mlp", 16, &env(&dir, "mlp", spread_ms)).await;
+    let request = json!({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": vec![0.5f32; 64]}]});
+    let event = http_api_event("POST", "/v2/models/mlp/infer", Some(&request.to_string()));
+    let run = Arc::new(Mutex::new(Run {
+        answers: Vec::new(),
+    }));
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = callers(&fleet, &event, 2, &stop, &run);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let moved = Instant::now();
+    let moved_us = unix_micros();
+    publish(&registry, &model, v[1]);
+    let took = until_fleet_on(&fleet, &run, v[1], moved).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let failed = run
+        .lock()
+        .unwrap()
+        .answers
+        .iter()
+        .filter(|(_, v, _)| *v == 0)
+        .count();
+    // What one adoption reads: model.onnx (its hash is checked) and the artifact it loads.
+    let manifest = registry.manifest(&model, v[1]).unwrap();
+    let bytes = manifest.size + manifest.artifact.as_ref().map_or(0, |a| a.size);
+    let mut starts: Vec<u64> = fleet
+        .environments
+        .iter()
+        .flat_map(|e| e.logged("adopted after the answer"))
+        .filter_map(|l| l["fields"]["started_us"].as_u64())
+        .map(|us| us.saturating_sub(moved_us))
+        .collect();
+    starts.sort_unstable();
+    // The most registry bytes begun in any 250 ms, as a rate.
+    let peak = starts
+        .iter()
+        .map(|&s| {
+            starts
+                .iter()
+                .filter(|&&t| t >= s && t < s + 250_000)
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    println!(
+        "mlp fleet (16 environments, 2 callers, ADOPT_SPREAD_MS {spread_ms}, RELOAD_CHECK_MS 100): {} adoptions of {:.2} MB, \
+         first {:.0} ms and last {:.0} ms after the move; most begun in 250 ms: {peak} ({:.1} MB/s) | whole fleet on v2 after {:.2} s | failed {failed}",
+        starts.len(),
+        bytes as f64 / 1e6,
+        starts.first().copied().unwrap_or(0) as f64 / 1e3,
+        starts.last().copied().unwrap_or(0) as f64 / 1e3,
+        peak as f64 * bytes as f64 / 1e6 / 0.25,
+        took.as_secs_f64(),
+    );
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args = Args::parse();
+    swap_window(&args).await;
+    spread(&args, 0).await;
+    spread(&args, 3000).await;
+}
