@@ -4,5 +4,4 @@
 pub mod compare;
 pub mod function;
 pub mod models;
-pub mod runtime_api;
 pub mod stats;

@@ -13,7 +13,7 @@ use modelpipe_core::{AliasName, ModelName};
 use modelpipe_engine::checks::{Expectations, check_model};
 use modelpipe_engine::contract::Contract;
 use modelpipe_registry::publish::{PublisherRequest, apply};
-use modelpipe_registry::{ARTIFACT_FILE, BAKED_MARKER, NewVersion, Registry, Source, now};
+use modelpipe_registry::{BAKED_MARKER, NewVersion, PREPARED_FILES, Registry, Source, now};
 
 use crate::ops::CliResult;
 
@@ -183,12 +183,12 @@ fn commit(
 ) -> CliResult<u64> {
     let staging = registry.stage(model).map_err(|e| e.to_string())?;
     std::fs::copy(file, staging.model_path()).map_err(|e| format!("{}: {e}", file.display()))?;
-    if version.artifact.is_some() {
-        std::fs::copy(
-            compiled_dir.path().join(ARTIFACT_FILE),
-            staging.dir().join(ARTIFACT_FILE),
-        )
-        .map_err(|e| format!("{ARTIFACT_FILE}: {e}"))?;
+    for file in PREPARED_FILES {
+        let prepared = compiled_dir.path().join(file);
+        if prepared.is_file() {
+            std::fs::copy(&prepared, staging.dir().join(file))
+                .map_err(|e| format!("{file}: {e}"))?;
+        }
     }
     Ok(registry
         .commit(model, staging, version)

@@ -355,13 +355,25 @@ pub fn describe_choice(choice: &modelpipe_engine::checks::engines::EngineChoice)
     parts.join("; ")
 }
 
-/// The layout chosen and the artifact written, in one line.
+/// What ingest prepared to load faster, in one line: tract's layout and artifact, or ONNX
+/// Runtime's optimised graph.
 pub fn describe_compiled(compiled: Option<&modelpipe_engine::checks::Compiled>) -> String {
     let Some(compiled) = compiled else {
-        return "nothing to compile (onnxruntime serves it)".into();
+        return "nothing compiled".into();
+    };
+    let Some(layout) = &compiled.layout else {
+        return match (&compiled.optimized, &compiled.no_artifact) {
+            (Some(optimized), _) => format!(
+                "onnxruntime's optimised graph {:.1} MB, loads in {} ms (model.onnx {} ms)",
+                optimized.size as f64 / 1e6,
+                optimized.load_ms,
+                optimized.model_load_ms
+            ),
+            (None, Some(reason)) => format!("no optimised graph: {reason}"),
+            (None, None) => "no optimised graph".into(),
+        };
     };
     let ms = |us: u64| format!("{:.1} ms", us as f64 / 1000.0);
-    let layout = &compiled.layout;
     let layout = match layout.nhwc_us {
         Some(nhwc) => format!(
             "layout {:?} (plain {}, nhwc {})",

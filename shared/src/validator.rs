@@ -872,16 +872,26 @@ fn log_checked(model: &ModelName, took: Duration, checked: &Checked, compiled: O
         let difference = agreement.difference.as_deref().unwrap_or("-");
         warn!(model = %model, difference, "tract and onnxruntime disagree: onnxruntime serves");
     } else if let Some(compiled) = compiled {
-        info!(
-            model = %model,
-            layout = ?compiled.layout.layout,
-            plain_us = compiled.layout.plain_us,
-            nhwc_us = compiled.layout.nhwc_us,
-            artifact_load_ms = compiled.artifact_load.map(|d| d.as_millis() as u64),
-            "compiled for tract"
-        );
+        if let Some(layout) = &compiled.layout {
+            info!(
+                model = %model,
+                layout = ?layout.layout,
+                plain_us = layout.plain_us,
+                nhwc_us = layout.nhwc_us,
+                artifact_load_ms = compiled.artifact_load.map(|d| d.as_millis() as u64),
+                "compiled for tract"
+            );
+        }
+        if let Some(optimized) = &compiled.optimized {
+            info!(
+                model = %model,
+                load_ms = optimized.load_ms,
+                model_load_ms = optimized.model_load_ms,
+                "graph optimised for onnxruntime"
+            );
+        }
         if let Some(reason) = &compiled.no_artifact {
-            warn!(model = %model, %reason, "no compiled artifact: inference will load model.onnx");
+            warn!(model = %model, %reason, "nothing prepared to load faster: inference will load model.onnx");
         }
     }
 }

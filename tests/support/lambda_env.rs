@@ -44,8 +44,9 @@ pub struct Answer {
     pub body: Result<Bytes, String>,
     /// From the event handed out to the answer posted: what the caller waited.
     pub latency: Duration,
-    /// When the answer was posted (see [`unix_micros`]).
+    /// When the answer was posted (see [`unix_micros`]), and the same on this process's clock.
     pub posted_us: u64,
+    pub posted: Instant,
 }
 
 /// One invocation as the environment saw it, for after-the-fact checks.
@@ -64,8 +65,9 @@ struct Lifecycle {
     runtime_waiting: Option<oneshot::Sender<(String, Value)>>,
     /// Registered extensions by identifier, and the pending `event/next` of each.
     extensions: HashMap<String, Option<oneshot::Sender<Value>>>,
-    /// The runtime has asked for its first event: registration is over.
-    initialised: bool,
+    /// When the runtime and its extensions first waited for an event: init is over, and
+    /// registration with it.
+    initialised: Option<Instant>,
     init_error: Option<String>,
     /// The invocation whose answer is awaited.
     answering: Option<(String, Instant, oneshot::Sender<Answer>)>,
@@ -91,7 +93,7 @@ impl Shared {
         if !all_waiting || state.frozen || state.answering.is_some() {
             return;
         }
-        state.initialised = true;
+        state.initialised.get_or_insert_with(Instant::now);
         if let Some(pid) = *self.pid.lock().expect("pid") {
             // SAFETY: a plain signal to our own child.
             unsafe { libc::kill(pid, libc::SIGSTOP) };
@@ -113,17 +115,44 @@ pub struct Environment {
     child: Child,
     server: tokio::task::JoinHandle<()>,
     log: Arc<Mutex<Vec<String>>>,
+    /// Just before the process was spawned.
+    pub spawned: Instant,
+}
+
+/// What to run in an environment: a program, its arguments and working directory, its log
+/// stream name (`AWS_LAMBDA_LOG_STREAM_NAME`, unique per environment) and its own variables.
+pub struct Launch<'a> {
+    pub program: &'a Path,
+    pub args: &'a [&'a str],
+    pub dir: Option<&'a Path>,
+    pub name: &'a str,
+    pub env: &'a [(&'a str, String)],
 }
 
 impl Environment {
-    /// Starts `binary` as environment `name` (its `AWS_LAMBDA_LOG_STREAM_NAME`) with `env`, and
-    /// waits for its init to end (the runtime and its extensions waiting for an event).
+    /// Starts `binary` as environment `name` with `env`, and waits for its init to end (the
+    /// runtime and its extensions waiting for an event).
     pub async fn start(binary: &Path, name: &str, env: &[(&str, String)]) -> Self {
+        let environment = Self::launch(Launch {
+            program: binary,
+            args: &[],
+            dir: None,
+            name,
+            env,
+        })
+        .await;
+        environment.wait_frozen(Duration::from_secs(60)).await;
+        environment
+    }
+
+    /// Starts the process as Lambda does (a clean environment with the variables the service
+    /// sets) and returns at once; [`Self::init_time`] waits for its init.
+    pub async fn launch(launch: Launch<'_>) -> Self {
         let shared = Arc::new(Shared {
             state: Mutex::default(),
             changed: Notify::new(),
             pid: Mutex::new(None),
-            name: name.to_string(),
+            name: launch.name.to_string(),
         });
         let app = Router::new()
             .route("/2018-06-01/runtime/invocation/next", get(runtime_next))
@@ -145,42 +174,65 @@ impl Environment {
         let server = tokio::spawn(async move {
             axum::serve(listener, app).await.expect("APIs serve");
         });
-        let mut command = Command::new(binary);
+        let mut command = Command::new(launch.program);
         command
+            .args(launch.args)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("AWS_LAMBDA_RUNTIME_API", address.to_string())
             .env("AWS_LAMBDA_FUNCTION_NAME", "inference")
             .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
             .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "2048")
-            .env("AWS_LAMBDA_LOG_STREAM_NAME", name)
+            .env("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/inference")
+            .env("AWS_LAMBDA_LOG_STREAM_NAME", launch.name)
             .env("AWS_REGION", "us-east-1")
+            .env("LANG", "C.UTF-8")
+            .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        for (key, value) in env {
+            .stderr(Stdio::piped());
+        if let Some(dir) = launch.dir {
+            command.current_dir(dir);
+        }
+        for (key, value) in launch.env {
             command.env(key, value);
         }
-        let mut child = command.spawn().expect("start the function");
+        let spawned = Instant::now();
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", launch.program.display()));
         *shared.pid.lock().expect("pid") = Some(child.id() as i32);
         let log = Arc::new(Mutex::new(Vec::new()));
-        let stdout = child.stdout.take().expect("stdout");
-        let lines = log.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                lines.lock().expect("log").push(line);
-            }
-        });
-        let environment = Self {
+        let stdout: Box<dyn std::io::Read + Send> = Box::new(child.stdout.take().expect("stdout"));
+        let stderr: Box<dyn std::io::Read + Send> = Box::new(child.stderr.take().expect("stderr"));
+        for stream in [stdout, stderr] {
+            let lines = log.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stream)
+                    .lines()
+                    .map_while(Result::ok)
+                {
+                    lines.lock().expect("log").push(line);
+                }
+            });
+        }
+        Self {
             shared,
             child,
             server,
             log,
-        };
-        environment.wait_frozen(Duration::from_secs(60)).await;
-        environment
+            spawned,
+        }
+    }
+
+    /// From spawn to the end of init (the runtime and its extensions waiting for an event).
+    pub async fn init_time(&self, timeout: Duration) -> Duration {
+        self.wait_frozen(timeout).await;
+        let initialised = self.shared.state.lock().expect("state").initialised;
+        initialised.expect("frozen after init") - self.spawned
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn name(&self) -> &str {
@@ -201,6 +253,13 @@ impl Environment {
             .collect()
     }
 
+    /// The last lines the function wrote, for a failure's message.
+    pub fn log_tail(&self) -> String {
+        let log = self.log();
+        let tail = &log[log.len().saturating_sub(30)..];
+        format!("--- its log ends ---\n{}", tail.join("\n"))
+    }
+
     pub fn invocations(&self) -> Vec<Invocation> {
         self.shared.state.lock().expect("state").invocations.clone()
     }
@@ -218,7 +277,11 @@ impl Environment {
             {
                 let state = self.shared.state.lock().expect("state");
                 if let Some(error) = &state.init_error {
-                    panic!("environment {}: {error}", self.shared.name);
+                    panic!(
+                        "environment {}: {error}\n{}",
+                        self.shared.name,
+                        self.log_tail()
+                    );
                 }
                 if state.frozen && !state.busy {
                     return;
@@ -226,8 +289,9 @@ impl Environment {
             }
             assert!(
                 Instant::now() < deadline,
-                "environment {} did not wait for an event within {timeout:?}",
-                self.shared.name
+                "environment {} did not wait for an event within {timeout:?}\n{}",
+                self.shared.name,
+                self.log_tail()
             );
             let _ = tokio::time::timeout(Duration::from_millis(100), notified).await;
         }
@@ -287,16 +351,9 @@ impl Environment {
                 self.shared.name
             )),
             Err(_) => Err(format!(
-                "environment {}: no answer within {timeout:?}; its log ends:\n{}",
+                "environment {}: no answer within {timeout:?}\n{}",
                 self.shared.name,
-                self.log()
-                    .iter()
-                    .rev()
-                    .take(10)
-                    .rev()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join("\n")
+                self.log_tail()
             )),
         }
     }
@@ -359,6 +416,7 @@ fn answer(shared: &Shared, id: &str, body: Result<Bytes, String>) -> StatusCode 
                 body,
                 latency: handed.elapsed(),
                 posted_us,
+                posted: Instant::now(),
             });
             shared.freeze_if_idle(&mut state);
             StatusCode::ACCEPTED
@@ -399,7 +457,7 @@ async fn init_error(State(shared): State<Arc<Shared>>, body: Bytes) -> StatusCod
 
 async fn register(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     let mut state = shared.state.lock().expect("state");
-    if state.initialised {
+    if state.initialised.is_some() {
         // Lambda takes registrations during init only.
         return (StatusCode::FORBIDDEN, "Extension.RegistrationAfterInit").into_response();
     }

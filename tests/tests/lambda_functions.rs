@@ -245,6 +245,7 @@ async fn the_three_functions_share_an_s3_hosted_registry() {
         "registry/iris/versions/1/manifest.json",
         "registry/iris/versions/1/model.nnef.tar",
         "registry/iris/versions/2/model.onnx",
+        "registry/iris/versions/2/model.optimized.onnx",
         "registry/iris/aliases/live.json",
         "registry/iris/history.jsonl",
         "registry/iris/rejections.jsonl",
@@ -318,8 +319,9 @@ async fn lifecycle(mut stack: Stack) -> Stack {
     assert_answer(&stack.infer_until("2").await, "2", &v2);
     let metadata = stack.metadata().await;
     assert_eq!(metadata["engine"]["name"], "onnxruntime", "{metadata}");
+    // The validator saved ONNX Runtime's optimised graph; the function loaded it.
     assert_eq!(
-        metadata["engine"]["loaded_from"], "model.onnx",
+        metadata["engine"]["loaded_from"], "model.optimized.onnx",
         "{metadata}"
     );
 

@@ -16,6 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use clap::Parser;
 use modelpipe_core::ModelName;
 use modelpipe_engine::EngineKind;
@@ -43,13 +45,44 @@ struct Run {
     answers: Vec<(FleetAnswer, u64, Instant)>,
 }
 
+/// The version that answered, from the API Gateway response (JSON, or the binary tensor
+/// extension's JSON header before the tensor bytes, base64 in the response).
 fn version_of(answer: &FleetAnswer) -> Option<u64> {
-    let body: Value = serde_json::from_slice(answer.answer.body.as_ref().ok()?).ok()?;
-    if body["statusCode"] != 200 {
+    let response: Value = serde_json::from_slice(answer.answer.body.as_ref().ok()?).ok()?;
+    if response["statusCode"] != 200 {
         return None;
     }
-    let payload: Value = serde_json::from_str(body["body"].as_str()?).ok()?;
+    let body = response["body"].as_str()?;
+    let payload: Value = if response["isBase64Encoded"] == true {
+        let bytes = BASE64.decode(body).ok()?;
+        let header: usize = response["headers"]["inference-header-content-length"]
+            .as_str()?
+            .parse()
+            .ok()?;
+        serde_json::from_slice(bytes.get(..header)?).ok()?
+    } else {
+        serde_json::from_str(body).ok()?
+    };
     payload["model_version"].as_str()?.parse().ok()
+}
+
+/// An API Gateway event carrying `input` with the binary tensor extension, as API Gateway sends
+/// a binary body (base64), asking for binary outputs.
+fn binary_event(model: &str, shape: &[usize], input: &[f32]) -> Value {
+    let header = json!({
+        "inputs": [{"name": "input", "shape": shape, "datatype": "FP32",
+                    "parameters": {"binary_data_size": input.len() * 4}}],
+        "parameters": {"binary_data_output": true},
+    })
+    .to_string();
+    let mut body = header.clone().into_bytes();
+    body.extend(input.iter().flat_map(|x| x.to_le_bytes()));
+    let mut event = http_api_event("POST", &format!("/v2/models/{model}/infer"), None);
+    event["body"] = BASE64.encode(&body).into();
+    event["isBase64Encoded"] = true.into();
+    event["headers"]["content-type"] = "application/octet-stream".into();
+    event["headers"]["inference-header-content-length"] = header.len().to_string().into();
+    event
 }
 
 fn quantile(mut values: Vec<f64>, q: f64) -> f64 {
@@ -152,8 +185,7 @@ async fn swap_window(args: &Args) {
     let input: Vec<f32> = (0..3 * 224 * 224)
         .map(|i| (i % 255) as f32 / 255.0)
         .collect();
-    let request = json!({"inputs": [{"name": "input", "shape": [1, 3, 224, 224], "datatype": "FP32", "data": input}]});
-    let event = http_api_event("POST", "/v2/models/cnn/infer", Some(&request.to_string()));
+    let event = binary_event("cnn", &[1, 3, 224, 224], &input);
     let run = Arc::new(Mutex::new(Run {
         answers: Vec::new(),
     }));
@@ -201,7 +233,7 @@ async fn swap_window(args: &Args) {
         .filter_map(|l| l["fields"]["took_ms"].as_f64())
         .collect();
     println!(
-        "cnn fleet (4 environments, 2 callers, {} moves, spread 2 s, RELOAD_CHECK_MS 100, ONNX Runtime, {}): \
+        "cnn fleet (4 environments, 2 callers, binary tensors, {} moves, spread 2 s, RELOAD_CHECK_MS 100, ONNX Runtime, {}): \
          steady p50 {:.1} ms p99 {:.1} ms max {:.1} ms ({} answers) | swap windows p50 {:.1} ms p99 {:.1} ms max {:.1} ms ({} answers) | \
          p99 ratio {:.2}, max ratio {:.2} | failed {failed} | adoptions after the answer: {} (median {:.0} ms) | fleet on the new version after {:.2}–{:.2} s | invocations that found no environment free: {}",
         args.moves,

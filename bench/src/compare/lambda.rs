@@ -4,7 +4,7 @@
 //!   Python imports onnxruntime and numpy and creates the session at import);
 //! - warm: event handed out → answer received, what Lambda bills;
 //! - peak RSS with the model loaded and answering, and (modelpipe) while `live` moves to another
-//!   version and the request that notices it loads it.
+//!   version and the function adopts it after an answer.
 //!
 //! modelpipe runs twice: on versions committed for tract (artifact, layout chosen at ingest) and
 //! on the same versions committed for ONNX Runtime (`engine=onnxruntime`; the library opened from
@@ -20,8 +20,8 @@ use serde_json::Value;
 use super::{Setup, Target};
 use crate::function::{Function, Launch};
 use crate::models::{BenchModel, parse_answer};
-use crate::runtime_api::Answer;
 use crate::stats::{Rounds, quantile, us};
+use modelpipe_tests::lambda_env::Answer;
 
 #[derive(Default)]
 struct Side {
@@ -56,14 +56,14 @@ impl Side {
     ) -> (Answer, Answer) {
         let first = function.invoke(event.clone()).await;
         self.cold_ms
-            .push((first.received - function.spawned).as_secs_f64() * 1e3);
+            .push((first.posted - function.spawned).as_secs_f64() * 1e3);
         self.init_ms
             .push(function.init_time().await.as_secs_f64() * 1e3);
         let mut durations = Vec::with_capacity(invocations);
         let mut last = None;
         for _ in 0..invocations {
             let answer = function.invoke(event.clone()).await;
-            durations.push(us(answer.duration));
+            durations.push(us(answer.latency));
             last = Some(answer);
         }
         self.p50_us.push(quantile(&durations, 0.5));
@@ -239,20 +239,19 @@ async fn measure_ours(
 ) {
     let name: ModelName = model.name.parse().expect("model name");
     publish(registry, &name, 1);
-    let function = Function::start(
-        Launch {
-            name: "inference",
-            program: &setup.bootstrap("inference"),
-            args: &[],
-            dir: None,
-            env: vec![
-                ("MODEL_ROOT", registry_dir.display().to_string()),
-                ("PRELOAD_MODELS", model.name.to_string()),
-                ("RELOAD_CHECK_MS", "100".to_string()),
-            ],
-        },
-        &setup.logs,
-    )
+    let function = Function::start(Launch {
+        name: "inference",
+        program: &setup.bootstrap("inference"),
+        args: &[],
+        dir: None,
+        env: vec![
+            ("MODEL_ROOT", registry_dir.display().to_string()),
+            ("PRELOAD_MODELS", model.name.to_string()),
+            ("RELOAD_CHECK_MS", "100".to_string()),
+            // One environment: nothing to spread.
+            ("ADOPT_SPREAD_MS", "0".to_string()),
+        ],
+    })
     .await;
     let (first, last) = side
         .measure(&function, event, warm_invocations(model))
@@ -276,21 +275,18 @@ async fn measure_ours(
 }
 
 async fn measure_python(setup: &Setup, model: &BenchModel, event: &Value, side: &mut Side) {
-    let function = Function::start(
-        Launch {
-            name: "python-handler",
-            program: &setup.python,
-            args: &["-m", "awslambdaric", "handler.handler"],
-            dir: Some(&setup.python_dir),
-            env: vec![
-                ("MODEL_PATH", model.files[0].display().to_string()),
-                ("MODEL_NAME", model.name.to_string()),
-                ("THREADS", setup.cpus.to_string()),
-                ("PYTHONPATH", setup.python_dir.display().to_string()),
-            ],
-        },
-        &setup.logs,
-    )
+    let function = Function::start(Launch {
+        name: "python-handler",
+        program: &setup.python,
+        args: &["-m", "awslambdaric", "handler.handler"],
+        dir: Some(&setup.python_dir),
+        env: vec![
+            ("MODEL_PATH", model.files[0].display().to_string()),
+            ("MODEL_NAME", model.name.to_string()),
+            ("THREADS", setup.cpus.to_string()),
+            ("PYTHONPATH", setup.python_dir.display().to_string()),
+        ],
+    })
     .await;
     let (first, last) = side
         .measure(&function, event, warm_invocations(model))
@@ -323,7 +319,7 @@ async fn measure_empty(setup: &Setup, rust: bool, side: &mut Side) {
             ],
         }
     };
-    let function = Function::start(launch, &setup.logs).await;
+    let function = Function::start(launch).await;
     side.measure(&function, &setup.models[0].event(), 2000)
         .await;
 }

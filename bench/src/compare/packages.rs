@@ -19,22 +19,19 @@ pub async fn run(setup: &Setup) -> String {
     for name in FUNCTIONS {
         let mut init = Rounds::default();
         for _ in 0..setup.rounds {
-            let function = Function::start(
-                Launch {
-                    name,
-                    program: &setup.bootstrap(name),
-                    args: &[],
-                    dir: None,
-                    env: vec![
-                        ("MODEL_ROOT", empty.display().to_string()),
-                        ("PUBLISHER_FUNCTION", "publisher".into()),
-                        ("AWS_ACCESS_KEY_ID", "bench".into()),
-                        ("AWS_SECRET_ACCESS_KEY", "bench".into()),
-                        ("AWS_EC2_METADATA_DISABLED", "true".into()),
-                    ],
-                },
-                &setup.logs,
-            )
+            let function = Function::start(Launch {
+                name,
+                program: &setup.bootstrap(name),
+                args: &[],
+                dir: None,
+                env: vec![
+                    ("MODEL_ROOT", empty.display().to_string()),
+                    ("PUBLISHER_FUNCTION", "publisher".into()),
+                    ("AWS_ACCESS_KEY_ID", "bench".into()),
+                    ("AWS_SECRET_ACCESS_KEY", "bench".into()),
+                    ("AWS_EC2_METADATA_DISABLED", "true".into()),
+                ],
+            })
             .await;
             init.push(function.init_time().await.as_secs_f64() * 1e3);
         }

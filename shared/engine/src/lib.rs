@@ -246,9 +246,44 @@ impl Engine {
         spinning: Spinning,
         smoke: Option<&[Vec<usize>]>,
     ) -> Result<Self, EngineError> {
+        Self::load_from(kind, path, path, layout, limits, spinning, smoke)
+    }
+
+    /// Loads in ONNX Runtime the graph it optimised at ingest (`optimized`, see
+    /// [`checks::Checked::optimize`]) of the ONNX model at `path`, held to `limits`.
+    pub fn load_optimized(
+        path: &Path,
+        optimized: &Path,
+        limits: &Limits,
+        spinning: Spinning,
+        smoke: Option<&[Vec<usize>]>,
+    ) -> Result<Self, EngineError> {
+        let kind = EngineKind::Onnxruntime;
+        Self::load_from(
+            kind,
+            path,
+            optimized,
+            Layout::Plain,
+            limits,
+            spinning,
+            smoke,
+        )
+    }
+
+    /// [`Self::load_with`], the outline (limits, ZipMap outputs) read from `path` and the engine
+    /// loaded from `source`: the same file, or ONNX Runtime's optimised graph of it.
+    fn load_from(
+        kind: EngineKind,
+        path: &Path,
+        source: &Path,
+        layout: Layout,
+        limits: &Limits,
+        spinning: Spinning,
+        smoke: Option<&[Vec<usize>]>,
+    ) -> Result<Self, EngineError> {
         let started = Instant::now();
         let graph = outline(path, limits)?;
-        let path = path.to_path_buf();
+        let path = source.to_path_buf();
         let threads = THREADS.load(Ordering::Relaxed);
         let smoke = smoke.map(<[Vec<usize>]>::to_vec);
         within_budget(kind, limits.load_budget, move || {

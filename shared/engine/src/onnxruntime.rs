@@ -123,6 +123,32 @@ pub fn available() -> Result<(), EngineError> {
     environment().map(|_| ())
 }
 
+/// The ONNX Runtime build this process runs (`git-branch=…, git-commit-id=…`), opening the
+/// library if it has not yet: what an optimised graph written by it is recorded with.
+pub fn build() -> Result<String, EngineError> {
+    environment()?;
+    let info = ort::info();
+    let info = info.strip_prefix("ORT Build Info: ").unwrap_or(info);
+    Ok(info.split(", ").take(2).collect::<Vec<_>>().join(", "))
+}
+
+/// Writes the model at `path` to `out` as ONNX Runtime optimises it at the extended level:
+/// every graph rewrite that does not depend on the CPU. The layout level's NCHWc blocking
+/// does (16 floats on AVX-512, 8 on AVX2), so it is left to each load, which is why such a
+/// file is loaded with every optimisation on: only the layout pass then has work to do.
+pub(super) fn save_optimized(path: &Path, out: &Path) -> Result<(), EngineError> {
+    let env = environment()?;
+    Session::builder(env)
+        .map_err(ort_error("onnxruntime session"))?
+        .with_optimization_level(GraphOptimizationLevel::Level2)
+        .and_then(|b| b.with_intra_threads(1))
+        .and_then(|b| b.with_optimized_model_path(out))
+        .map_err(|e| EngineError::Load(format!("onnxruntime session options: {e}")))?
+        .commit_from_file(path)
+        .map_err(|e| EngineError::Load(format!("optimising the graph: {e}")))?;
+    Ok(())
+}
+
 /// How the session's worker threads wait between runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Spinning {

@@ -9,7 +9,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{ARTIFACT_FILE, MANIFEST_FILE, Manifest, Registry, Result};
+use super::{ARTIFACT_FILE, MANIFEST_FILE, Manifest, OPTIMIZED_FILE, Registry, Result};
 use modelpipe_core::model_name::ModelName;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -184,15 +184,26 @@ impl Registry {
                 );
                 continue;
             }
-            if let Some(artifact) = &manifest.artifact {
-                let key = format!("{model}/versions/{version}/{ARTIFACT_FILE}");
+            let prepared = [
+                (
+                    ARTIFACT_FILE,
+                    manifest.artifact.as_ref().map(|a| a.digest()),
+                ),
+                (
+                    OPTIMIZED_FILE,
+                    manifest.optimized.as_ref().map(|o| o.digest()),
+                ),
+            ];
+            for (file, expected) in prepared {
+                let Some(expected) = expected else { continue };
+                let key = format!("{model}/versions/{version}/{file}");
                 match self.store.digest(&key) {
-                    Ok(digest) if digest == artifact.digest() => {}
+                    Ok(digest) if digest == expected => {}
                     // Only an accelerator: inference never uses it and loads model.onnx.
                     Ok(_) | Err(_) => found(
                         Severity::Warning,
                         format!(
-                            "versions/{version}/{ARTIFACT_FILE} is missing or does not match its manifest: inference loads model.onnx instead"
+                            "versions/{version}/{file} is missing or does not match its manifest: inference loads model.onnx instead"
                         ),
                     ),
                 }

@@ -80,6 +80,8 @@ pub struct NewVersion {
     pub layout: Option<LayoutChoice>,
     /// Set when the staging directory holds [`ARTIFACT_FILE`].
     pub artifact: Option<Artifact>,
+    /// Set when the staging directory holds [`OPTIMIZED_FILE`].
+    pub optimized: Option<Optimized>,
     /// The engine chosen at ingest; none: tract.
     pub engine: Option<EngineChoice>,
     /// The smoke test's input shapes, when not the declared ones with dynamic dimensions 1.
@@ -123,6 +125,10 @@ impl Staging {
 pub const MODEL_FILE: &str = "model.onnx";
 /// The compiled artifact beside the model (see [`Artifact`]).
 pub const ARTIFACT_FILE: &str = "model.nnef.tar";
+/// ONNX Runtime's optimised graph beside the model (see [`Optimized`]).
+pub const OPTIMIZED_FILE: &str = "model.optimized.onnx";
+/// The files ingest may add beside `model.onnx`, each named by the manifest with its digest.
+pub const PREPARED_FILES: [&str; 2] = [ARTIFACT_FILE, OPTIMIZED_FILE];
 const MANIFEST_FILE: &str = "manifest.json";
 /// Written by `modelctl bake` at the root of a registry baked into an image.
 pub const BAKED_MARKER: &str = "baked.json";
@@ -364,6 +370,16 @@ impl Registry {
             .map(Some)
     }
 
+    /// ONNX Runtime's optimised graph of the version `manifest` describes, on local disk and
+    /// checked against the manifest's size and SHA-256; `None` if the version has none.
+    pub fn verified_local_optimized(&self, manifest: &Manifest) -> Result<Option<PathBuf>> {
+        let Some(optimized) = &manifest.optimized else {
+            return Ok(None);
+        };
+        self.verified_local_copy(manifest, OPTIMIZED_FILE, &optimized.digest())
+            .map(Some)
+    }
+
     /// `file` of the version `manifest` describes on local disk, with the `expected` SHA-256
     /// and size (checked by the store while copying, or here).
     fn verified_local_copy(
@@ -542,6 +558,7 @@ impl Locked<'_> {
                 validated_at: now(),
                 layout: new.layout.clone(),
                 artifact: new.artifact.clone(),
+                optimized: new.optimized.clone(),
                 engine: new.engine.clone(),
                 smoke_shapes: new.smoke_shapes.clone(),
             };

@@ -39,6 +39,10 @@ pub struct Manifest {
     /// `model.nnef.tar` beside `model.onnx`, compiled at ingest; absent when none was written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact: Option<Artifact>,
+    /// `model.optimized.onnx` beside `model.onnx`: the graph ONNX Runtime optimised at ingest
+    /// (extended level), which it loads faster; absent when none was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optimized: Option<Optimized>,
     /// The engine that serves this version and why, chosen at ingest; absent in versions
     /// committed before there was a choice, which tract serves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -68,6 +72,28 @@ pub struct Artifact {
     pub size: u64,
     /// The tract version that wrote it: any other reads `model.onnx` instead.
     pub tract: String,
+}
+
+/// The graph ONNX Runtime optimised at ingest, at the extended level: every rewrite that does
+/// not depend on the CPU (the layout level's NCHWc blocking does, and is left to each load).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Optimized {
+    pub sha256: String,
+    pub size: u64,
+    /// The ONNX Runtime build that wrote it: any other loads `model.onnx` instead.
+    pub onnxruntime: String,
+    /// What loading it took at ingest, against loading `model.onnx` (it is kept only if faster).
+    pub load_ms: u64,
+    pub model_load_ms: u64,
+}
+
+impl Optimized {
+    pub fn digest(&self) -> Digest {
+        Digest {
+            sha256: self.sha256.clone(),
+            size: self.size,
+        }
+    }
 }
 
 impl Artifact {

@@ -9,7 +9,9 @@ use tract_onnx::prelude::Tensor;
 
 use modelpipe_core::model_name::ModelName;
 use modelpipe_engine::{Engine, EngineError, EngineKind, Limits, Spinning, TRACT_VERSION};
-use modelpipe_registry::{ARTIFACT_FILE, MODEL_FILE, Manifest, Registry, RegistryError};
+use modelpipe_registry::{
+    ARTIFACT_FILE, MODEL_FILE, Manifest, OPTIMIZED_FILE, Registry, RegistryError,
+};
 
 #[derive(Debug)]
 pub struct LoadedModel {
@@ -100,9 +102,14 @@ impl LoadedModel {
             )
         });
         let file = verified?;
-        let (engine, loaded_from) = match from_artifact {
-            Some(engine) => (engine, ARTIFACT_FILE),
-            None => {
+        let from_optimized = match kind {
+            EngineKind::Onnxruntime => load_optimized(registry, &manifest, &file, limits),
+            EngineKind::Tract => None,
+        };
+        let (engine, loaded_from) = match (from_artifact, from_optimized) {
+            (Some(engine), _) => (engine, ARTIFACT_FILE),
+            (None, Some(engine)) => (engine, OPTIMIZED_FILE),
+            (None, None) => {
                 let smoke = manifest.smoke_shapes.as_deref();
                 let layout = manifest.layout();
                 let engine =
@@ -178,6 +185,42 @@ fn load_artifact(registry: &Registry, manifest: &Manifest) -> Option<Engine> {
     }
 }
 
+/// The engine from ONNX Runtime's graph optimised at ingest, or `None` (and why, logged) when
+/// the version has none, another ONNX Runtime build wrote it, it does not match its manifest or
+/// does not load: then the model is loaded from `model.onnx`.
+fn load_optimized(
+    registry: &Registry,
+    manifest: &Manifest,
+    model_file: &std::path::Path,
+    limits: &Limits,
+) -> Option<Engine> {
+    let (model, version) = (&manifest.model, manifest.version);
+    let optimized = manifest.optimized.as_ref()?;
+    match modelpipe_engine::onnxruntime::build() {
+        Ok(build) if build == optimized.onnxruntime => {}
+        Ok(build) => {
+            info!(%model, version, written_by = %optimized.onnxruntime, running = %build, "optimised graph from another ONNX Runtime: loading model.onnx");
+            return None;
+        }
+        Err(_) => return None, // the model.onnx load says why
+    }
+    let path = match registry.verified_local_optimized(manifest) {
+        Ok(path) => path?,
+        Err(error) => {
+            warn!(%model, version, %error, "optimised graph refused: loading model.onnx");
+            return None;
+        }
+    };
+    let smoke = manifest.smoke_shapes.as_deref();
+    match Engine::load_optimized(model_file, &path, limits, Spinning::Allowed, smoke) {
+        Ok(engine) => Some(engine),
+        Err(error) => {
+            warn!(%model, version, %error, "optimised graph does not load: loading model.onnx");
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
@@ -200,13 +243,22 @@ mod tests {
     /// A directory registry holding `small_cnn` as v1, served by tract and compiled as the
     /// validator compiles it, or not (a version committed before artifacts existed).
     fn fixture(compile: Compile) -> Fixture {
+        fixture_in(EngineKind::Tract, compile)
+    }
+
+    /// [`fixture`], served by `engine` (ONNX Runtime: its graph optimised at ingest, or not).
+    fn fixture_in(engine: EngineKind, compile: Compile) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let registry = Registry::open(dir.path()).unwrap();
         let model: ModelName = "cnn".parse().unwrap();
         let onnx = small_cnn(3);
-        let version = commit_checked(&registry, &model, &onnx, Some(EngineKind::Tract), compile);
+        let version = commit_checked(&registry, &model, &onnx, Some(engine), compile);
         let manifest = registry.manifest(&model, version).unwrap();
-        assert_eq!(manifest.artifact.is_some(), compile == Compile::Yes);
+        let prepared = match engine {
+            EngineKind::Tract => manifest.artifact.is_some(),
+            EngineKind::Onnxruntime => manifest.optimized.is_some(),
+        };
+        assert_eq!(prepared, compile == Compile::Yes, "{manifest:?}");
         Fixture {
             dir,
             registry,
@@ -262,6 +314,59 @@ mod tests {
             artifact.digest()
         );
         f.assert_answers_as_onnx(&loaded);
+    }
+
+    #[test]
+    fn an_onnxruntime_version_loads_the_graph_optimised_at_ingest() {
+        let f = fixture_in(EngineKind::Onnxruntime, Compile::Yes);
+        let loaded = f.load();
+        assert_eq!(loaded.loaded_from, OPTIMIZED_FILE);
+        let optimized = loaded.manifest.optimized.clone().expect("recorded");
+        assert_eq!(
+            optimized.onnxruntime,
+            modelpipe_engine::onnxruntime::build().unwrap()
+        );
+        assert_eq!(
+            Digest::of_file(&f.version_file(OPTIMIZED_FILE)).unwrap(),
+            optimized.digest()
+        );
+        f.assert_answers_as_onnx(&loaded);
+        // Without one (a version committed before), model.onnx.
+        let plain = fixture_in(EngineKind::Onnxruntime, Compile::No);
+        assert_eq!(plain.load().loaded_from, MODEL_FILE);
+    }
+
+    #[test]
+    fn a_corrupt_or_foreign_optimised_graph_is_never_used() {
+        let f = fixture_in(EngineKind::Onnxruntime, Compile::Yes);
+        let path = f.version_file(OPTIMIZED_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        let loaded = f.load();
+        assert_eq!(loaded.loaded_from, MODEL_FILE);
+        f.assert_answers_as_onnx(&loaded);
+        let report = f
+            .registry
+            .fsck(
+                modelpipe_registry::fsck::Leftovers::Report,
+                std::time::Duration::from_secs(3600),
+            )
+            .unwrap();
+        assert_eq!(report.errors(), 0, "{:?}", report.findings);
+        assert!(
+            report
+                .findings
+                .iter()
+                .any(|finding| finding.message.contains(OPTIMIZED_FILE)),
+            "{:?}",
+            report.findings
+        );
+
+        let f = fixture_in(EngineKind::Onnxruntime, Compile::Yes);
+        f.edit_manifest(|m| m["optimized"]["onnxruntime"] = "git-branch=rel-1.0.0".into());
+        assert_eq!(f.load().loaded_from, MODEL_FILE);
     }
 
     #[test]

@@ -13,10 +13,10 @@ use tract_onnx::tract_core::internal::Approximation;
 
 use self::engines::{Chosen, EngineChoice};
 use crate::contract::Contract;
-use crate::{Engine, EngineError, EngineKind, LayoutChoice, Limits, TRACT_VERSION};
+use crate::{Engine, EngineError, EngineKind, Layout, LayoutChoice, Limits, TRACT_VERSION};
 use modelpipe_core::digest::Digest;
 use modelpipe_core::signature::Signature;
-use modelpipe_registry::{ARTIFACT_FILE, Artifact, NewVersion, Source};
+use modelpipe_registry::{ARTIFACT_FILE, Artifact, NewVersion, OPTIMIZED_FILE, Optimized, Source};
 
 /// Why a model was refused: one sentence a data scientist can act on.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -60,6 +60,8 @@ pub struct Checked {
     layout: Option<LayoutChoice>,
     /// Set when the signature changed from live and the upload allowed it: what changed.
     pub signature_change: Option<String>,
+    /// The file that was checked.
+    path: std::path::PathBuf,
 }
 
 impl Checked {
@@ -75,9 +77,9 @@ impl Checked {
         source: Source,
         compiled: Option<Compiled>,
     ) -> NewVersion {
-        let (layout, artifact) = match compiled {
-            Some(compiled) => (Some(compiled.layout), compiled.artifact),
-            None => (None, None),
+        let (layout, artifact, optimized) = match compiled {
+            Some(compiled) => (compiled.layout, compiled.artifact, compiled.optimized),
+            None => (None, None, None),
         };
         NewVersion {
             digest,
@@ -86,19 +88,20 @@ impl Checked {
             signature_change: self.signature_change.clone(),
             layout,
             artifact,
+            optimized,
             engine: Some(self.choice.clone()),
             smoke_shapes: self.engine.smoke_shapes().map(<[Vec<usize>]>::to_vec),
         }
     }
 
-    /// What ingest adds to a model tract serves so that loads are fast: the faster convolution
+    /// What ingest adds to a model so that loads are fast. For tract: the faster convolution
     /// layout, and the compiled artifact written as `dir/model.nnef.tar`, read back and run
-    /// against the ONNX model before it is recorded. Neither is needed to serve the model: a
-    /// failure leaves the plain layout or no artifact, and says why. ONNX Runtime models get
-    /// neither (`None`).
+    /// against the ONNX model before it is recorded. For ONNX Runtime: its optimised graph
+    /// ([`Self::optimize`]). None is needed to serve the model: a failure leaves the plain
+    /// layout or no file, and says why.
     pub fn compile(&self, dir: &Path) -> Option<Compiled> {
-        if self.engine.kind() != EngineKind::Tract {
-            return None;
+        if self.engine.kind() == EngineKind::Onnxruntime {
+            return Some(self.optimize(dir));
         }
         let layout = self.layout.clone().unwrap_or_else(|| {
             self.engine.choose_layout().unwrap_or_else(|e| {
@@ -109,20 +112,86 @@ impl Checked {
         let path = dir.join(ARTIFACT_FILE);
         Some(match self.write_artifact(&path, &layout) {
             Ok((artifact, artifact_load)) => Compiled {
-                layout,
+                layout: Some(layout),
                 artifact: Some(artifact),
                 artifact_load: Some(artifact_load),
-                no_artifact: None,
+                ..Compiled::default()
             },
             Err(reason) => {
                 let _ = std::fs::remove_file(&path);
                 Compiled {
-                    layout,
-                    artifact: None,
-                    artifact_load: None,
+                    layout: Some(layout),
                     no_artifact: Some(reason),
+                    ..Compiled::default()
                 }
             }
+        })
+    }
+
+    /// ONNX Runtime's optimised graph, written as `dir/model.optimized.onnx` (see
+    /// [`crate::onnxruntime::save_optimized`]), loaded back and run against the model. It is
+    /// kept when it answers as the model does and is not much larger (constant folding can
+    /// grow a graph); both load times are recorded (each loaded once more here, one after the
+    /// other, the library already open).
+    fn optimize(&self, dir: &Path) -> Compiled {
+        let path = dir.join(OPTIMIZED_FILE);
+        match self.write_optimized(&path) {
+            Ok(optimized) => Compiled {
+                optimized: Some(optimized),
+                ..Compiled::default()
+            },
+            Err(reason) => {
+                let _ = std::fs::remove_file(&path);
+                Compiled {
+                    no_artifact: Some(reason),
+                    ..Compiled::default()
+                }
+            }
+        }
+    }
+
+    fn write_optimized(&self, path: &Path) -> Result<Optimized, String> {
+        let model = &self.path;
+        crate::onnxruntime::save_optimized(model, path).map_err(|e| e.to_string())?;
+        let (limits, smoke) = (Limits::default(), self.engine.smoke_shapes());
+        let spinning = crate::Spinning::Off;
+        let timed = |load: &dyn Fn() -> Result<Engine, EngineError>| {
+            let started = Instant::now();
+            load().map(|engine| (engine, started.elapsed()))
+        };
+        let (_, model_load) = timed(&|| {
+            Engine::load_with(
+                EngineKind::Onnxruntime,
+                model,
+                Layout::Plain,
+                &limits,
+                spinning,
+                smoke,
+            )
+        })
+        .map_err(|e| format!("loading model.onnx again: {e}"))?;
+        let (reloaded, load) =
+            timed(&|| Engine::load_optimized(model, path, &limits, spinning, smoke))
+                .map_err(|e| format!("reading it back: {e}"))?;
+        let inputs = self.engine.smoke_inputs().map_err(|e| e.to_string())?;
+        let expected = self.engine.run(inputs.clone()).map_err(|e| e.to_string())?;
+        let actual = reloaded
+            .run(inputs)
+            .map_err(|e| format!("running it: {e}"))?;
+        same_outputs(&expected, &actual)?;
+        let Digest { sha256, size } = Digest::of_file(path).map_err(|e| e.to_string())?;
+        let model_size = std::fs::metadata(model).map_err(|e| e.to_string())?.len();
+        if size > 2 * model_size {
+            return Err(format!(
+                "it is {size} bytes, more than twice the model's {model_size}: reading it would cost more than it saves"
+            ));
+        }
+        Ok(Optimized {
+            sha256,
+            size,
+            onnxruntime: crate::onnxruntime::build().map_err(|e| e.to_string())?,
+            load_ms: load.as_millis() as u64,
+            model_load_ms: model_load.as_millis() as u64,
         })
     }
 
@@ -158,13 +227,17 @@ impl Checked {
 }
 
 /// The ingest-time additions to a checked model (see [`Checked::compile`]).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Compiled {
-    pub layout: LayoutChoice,
+    /// tract's convolution layout.
+    pub layout: Option<LayoutChoice>,
+    /// tract's compiled artifact.
     pub artifact: Option<Artifact>,
     /// How long reading the artifact back took.
     pub artifact_load: Option<Duration>,
-    /// Why no artifact was recorded.
+    /// ONNX Runtime's optimised graph.
+    pub optimized: Option<Optimized>,
+    /// Why no artifact or optimised graph was recorded.
     pub no_artifact: Option<String>,
 }
 
@@ -246,5 +319,6 @@ pub fn check_model(path: &Path, expect: Expectations<'_>) -> Result<Checked, Che
         choice,
         layout,
         signature_change,
+        path: path.to_path_buf(),
     })
 }

@@ -430,14 +430,16 @@ impl Store for S3Store {
                 Err(e) if is_precondition_failed(&e) => return Ok(false),
                 Err(e) => return Err(sdk_error(e)),
             }
-            // The number is ours: the artifact goes before the manifest that names it.
-            let artifact = staged.join(super::ARTIFACT_FILE);
-            if tokio::fs::try_exists(&artifact).await? {
-                let body = ByteStream::from_path(&artifact)
-                    .await
-                    .map_err(io::Error::other)?;
-                let key = format!("{version_dir}/{}", super::ARTIFACT_FILE);
-                inner.put(&key, body, Expect::Anything).await?;
+            // The number is ours: what ingest prepared goes before the manifest that names it.
+            for file in super::PREPARED_FILES {
+                let prepared = staged.join(file);
+                if tokio::fs::try_exists(&prepared).await? {
+                    let body = ByteStream::from_path(&prepared)
+                        .await
+                        .map_err(io::Error::other)?;
+                    let key = format!("{version_dir}/{file}");
+                    inner.put(&key, body, Expect::Anything).await?;
+                }
             }
             let manifest = tokio::fs::read(staged.join(super::MANIFEST_FILE)).await?;
             let manifest_key = format!("{version_dir}/{}", super::MANIFEST_FILE);
