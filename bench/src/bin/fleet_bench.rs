@@ -6,7 +6,10 @@
 //!    in which the fleet adopts a new version against steady, over several moves, and failures;
 //! 2. a small model, 16 environments, 2 callers: how long until the fleet is on the new version
 //!    and the registry bytes each adoption read per second, with `ADOPT_SPREAD_MS=0` and with a
-//!    spread.
+//!    spread;
+//! 3. one environment's cold start (spawn → first answer) with the CNN in ONNX Runtime: from
+//!    `model.onnx`, from the graph optimised at ingest, and the Python handler (awslambdaric,
+//!    `bench/python/handler.py`, from `bench/.venv`), interleaved.
 //!
 //! `cargo run -p modelpipe-bench --bin fleet_bench [-- --inference target/debug/inference]`
 //! (the binary cargo built last; the figures name it).
@@ -22,8 +25,9 @@ use clap::Parser;
 use modelpipe_core::ModelName;
 use modelpipe_engine::EngineKind;
 use modelpipe_registry::Registry;
+use modelpipe_testkit::commit::{Compile, commit_checked};
 use modelpipe_testkit::onnx_build::{Mlp, mobilenet_v2};
-use modelpipe_tests::lambda_env::{Fleet, FleetAnswer, unix_micros};
+use modelpipe_tests::lambda_env::{Environment, Fleet, FleetAnswer, Launch, unix_micros};
 use modelpipe_tests::serving::{commit_in, publish};
 use modelpipe_tests::{http_api_event, venv_onnxruntime_library};
 use serde_json::{Value, json};
@@ -39,6 +43,12 @@ struct Args {
     /// Seconds of steady traffic before each move.
     #[arg(long, default_value_t = 6)]
     steady_seconds: u64,
+    /// Rounds of the cold-start comparison.
+    #[arg(long, default_value_t = 5)]
+    cold_rounds: usize,
+    /// Sections to run (swap, spread, cold); all by default.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
 }
 
 struct Run {
@@ -323,10 +333,138 @@ async fn spread(args: &Args, spread_ms: u64) {
     );
 }
 
+/// A registry holding `bytes` as v1 of `model`, served by ONNX Runtime, live; with what ingest
+/// prepares (`Compile::Yes`: the optimised graph, if worth keeping) or not. Whether it was kept.
+fn ort_registry(model: &ModelName, bytes: &[u8], compile: Compile) -> (tempfile::TempDir, bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::open(dir.path()).unwrap();
+    let v = commit_checked(
+        &registry,
+        model,
+        bytes,
+        Some(EngineKind::Onnxruntime),
+        compile,
+    );
+    publish(&registry, model, v);
+    let kept = registry.manifest(model, v).unwrap().optimized.is_some();
+    (dir, kept)
+}
+
+/// Spawn → first answer of one environment launched by `launch`, answering `event`.
+async fn cold_start(launch: Launch<'_>, event: &Value) -> f64 {
+    let environment = Environment::launch(launch).await;
+    environment.until_free(Duration::from_secs(60)).await;
+    let answer = environment
+        .invoke(event.clone(), Duration::from_secs(60))
+        .await
+        .expect("an answer");
+    let response: Value = serde_json::from_slice(answer.body.as_ref().unwrap()).unwrap();
+    assert_eq!(response["statusCode"], 200, "{response}");
+    (answer.posted - environment.spawned).as_secs_f64() * 1e3
+}
+
+/// 3: spawn → first answer of one environment: the CNN in ONNX Runtime against the Python
+/// handler, and a real transformer encoder (torch's dynamo export) from `model.onnx` and from
+/// the graph optimised at ingest.
+async fn cold(args: &Args) {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .to_string();
+    let modelpipe_env = |dir: &tempfile::TempDir, model: &str| {
+        let mut env = env(dir, model, 0);
+        env.push(("ENGINE_THREADS", threads.clone()));
+        env
+    };
+    let modelpipe = |env| Launch {
+        program: &args.inference,
+        args: &[],
+        dir: None,
+        name: "cold",
+        env,
+    };
+    let cnn: ModelName = "cnn".parse().unwrap();
+    let (cnn_plain, _) = ort_registry(&cnn, &mobilenet_v2(1), Compile::No);
+    let (cnn_prepared, cnn_kept) = ort_registry(&cnn, &mobilenet_v2(1), Compile::Yes);
+    let encoder: ModelName = "encoder".parse().unwrap();
+    let root = modelpipe_tests::workspace_root();
+    let encoder_bytes =
+        std::fs::read(root.join("tests/corpus/torch_encoder_dynamo/model.onnx")).unwrap();
+    let (encoder_plain, _) = ort_registry(&encoder, &encoder_bytes, Compile::No);
+    let (encoder_prepared, encoder_kept) = ort_registry(&encoder, &encoder_bytes, Compile::Yes);
+    let python = root.join("bench/.venv/bin/python");
+    let python_dir = root.join("bench/python");
+    let cnn_file = cnn_plain.path().join("cnn/versions/1/model.onnx");
+    let input: Vec<f32> = (0..3 * 224 * 224)
+        .map(|i| (i % 255) as f32 / 255.0)
+        .collect();
+    let cnn_event = binary_event("cnn", &[1, 3, 224, 224], &input);
+    let tokens = json!({"inputs": [{"name": "tokens", "shape": [3, 5], "datatype": "INT64",
+        "data": [23, 47, 3, 14, 34, 18, 1, 23, 29, 18, 8, 19, 13, 49, 15]}]});
+    let encoder_event = http_api_event(
+        "POST",
+        "/v2/models/encoder/infer",
+        Some(&tokens.to_string()),
+    );
+    let python_env = vec![
+        ("MODEL_PATH", cnn_file.display().to_string()),
+        ("MODEL_NAME", "cnn".to_string()),
+        ("THREADS", threads.clone()),
+        ("PYTHONPATH", python_dir.display().to_string()),
+    ];
+    let (cnn_plain_env, cnn_prepared_env) = (
+        modelpipe_env(&cnn_plain, "cnn"),
+        modelpipe_env(&cnn_prepared, "cnn"),
+    );
+    let (encoder_plain_env, encoder_prepared_env) = (
+        modelpipe_env(&encoder_plain, "encoder"),
+        modelpipe_env(&encoder_prepared, "encoder"),
+    );
+    let mut times: [Vec<f64>; 5] = Default::default();
+    for _ in 0..args.cold_rounds {
+        times[0].push(cold_start(modelpipe(&cnn_plain_env), &cnn_event).await);
+        times[1].push(cold_start(modelpipe(&cnn_prepared_env), &cnn_event).await);
+        let python = Launch {
+            program: &python,
+            args: &["-m", "awslambdaric", "handler.handler"],
+            dir: Some(&python_dir),
+            name: "cold",
+            env: &python_env,
+        };
+        times[2].push(cold_start(python, &cnn_event).await);
+        times[3].push(cold_start(modelpipe(&encoder_plain_env), &encoder_event).await);
+        times[4].push(cold_start(modelpipe(&encoder_prepared_env), &encoder_event).await);
+    }
+    let [
+        cnn_ms,
+        cnn_prepared_ms,
+        python_ms,
+        encoder_ms,
+        encoder_prepared_ms,
+    ] = times.map(|t| quantile(t, 0.5));
+    println!(
+        "cold start → first answer, ONNX Runtime, {threads} threads, median of {} interleaved rounds ({}): \
+         CNN: modelpipe {cnn_ms:.1} ms, as ingest prepares it {cnn_prepared_ms:.1} ms (optimised graph kept: {cnn_kept}), \
+         Python handler {python_ms:.1} ms: ratio {:.2} | transformer encoder (torch dynamo export): \
+         from model.onnx {encoder_ms:.1} ms, as ingest prepares it {encoder_prepared_ms:.1} ms (optimised graph kept: {encoder_kept}): ratio {:.2}",
+        args.cold_rounds,
+        args.inference.display(),
+        cnn_prepared_ms / python_ms,
+        encoder_prepared_ms / encoder_ms,
+    );
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args = Args::parse();
-    swap_window(&args).await;
-    spread(&args, 0).await;
-    spread(&args, 3000).await;
+    let wanted = |section: &str| args.only.is_empty() || args.only.iter().any(|s| s == section);
+    if wanted("swap") {
+        swap_window(&args).await;
+    }
+    if wanted("spread") {
+        spread(&args, 0).await;
+        spread(&args, 3000).await;
+    }
+    if wanted("cold") {
+        cold(&args).await;
+    }
 }

@@ -283,6 +283,7 @@ impl Engine {
     ) -> Result<Self, EngineError> {
         let started = Instant::now();
         let graph = outline(path, limits)?;
+        let optimized = source != path;
         let path = source.to_path_buf();
         let threads = THREADS.load(Ordering::Relaxed);
         let smoke = smoke.map(<[Vec<usize>]>::to_vec);
@@ -293,7 +294,8 @@ impl Engine {
                     (Backend::Tract(model), signature)
                 }
                 EngineKind::Onnxruntime => {
-                    let (model, signature) = OrtModel::load(&path, &graph, threads, spinning)?;
+                    let (model, signature) =
+                        OrtModel::load(&path, &graph, threads, spinning, optimized)?;
                     (Backend::Onnxruntime(model), signature)
                 }
             };

@@ -134,9 +134,10 @@ pub fn build() -> Result<String, EngineError> {
 
 /// Writes the model at `path` to `out` as ONNX Runtime optimises it at the extended level:
 /// every graph rewrite that does not depend on the CPU. The layout level's NCHWc blocking
-/// does (16 floats on AVX-512, 8 on AVX2), so it is left to each load, which is why such a
-/// file is loaded with every optimisation on: only the layout pass then has work to do.
-pub(super) fn save_optimized(path: &Path, out: &Path) -> Result<(), EngineError> {
+/// does (16 floats on AVX-512, 8 on AVX2), so it is not in the file; the file is loaded with
+/// optimisation off, which skips that pass too: worth it where the layout does not pay (no
+/// convolutions), which ingest measures ([`crate::checks::Checked::compile`]).
+pub fn save_optimized(path: &Path, out: &Path) -> Result<(), EngineError> {
     let env = environment()?;
     Session::builder(env)
         .map_err(ort_error("onnxruntime session"))?
@@ -176,19 +177,25 @@ fn ort_error(what: &str) -> impl Fn(ort::Error) -> EngineError + '_ {
 }
 
 impl OrtModel {
-    /// A session for the model at `path` (whose outline is `graph`), optimised fully, on
-    /// `threads` intra-op threads.
+    /// A session for the model at `path` (whose outline is `graph`) on `threads` intra-op
+    /// threads, optimised fully, or not at all for a graph [`save_optimized`] wrote.
     pub(super) fn load(
         path: &Path,
         graph: &Graph,
         threads: usize,
         spinning: Spinning,
+        optimized: bool,
     ) -> Result<(Self, Signature), EngineError> {
         let env = environment()?;
         let allow = spinning == Spinning::Allowed;
+        let level = if optimized {
+            GraphOptimizationLevel::Disable
+        } else {
+            GraphOptimizationLevel::All
+        };
         let session = Session::builder(env)
             .map_err(ort_error("onnxruntime session"))?
-            .with_optimization_level(GraphOptimizationLevel::All)
+            .with_optimization_level(level)
             .and_then(|b| b.with_intra_threads(threads))
             .and_then(|b| b.with_inter_threads(1))
             .and_then(|b| b.with_intra_op_spinning(allow))

@@ -82,9 +82,12 @@ pub struct Optimized {
     pub size: u64,
     /// The ONNX Runtime build that wrote it: any other loads `model.onnx` instead.
     pub onnxruntime: String,
-    /// What loading it took at ingest, against loading `model.onnx` (it is kept only if faster).
+    /// Loading it (optimisation off) and its fastest run at ingest, against `model.onnx`
+    /// optimised fully: it is kept only when it loads faster and runs about as fast.
     pub load_ms: u64,
+    pub run_us: u64,
     pub model_load_ms: u64,
+    pub model_run_us: u64,
 }
 
 impl Optimized {
