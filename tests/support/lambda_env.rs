@@ -535,10 +535,43 @@ impl Fleet {
         count: usize,
         env: &[(&str, String)],
     ) -> Arc<Self> {
+        Self::start_on(binary, prefix, count, env, None).await
+    }
+
+    /// [`Self::start`], environment `n` pinned (`taskset`) to CPU `n % cpus` when `cpus` is
+    /// given: as Lambda gives each environment vCPUs of its own, when there are enough.
+    pub async fn start_on(
+        binary: &Path,
+        prefix: &str,
+        count: usize,
+        env: &[(&str, String)],
+        cpus: Option<usize>,
+    ) -> Arc<Self> {
+        let taskset = Path::new("taskset");
+        let binary_arg = binary.display().to_string();
         let mut environments = Vec::new();
         for n in 0..count {
             let name = format!("2026/12/04/[$LATEST]{prefix}{n:04}");
-            environments.push(Environment::start(binary, &name, env).await);
+            let cpu = cpus.map(|cpus| (n % cpus).to_string());
+            let launch = match &cpu {
+                None => Launch {
+                    program: binary,
+                    args: &[],
+                    dir: None,
+                    name: &name,
+                    env,
+                },
+                Some(cpu) => Launch {
+                    program: taskset,
+                    args: &["-c", cpu, &binary_arg],
+                    dir: None,
+                    name: &name,
+                    env,
+                },
+            };
+            let environment = Environment::launch(launch).await;
+            environment.wait_frozen(Duration::from_secs(60)).await;
+            environments.push(environment);
         }
         Arc::new(Self {
             free: Mutex::new((0..count).collect()),

@@ -43,6 +43,15 @@ struct Args {
     /// Seconds of steady traffic before each move.
     #[arg(long, default_value_t = 6)]
     steady_seconds: u64,
+    /// Environments and callers of the CNN's swap windows.
+    #[arg(long, default_value_t = 4)]
+    environments: usize,
+    #[arg(long, default_value_t = 2)]
+    callers: usize,
+    /// Pin environment n to CPU n % (the machine's CPUs), one engine thread each: as Lambda
+    /// gives every environment its own vCPU (meaningful with no more environments than CPUs).
+    #[arg(long)]
+    pin: bool,
     /// Rounds of the cold-start comparison.
     #[arg(long, default_value_t = 5)]
     cold_rounds: usize,
@@ -191,7 +200,13 @@ async fn swap_window(args: &Args) {
         EngineKind::Onnxruntime,
     );
     publish(&registry, &model, v[0]);
-    let fleet = Fleet::start(&args.inference, "cnn", 4, &env(&dir, "cnn", 2000)).await;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut env = env(&dir, "cnn", 2000);
+    if args.pin {
+        env.push(("ENGINE_THREADS", "1".to_string()));
+    }
+    let pinned = args.pin.then_some(cpus);
+    let fleet = Fleet::start_on(&args.inference, "cnn", args.environments, &env, pinned).await;
     let input: Vec<f32> = (0..3 * 224 * 224)
         .map(|i| (i % 255) as f32 / 255.0)
         .collect();
@@ -200,7 +215,7 @@ async fn swap_window(args: &Args) {
         answers: Vec::new(),
     }));
     let stop = Arc::new(AtomicBool::new(false));
-    let tasks = callers(&fleet, &event, 2, &stop, &run);
+    let tasks = callers(&fleet, &event, args.callers, &stop, &run);
     tokio::time::sleep(Duration::from_secs(2)).await; // warm-up, not counted
     run.lock().unwrap().answers.clear();
     let mut windows = Vec::new();
@@ -236,6 +251,13 @@ async fn swap_window(args: &Args) {
         }
     }
     let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    // Invocations that found every environment busy (two adopting, two answering): in Lambda
+    // they would go to a new environment; here they wait, and the wait is not in their latency.
+    let queued: Vec<f64> = answers
+        .iter()
+        .map(|(a, _, _)| a.queued.as_secs_f64() * 1e3)
+        .filter(|&ms| ms > 0.5)
+        .collect();
     let adoptions: Vec<f64> = fleet
         .environments
         .iter()
@@ -243,9 +265,16 @@ async fn swap_window(args: &Args) {
         .filter_map(|l| l["fields"]["took_ms"].as_f64())
         .collect();
     println!(
-        "cnn fleet (4 environments, 2 callers, binary tensors, {} moves, spread 2 s, RELOAD_CHECK_MS 100, ONNX Runtime, {}): \
+        "cnn fleet ({} environments{}, {} callers, binary tensors, {} moves, spread 2 s, RELOAD_CHECK_MS 100, ONNX Runtime, {}): \
          steady p50 {:.1} ms p99 {:.1} ms max {:.1} ms ({} answers) | swap windows p50 {:.1} ms p99 {:.1} ms max {:.1} ms ({} answers) | \
-         p99 ratio {:.2}, max ratio {:.2} | failed {failed} | adoptions after the answer: {} (median {:.0} ms) | fleet on the new version after {:.2}–{:.2} s | invocations that found no environment free: {}",
+         p99 ratio {:.2}, max ratio {:.2} | failed {failed} | adoptions after the answer: {} (median {:.0} ms) | fleet on the new version after {:.2}–{:.2} s | invocations that found no environment free: {} (waited {} times over 0.5 ms, at most {:.0} ms)",
+        args.environments,
+        if args.pin {
+            " pinned one per CPU, 1 engine thread each"
+        } else {
+            ""
+        },
+        args.callers,
         args.moves,
         args.inference.display(),
         quantile(steady.clone(), 0.5),
@@ -263,6 +292,8 @@ async fn swap_window(args: &Args) {
         fleet_times.iter().copied().fold(f64::INFINITY, f64::min),
         fleet_times.iter().copied().fold(0.0, f64::max),
         fleet.found_none_free.load(Ordering::Relaxed),
+        queued.len(),
+        max(&queued),
     );
 }
 

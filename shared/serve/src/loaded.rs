@@ -287,6 +287,32 @@ mod tests {
             LoadedModel::load(&self.registry, &self.model, 1, &Limits::default()).unwrap()
         }
 
+        /// With one byte of `file` (a prepared file) flipped, the version loads `model.onnx`,
+        /// answers as it does, and fsck warns about the file without counting an error.
+        fn assert_a_corrupt_file_is_never_used(&self, file: &str) {
+            let path = self.version_file(file);
+            let mut bytes = std::fs::read(&path).unwrap();
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0xff;
+            std::fs::write(&path, &bytes).unwrap();
+            let loaded = self.load();
+            assert_eq!(loaded.loaded_from, MODEL_FILE);
+            self.assert_answers_as_onnx(&loaded);
+            let report = self
+                .registry
+                .fsck(
+                    modelpipe_registry::fsck::Leftovers::Report,
+                    std::time::Duration::from_secs(3600),
+                )
+                .unwrap();
+            assert_eq!(report.errors(), 0, "{:?}", report.findings);
+            assert!(
+                report.findings.iter().any(|f| f.message.contains(file)),
+                "{:?}",
+                report.findings
+            );
+        }
+
         /// The loaded version answers as the ONNX file does.
         fn assert_answers_as_onnx(&self, loaded: &LoadedModel) {
             let onnx = self.dir.path().join("reference.onnx");
@@ -358,31 +384,7 @@ mod tests {
 
     #[test]
     fn a_corrupt_or_foreign_optimised_graph_is_never_used() {
-        let f = optimized_fixture();
-        let path = f.version_file(OPTIMIZED_FILE);
-        let mut bytes = std::fs::read(&path).unwrap();
-        let middle = bytes.len() / 2;
-        bytes[middle] ^= 0xff;
-        std::fs::write(&path, &bytes).unwrap();
-        let loaded = f.load();
-        assert_eq!(loaded.loaded_from, MODEL_FILE);
-        f.assert_answers_as_onnx(&loaded);
-        let report = f
-            .registry
-            .fsck(
-                modelpipe_registry::fsck::Leftovers::Report,
-                std::time::Duration::from_secs(3600),
-            )
-            .unwrap();
-        assert_eq!(report.errors(), 0, "{:?}", report.findings);
-        assert!(
-            report
-                .findings
-                .iter()
-                .any(|finding| finding.message.contains(OPTIMIZED_FILE)),
-            "{:?}",
-            report.findings
-        );
+        optimized_fixture().assert_a_corrupt_file_is_never_used(OPTIMIZED_FILE);
 
         let f = optimized_fixture();
         f.edit_manifest(|m| m["optimized"]["onnxruntime"] = "git-branch=rel-1.0.0".into());
@@ -391,31 +393,7 @@ mod tests {
 
     #[test]
     fn a_corrupt_artifact_is_never_used() {
-        let f = fixture(Compile::Yes);
-        let path = f.version_file(ARTIFACT_FILE);
-        let mut bytes = std::fs::read(&path).unwrap();
-        let middle = bytes.len() / 2;
-        bytes[middle] ^= 0xff;
-        std::fs::write(&path, &bytes).unwrap();
-        let loaded = f.load();
-        assert_eq!(loaded.loaded_from, MODEL_FILE);
-        f.assert_answers_as_onnx(&loaded);
-        let report = f
-            .registry
-            .fsck(
-                modelpipe_registry::fsck::Leftovers::Report,
-                std::time::Duration::from_secs(3600),
-            )
-            .unwrap();
-        assert_eq!(report.errors(), 0, "{:?}", report.findings);
-        assert!(
-            report
-                .findings
-                .iter()
-                .any(|finding| finding.message.contains(ARTIFACT_FILE)),
-            "{:?}",
-            report.findings
-        );
+        fixture(Compile::Yes).assert_a_corrupt_file_is_never_used(ARTIFACT_FILE);
     }
 
     #[test]
