@@ -38,6 +38,43 @@ fn a_model_only_onnxruntime_loads_goes_to_onnxruntime_with_tracts_reason() {
     assert!(choice.agreement.is_none());
 }
 
+/// Above `compare_max_bytes` (a quarter of the validator's memory in Lambda) ingest holds one
+/// engine's copy: ONNX Runtime alone, and the manifest's reason says why nothing was compared;
+/// a model ONNX Runtime cannot load falls to tract, still one at a time.
+#[test]
+fn a_model_too_large_to_hold_twice_is_loaded_in_one_engine_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = Limits {
+        compare_max_bytes: 1,
+        ..Limits::default()
+    };
+    let mlp = write(&dir, "mlp.onnx", &Mlp::new(&[4, 64, 3], 1).to_bytes());
+    let expect = Expectations {
+        limits: small,
+        ..Default::default()
+    };
+    let checked = check_model(&mlp, expect).unwrap();
+    let choice = &checked.choice;
+    assert_eq!(choice.engine, EngineKind::Onnxruntime);
+    assert!(
+        choice.reason.contains("without a comparison"),
+        "{}",
+        choice.reason
+    );
+    assert!(
+        choice.tract.is_none() && choice.agreement.is_none(),
+        "{choice:?}"
+    );
+    // Its optimised graph is not timed either: that would hold a second copy.
+    let out = tempfile::tempdir().unwrap();
+    let compiled = checked.compile(out.path()).unwrap();
+    assert!(compiled.optimized.is_none());
+    assert!(compiled.no_artifact.unwrap().contains("loads twice"));
+    // Under the bound, both engines are compared as before.
+    let both = choose(&mlp);
+    assert!(both.agreement.is_some(), "{both:?}");
+}
+
 #[test]
 fn when_both_load_the_choice_is_the_measured_one_and_the_numbers_are_recorded() {
     let dir = tempfile::tempdir().unwrap();
@@ -137,6 +174,7 @@ fn the_node_limit_refuses_unread_and_the_load_budget_gives_up_on_a_slow_engine()
         limits: Limits {
             max_nodes: 10_000,
             load_budget: Duration::from_secs(1),
+            ..Limits::default()
         },
         ..Default::default()
     };

@@ -94,6 +94,10 @@ impl Config {
                     })
             })
             .collect::<Result<_, _>>()?;
+        let lambda_memory_bytes = match get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE") {
+            Some(mb) => Some(parse::<u64>("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", Some(mb), 0)? << 20),
+            None => None,
+        };
         let mut models_prefix = get("MODELS_PREFIX").unwrap_or_else(|| "models/".into());
         if !models_prefix.is_empty() && !models_prefix.ends_with('/') {
             models_prefix.push('/');
@@ -146,13 +150,7 @@ impl Config {
             preload_models,
             model_cache_bytes: match get("MODEL_CACHE_BYTES") {
                 Some(v) if !v.is_empty() => Some(parse("MODEL_CACHE_BYTES", Some(v), 0)?),
-                _ => match get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE") {
-                    Some(mb) => Some(
-                        parse::<u64>("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", Some(mb), 0)? * 1024 * 1024
-                            / 2,
-                    ),
-                    None => None,
-                },
+                _ => lambda_memory_bytes.map(|bytes| bytes / 2),
             },
             max_request_bytes: parse(
                 "MAX_REQUEST_BYTES",
@@ -166,6 +164,8 @@ impl Config {
                     get("MODEL_LOAD_BUDGET_MS"),
                     MODEL_LOAD_BUDGET.as_millis() as u64,
                 )?),
+                // Two engines' copies (~2.5× the file) fit only below a quarter of the memory.
+                compare_max_bytes: lambda_memory_bytes.map_or(u64::MAX, |bytes| bytes / 4),
             },
             metrics_namespace: get("METRICS_NAMESPACE")
                 .filter(|v| !v.is_empty())
@@ -207,6 +207,21 @@ mod tests {
         };
         assert_eq!(in_lambda(None), Some(1024 * 1024 * 1024));
         assert_eq!(in_lambda(Some("5000")), Some(5000));
+    }
+
+    #[test]
+    fn engines_are_compared_below_a_quarter_of_the_lambda_memory() {
+        let limits = |memory: Option<&str>| {
+            Config::from_lookup(|n| match n {
+                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE" => memory.map(str::to_string),
+                _ => None,
+            })
+            .unwrap()
+            .limits
+            .compare_max_bytes
+        };
+        assert_eq!(limits(Some("2048")), 512 << 20);
+        assert_eq!(limits(None), u64::MAX, "unbounded outside Lambda");
     }
 
     #[test]

@@ -81,6 +81,10 @@ pub struct Limits {
     /// `MODEL_LOAD_BUDGET_MS`: how long one engine may take to load a model; past it the engine
     /// is given up on (its thread finishes in the background, bounded by `max_nodes`).
     pub load_budget: Duration,
+    /// Models larger than this are not loaded in both engines at once to be compared: ONNX
+    /// Runtime, the reference, is loaded alone (tract if it cannot), so ingest holds one
+    /// engine's copy. In Lambda a quarter of the function's memory; unbounded elsewhere.
+    pub compare_max_bytes: u64,
 }
 
 /// The default node limit. The largest real exports are a few thousand nodes (BERT-large and
@@ -99,6 +103,7 @@ impl Default for Limits {
         Self {
             max_nodes: MAX_MODEL_NODES,
             load_budget: MODEL_LOAD_BUDGET,
+            compare_max_bytes: u64::MAX,
         }
     }
 }

@@ -121,37 +121,52 @@ impl NoEngine {
 }
 
 /// Loads the model at `path` in `forced` or in every engine, smoke-tests each, compares them on
-/// the probes `extra_probes` adds to the zero input and a varied one, and picks one.
+/// the probes `extra_probes` adds to the zero input and a varied one, and picks one. A model
+/// over `limits.compare_max_bytes` is loaded in one engine only: ONNX Runtime, the reference,
+/// else tract (two copies at once would not fit the function's memory).
 pub fn choose(
     path: &Path,
     limits: &Limits,
     forced: Option<EngineKind>,
     extra_probes: impl Fn(&Signature) -> Vec<Vec<Tensor>>,
 ) -> Result<Chosen, NoEngine> {
-    let kinds: Vec<EngineKind> = forced.map_or(EngineKind::ALL.to_vec(), |k| vec![k]);
-    let loaded: Vec<(EngineKind, Result<Engine, EngineError>)> = std::thread::scope(|scope| {
-        let loads: Vec<_> = kinds
-            .iter()
-            .map(|&kind| {
-                scope.spawn(move || {
-                    let mut engine =
-                        Engine::load_with(kind, path, Layout::Plain, limits, Spinning::Off, None)?;
-                    engine.smoke_test_finding_shapes().map_err(|e| {
-                        EngineError::Run(format!(
-                            "{} (on the zero input, dynamic dimensions 1)",
-                            e.detail()
-                        ))
-                    })?;
-                    Ok(engine)
-                })
-            })
-            .collect();
-        kinds
-            .iter()
-            .zip(loads)
-            .map(|(&kind, load)| (kind, load.join().expect("engine loads do not panic")))
-            .collect()
-    });
+    let size = std::fs::metadata(path).map_or(0, |m| m.len());
+    let one_at_a_time = forced.is_none() && size > limits.compare_max_bytes;
+    let load = |kind| {
+        let mut engine = Engine::load_with(kind, path, Layout::Plain, limits, Spinning::Off, None)?;
+        engine.smoke_test_finding_shapes().map_err(|e| {
+            EngineError::Run(format!(
+                "{} (on the zero input, dynamic dimensions 1)",
+                e.detail()
+            ))
+        })?;
+        Ok(engine)
+    };
+    let loaded: Vec<(EngineKind, Result<Engine, EngineError>)> = if one_at_a_time {
+        let mut loaded = Vec::new();
+        for kind in [EngineKind::Onnxruntime, EngineKind::Tract] {
+            let result = load(kind);
+            let served = result.is_ok();
+            loaded.push((kind, result));
+            if served {
+                break;
+            }
+        }
+        loaded
+    } else {
+        let kinds: Vec<EngineKind> = forced.map_or(EngineKind::ALL.to_vec(), |k| vec![k]);
+        std::thread::scope(|scope| {
+            let loads: Vec<_> = kinds
+                .iter()
+                .map(|&kind| scope.spawn(move || load(kind)))
+                .collect();
+            kinds
+                .iter()
+                .zip(loads)
+                .map(|(&kind, load)| (kind, load.join().expect("engine loads do not panic")))
+                .collect()
+        })
+    };
     let mut engines = Vec::new();
     let mut errors = Vec::new();
     for (kind, result) in loaded {
@@ -173,12 +188,14 @@ pub fn choose(
     if engines.len() == 1 {
         let engine = engines.remove(0);
         let kind = engine.kind();
-        let reason = match forced {
-            Some(_) => format!("engine={kind} in the upload's metadata"),
-            None => {
-                let (other, error) = &errors[0];
-                format!("{other} cannot serve it: {error}")
-            }
+        let reason = match (forced, errors.first()) {
+            (Some(_), _) => format!("engine={kind} in the upload's metadata"),
+            (None, Some((other, error))) => format!("{other} cannot serve it: {error}"),
+            (None, None) => format!(
+                "the model is {} MB, more than the {} MB two engines are compared at (a quarter of the function's memory): {kind}, the reference, serves without a comparison",
+                size >> 20,
+                limits.compare_max_bytes >> 20
+            ),
         };
         let trial = Some(Trial {
             load_ms: Some(engine.load_time.as_millis() as u64),

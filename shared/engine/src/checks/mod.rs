@@ -60,8 +60,9 @@ pub struct Checked {
     layout: Option<LayoutChoice>,
     /// Set when the signature changed from live and the upload allowed it: what changed.
     pub signature_change: Option<String>,
-    /// The file that was checked.
+    /// The file that was checked, and the limits it was checked with.
     path: std::path::PathBuf,
+    limits: Limits,
 }
 
 impl Checked {
@@ -153,8 +154,17 @@ impl Checked {
 
     fn write_optimized(&self, path: &Path) -> Result<Optimized, String> {
         let model = &self.path;
+        let size = std::fs::metadata(model).map_err(|e| e.to_string())?.len();
+        if size > self.limits.compare_max_bytes {
+            // Timing it would hold a second copy beside the one checked.
+            return Err(format!(
+                "the model is {} MB, more than the {} MB ingest loads twice",
+                size >> 20,
+                self.limits.compare_max_bytes >> 20
+            ));
+        }
         crate::onnxruntime::save_optimized(model, path).map_err(|e| e.to_string())?;
-        let (limits, smoke) = (Limits::default(), self.engine.smoke_shapes());
+        let (limits, smoke) = (self.limits, self.engine.smoke_shapes());
         let spinning = crate::Spinning::Off;
         let timed = |load: &dyn Fn() -> Result<Engine, EngineError>| {
             let started = Instant::now();
@@ -373,6 +383,7 @@ pub fn check_model(path: &Path, expect: Expectations<'_>) -> Result<Checked, Che
         layout,
         signature_change,
         path: path.to_path_buf(),
+        limits: expect.limits,
     })
 }
 
