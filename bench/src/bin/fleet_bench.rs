@@ -9,7 +9,10 @@
 //!    spread;
 //! 3. one environment's cold start (spawn → first answer) with the CNN in ONNX Runtime: from
 //!    `model.onnx`, from the graph optimised at ingest, and the Python handler (awslambdaric,
-//!    `bench/python/handler.py`, from `bench/.venv`), interleaved.
+//!    `bench/python/handler.py`, from `bench/.venv`), interleaved;
+//! 4. a ~1 GB model (a 16,384 × 16,384 linear layer) in ONNX Runtime: one environment's resident
+//!    memory and its peak while it adopts a second version, with a 10,240 MB and a 2,048 MB
+//!    function (where the old version is freed before the new one loads).
 //!
 //! `cargo run -p modelpipe-bench --bin fleet_bench [-- --inference target/debug/inference]`
 //! (the binary cargo built last; the figures name it).
@@ -55,7 +58,7 @@ struct Args {
     /// Rounds of the cold-start comparison.
     #[arg(long, default_value_t = 5)]
     cold_rounds: usize,
-    /// Sections to run (swap, spread, cold); all by default.
+    /// Sections to run (swap, spread, cold, large); all but large by default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -484,6 +487,93 @@ async fn cold(args: &Args) {
     );
 }
 
+/// 4: a ~1 GB model adopted by one environment, with memory to hold both versions and without.
+async fn large(args: &Args) {
+    let model: ModelName = "big".parse().unwrap();
+    let width = 16_384;
+    let linear = |seed: usize| {
+        modelpipe_testkit::onnx_build::LinearSoftmax {
+            input: "x".into(),
+            output: "y".into(),
+            weights: (0..width)
+                .map(|i| {
+                    (0..width)
+                        .map(|o| ((i * 31 + o * 17 + seed) % 97) as f32 * 1e-4)
+                        .collect()
+                })
+                .collect(),
+            bias: vec![0.0; width],
+            batch: None,
+        }
+        .to_bytes()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::open(dir.path()).unwrap();
+    let v: Vec<u64> = [1, 2]
+        .map(|seed| {
+            let bytes = linear(seed);
+            commit_checked(
+                &registry,
+                &model,
+                &bytes,
+                Some(EngineKind::Onnxruntime),
+                Compile::No,
+            )
+        })
+        .to_vec();
+    let size = registry.manifest(&model, v[0]).unwrap().size;
+    let request = json!({"inputs": [{"name": "x", "shape": [1, width], "datatype": "FP32", "data": vec![0.5f32; width]}]});
+    let event = http_api_event("POST", "/v2/models/big/infer", Some(&request.to_string()));
+    for memory_mb in [10_240, 2_048] {
+        publish(&registry, &model, v[0]);
+        let mut env = env(&dir, "big", 0);
+        env.push(("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", memory_mb.to_string()));
+        let environment = Environment::launch(Launch {
+            program: &args.inference,
+            args: &[],
+            dir: None,
+            name: "large",
+            env: &env,
+        })
+        .await;
+        environment.until_free(Duration::from_secs(120)).await;
+        let status = |field: &str| {
+            let status =
+                std::fs::read_to_string(format!("/proc/{}/status", environment.pid())).unwrap();
+            let kb: f64 = status
+                .lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap();
+            kb / 1024.0
+        };
+        let (init_peak, resident) = (status("VmHWM:"), status("VmRSS:"));
+        std::fs::write(format!("/proc/{}/clear_refs", environment.pid()), "5").unwrap();
+        publish(&registry, &model, v[1]);
+        environment
+            .invoke(event.clone(), Duration::from_secs(120))
+            .await
+            .unwrap();
+        environment.until_free(Duration::from_secs(120)).await;
+        let (peak, after) = (status("VmHWM:"), status("VmRSS:"));
+        let answer = environment
+            .invoke(event.clone(), Duration::from_secs(120))
+            .await
+            .unwrap();
+        let response: Value = serde_json::from_slice(answer.body.as_ref().unwrap()).unwrap();
+        let body: Value = serde_json::from_str(response["body"].as_str().unwrap()).unwrap();
+        assert_eq!(body["model_version"], v[1].to_string(), "{body}");
+        let freed_first = !environment
+            .logged("freeing the old version before loading the new: both would not fit")
+            .is_empty();
+        println!(
+            "~1 GB model ({:.0} MB file, ONNX Runtime), {memory_mb} MB function: init peak {init_peak:.0} MB, resident {resident:.0} MB | \
+             adopting v2: peak {peak:.0} MB, resident after {after:.0} MB | freed the old version first: {freed_first}",
+            size as f64 / 1e6
+        );
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args = Args::parse();
@@ -497,5 +587,8 @@ async fn main() {
     }
     if wanted("cold") {
         cold(&args).await;
+    }
+    if args.only.iter().any(|s| s == "large") {
+        large(&args).await;
     }
 }

@@ -34,6 +34,8 @@ pub struct Config {
     /// `MODEL_CACHE_BYTES`: budget for models loaded on demand. Unset: half the function's
     /// memory in Lambda (`AWS_LAMBDA_FUNCTION_MEMORY_SIZE`), unbounded elsewhere.
     pub model_cache_bytes: Option<u64>,
+    /// The Lambda function's memory (`AWS_LAMBDA_FUNCTION_MEMORY_SIZE`, set by Lambda), if any.
+    pub function_memory_bytes: Option<u64>,
     /// `MAX_REQUEST_BYTES` [10 MiB, API Gateway's limit]: larger inference bodies get 413.
     pub max_request_bytes: usize,
     /// `MAX_MODEL_NODES` [10000] and `MODEL_LOAD_BUDGET_MS` [30000]: the work one model may
@@ -152,6 +154,7 @@ impl Config {
                 Some(v) if !v.is_empty() => Some(parse("MODEL_CACHE_BYTES", Some(v), 0)?),
                 _ => lambda_memory_bytes.map(|bytes| bytes / 2),
             },
+            function_memory_bytes: lambda_memory_bytes,
             max_request_bytes: parse(
                 "MAX_REQUEST_BYTES",
                 get("MAX_REQUEST_BYTES"),

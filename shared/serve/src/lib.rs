@@ -42,6 +42,8 @@ pub struct Inference {
     evidence: Arc<EvidenceRecorder>,
     /// The one shadow run this instance may have going.
     shadow_slot: Arc<ShadowSlot>,
+    /// The function's memory, which decides the order of an adoption's load and free.
+    memory: Option<u64>,
 }
 
 /// A shadow run about to start: the candidate, and the slot it holds until it ends.
@@ -75,6 +77,7 @@ impl Inference {
             live: Mutex::default(),
             evidence: Arc::new(EvidenceRecorder::new(config.reload_check)),
             shadow_slot: Arc::default(),
+            memory: config.function_memory_bytes,
         }
     }
 
@@ -257,7 +260,7 @@ impl Inference {
             .collect();
         let mut adopted = Vec::new();
         for slot in slots {
-            adopted.extend(slot.adopt(&self.cache).await);
+            adopted.extend(slot.adopt(&self.cache, self.memory).await);
         }
         adopted
     }

@@ -116,6 +116,33 @@ pub fn next_swap(
     }
 }
 
+/// In which order an adoption holds the two versions: TF Serving's availability-preserving and
+/// resource-preserving policies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SwapOrder {
+    /// Load the new version, then free the old: both resident for a moment.
+    LoadThenFree,
+    /// Free the old version, then load the new (and load the old again if the new fails). Under
+    /// [`SwapPolicy::AfterAnswer`] no request runs while an environment adopts, so this costs no
+    /// caller anything; it is chosen when both would not fit.
+    FreeThenLoad,
+}
+
+/// A load's peak over the model file's size: a 1 GB model peaked at 2.1 GB loading in ONNX
+/// Runtime here (its protobuf and its tensors at once), BENCHMARKS.md.
+const LOAD_PEAK_FACTOR: u64 = 2;
+
+/// The swap order for an adoption: free first when the version in memory (`resident` bytes) and
+/// the peak of loading a `incoming`-byte file would pass 80 % of the function's `memory`.
+pub fn swap_order(resident: u64, incoming: u64, memory: Option<u64>) -> SwapOrder {
+    match memory {
+        Some(memory) if resident + LOAD_PEAK_FACTOR * incoming > memory / 10 * 8 => {
+            SwapOrder::FreeThenLoad
+        }
+        _ => SwapOrder::LoadThenFree,
+    }
+}
+
 /// How long after now a move made at `moved_at` (the publisher's clock) is due here, for an
 /// environment at `offset` in the spread: never more than `offset`, whatever the clocks say.
 fn adoption_delay(now: SystemTime, moved_at: Option<SystemTime>, offset: Duration) -> Duration {
@@ -408,9 +435,10 @@ impl LiveModel {
     }
 
     /// Does what earlier requests left for after their answer and is due by now: loads and
-    /// swaps to the alias's new version, loads a rollout's candidate and starts its split.
-    /// What is not due yet stays pending for a later answer.
-    pub async fn adopt(&self, cache: &ModelCache) -> Vec<Adopted> {
+    /// swaps to the alias's new version (in the [`swap_order`] the function's `memory` allows),
+    /// loads a rollout's candidate and starts its split. What is not due yet stays pending for
+    /// a later answer.
+    pub async fn adopt(&self, cache: &ModelCache, memory: Option<u64>) -> Vec<Adopted> {
         let now = Instant::now();
         let (version, rollout) = {
             let mut pending = self.pending.lock().expect("pending lock");
@@ -428,9 +456,16 @@ impl LiveModel {
         if let Some(version) = version {
             let _guard = self.loading.lock().await;
             let model = self.model.clone();
+            let freed = self.free_first(cache, version, memory).await;
             adopted.push(match self.swap_to(cache, version).await {
                 Ok(_) => Adopted::Version { model, version },
-                Err(_) => Adopted::Failed { model, version },
+                Err(_) => {
+                    if let Some(old) = freed {
+                        // Still after the answer: the next caller finds the old version loaded.
+                        let _ = cache.load(&self.model, old, self.residency).await;
+                    }
+                    Adopted::Failed { model, version }
+                }
             });
         }
         if let Some(rollout) = rollout {
@@ -445,6 +480,30 @@ impl LiveModel {
             }
         }
         adopted
+    }
+
+    /// Frees the version serving before `version` is loaded when [`swap_order`] says both would
+    /// not fit in `memory`; returns the version freed.
+    async fn free_first(
+        &self,
+        cache: &ModelCache,
+        version: u64,
+        memory: Option<u64>,
+    ) -> Option<u64> {
+        let old = self.version()?;
+        let resident = cache.get(&self.model, old)?.memory_cost();
+        let (registry, model) = (cache.registry().clone(), self.model.clone());
+        let incoming = tokio::task::spawn_blocking(move || registry.manifest(&model, version))
+            .await
+            .ok()?
+            .ok()?
+            .size;
+        if swap_order(resident, incoming, memory) != SwapOrder::FreeThenLoad {
+            return None;
+        }
+        info!(model = %self.model, from = old, to = version, resident, incoming, "freeing the old version before loading the new: both would not fit");
+        cache.remove(&self.model, old);
+        Some(old)
     }
 
     async fn first_load(
@@ -770,7 +829,7 @@ mod tests {
             v1,
             "the first load is the caller's"
         );
-        assert!(live.adopt(&cache).await.is_empty(), "nothing pending");
+        assert!(live.adopt(&cache, None).await.is_empty(), "nothing pending");
 
         publish(&registry, &model, v2);
         assert_eq!(serving().await.manifest.version, v1, "the noticing request");
@@ -780,7 +839,7 @@ mod tests {
         );
         assert_eq!(live.pending_version(), Some(v2));
         assert_eq!(
-            live.adopt(&cache).await,
+            live.adopt(&cache, None).await,
             vec![Adopted::Version {
                 model: model.clone(),
                 version: v2
@@ -795,7 +854,7 @@ mod tests {
         publish(&registry, &model, broken);
         assert_eq!(serving().await.manifest.version, v2);
         assert_eq!(
-            live.adopt(&cache).await,
+            live.adopt(&cache, None).await,
             vec![Adopted::Failed {
                 model: model.clone(),
                 version: broken
@@ -804,6 +863,90 @@ mod tests {
         assert_eq!(serving().await.manifest.version, v2);
         assert_eq!(live.failure().map(|f| f.version), Some(broken));
         assert_eq!(live.version(), Some(v2));
+    }
+
+    #[test]
+    fn the_old_version_is_freed_first_only_when_both_would_not_fit() {
+        const MB: u64 = 1 << 20;
+        // 2 GB function: 100 MB resident, a 100 MB model's load peaks at ~200 MB.
+        assert_eq!(
+            swap_order(100 * MB, 100 * MB, Some(2048 * MB)),
+            SwapOrder::LoadThenFree
+        );
+        // A 1 GB model: 1 GB resident + a 2 GB load peak pass 80 % of 2 GB.
+        assert_eq!(
+            swap_order(1024 * MB, 1024 * MB, Some(2048 * MB)),
+            SwapOrder::FreeThenLoad
+        );
+        assert_eq!(
+            swap_order(1024 * MB, 1024 * MB, Some(10240 * MB)),
+            SwapOrder::LoadThenFree
+        );
+        // Outside Lambda nothing says how much memory there is: keep serving while loading.
+        assert_eq!(
+            swap_order(u64::MAX / 4, u64::MAX / 4, None),
+            SwapOrder::LoadThenFree
+        );
+    }
+
+    /// When both versions would not fit, the old one is freed before the new one loads (no
+    /// request runs while an environment adopts); if the new one fails, the old one is loaded
+    /// again, still after the answer, and keeps serving. With room for both it is never freed.
+    #[tokio::test]
+    async fn freeing_first_brings_the_old_version_back_when_the_new_one_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::open(dir.path()).unwrap();
+        let model: ModelName = "iris".parse().unwrap();
+        let [v1, v2] = [1, 2].map(|seed| {
+            let bytes = LinearSoftmax::iris(seed).to_bytes();
+            commit_checked(&registry, &model, &bytes, None, Compile::No)
+        });
+        let [broken, broken_again] = [b"not an onnx model" as &[u8], b"nor this"]
+            .map(|bytes| commit_bytes(&registry, &model, bytes));
+        let cache = Arc::new(ModelCache::new(
+            registry.clone(),
+            None,
+            modelpipe_engine::Limits::default(),
+        ));
+        let live = Arc::new(LiveModel::new(model.clone(), Residency::OnDemand));
+        let tiny = Some(1); // no two versions fit
+        let serving = async || live.get(&cache, Some(Duration::ZERO), AFTER).await.unwrap();
+        let failed = |version| {
+            vec![Adopted::Failed {
+                model: model.clone(),
+                version,
+            }]
+        };
+        publish(&registry, &model, v1);
+        assert_eq!(serving().await.manifest.version, v1);
+        publish(&registry, &model, v2);
+        serving().await;
+        let adopted = live.adopt(&cache, tiny).await;
+        assert_eq!(
+            adopted,
+            vec![Adopted::Version {
+                model: model.clone(),
+                version: v2
+            }]
+        );
+        assert!(!cache.is_resident(&model, v1));
+
+        // Room for both: the failed adoption leaves v2's load as it was.
+        publish(&registry, &model, broken);
+        let held = serving().await;
+        assert_eq!(live.adopt(&cache, None).await, failed(broken));
+        assert!(Arc::ptr_eq(&held, &cache.get(&model, v2).unwrap()));
+
+        // No room: v2 is freed first, then loaded again once the new version fails.
+        publish(&registry, &model, broken_again);
+        let held = serving().await;
+        assert_eq!(live.adopt(&cache, tiny).await, failed(broken_again));
+        assert_eq!(live.version(), Some(v2));
+        let reloaded = cache
+            .get(&model, v2)
+            .expect("loaded again after the failure");
+        assert!(!Arc::ptr_eq(&held, &reloaded), "freed, then loaded again");
+        assert_eq!(serving().await.manifest.version, v2);
     }
 
     #[tokio::test]
@@ -834,7 +977,10 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(answer.manifest.version, v1);
-        assert!(live.adopt(&cache).await.is_empty(), "not due for an hour");
+        assert!(
+            live.adopt(&cache, None).await.is_empty(),
+            "not due for an hour"
+        );
         assert_eq!(live.pending_version(), Some(v2), "still pending");
         assert_eq!(live.version(), Some(v1));
     }
