@@ -487,6 +487,80 @@ async fn cold(args: &Args) {
     );
 }
 
+/// 5: warm latency of one environment, the CNN in ONNX Runtime, against the Python handler:
+/// event handed out → answer posted, binary tensors, rounds interleaved.
+async fn warm(args: &Args) {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .to_string();
+    let cnn: ModelName = "cnn".parse().unwrap();
+    let (dir, _) = ort_registry(&cnn, &mobilenet_v2(1), Compile::No);
+    let mut modelpipe_env = env(&dir, "cnn", 0);
+    modelpipe_env.push(("ENGINE_THREADS", threads.clone()));
+    let root = modelpipe_tests::workspace_root();
+    let python = root.join("bench/.venv/bin/python");
+    let python_dir = root.join("bench/python");
+    let python_env = vec![
+        (
+            "MODEL_PATH",
+            dir.path()
+                .join("cnn/versions/1/model.onnx")
+                .display()
+                .to_string(),
+        ),
+        ("MODEL_NAME", "cnn".to_string()),
+        ("THREADS", threads.clone()),
+        ("PYTHONPATH", python_dir.display().to_string()),
+    ];
+    let input: Vec<f32> = (0..3 * 224 * 224)
+        .map(|i| (i % 255) as f32 / 255.0)
+        .collect();
+    let event = binary_event("cnn", &[1, 3, 224, 224], &input);
+    let modelpipe = Environment::launch(Launch {
+        program: &args.inference,
+        args: &[],
+        dir: None,
+        name: "warm",
+        env: &modelpipe_env,
+    })
+    .await;
+    let python = Environment::launch(Launch {
+        program: &python,
+        args: &["-m", "awslambdaric", "handler.handler"],
+        dir: Some(&python_dir),
+        name: "warm",
+        env: &python_env,
+    })
+    .await;
+    let mut latency: [Vec<f64>; 2] = Default::default();
+    for round in 0..args.cold_rounds * 4 {
+        for (environment, times) in [&modelpipe, &python].into_iter().zip(latency.iter_mut()) {
+            for _ in 0..25 {
+                environment.until_free(Duration::from_secs(60)).await;
+                let answer = environment
+                    .invoke(event.clone(), Duration::from_secs(60))
+                    .await
+                    .unwrap();
+                if round > 0 {
+                    times.push(answer.latency.as_secs_f64() * 1e3);
+                }
+            }
+        }
+    }
+    let [m, p] = latency;
+    println!(
+        "warm, CNN in ONNX Runtime, {threads} threads, binary tensors, {} answers each ({}): modelpipe p50 {:.2} ms p99 {:.2} ms | Python handler p50 {:.2} ms p99 {:.2} ms | ratios p50 {:.2} p99 {:.2}",
+        m.len(),
+        args.inference.display(),
+        quantile(m.clone(), 0.5),
+        quantile(m.clone(), 0.99),
+        quantile(p.clone(), 0.5),
+        quantile(p.clone(), 0.99),
+        quantile(m.clone(), 0.5) / quantile(p.clone(), 0.5),
+        quantile(m.clone(), 0.99) / quantile(p.clone(), 0.99),
+    );
+}
+
 /// 4: a ~1 GB model adopted by one environment, with memory to hold both versions and without.
 async fn large(args: &Args) {
     let model: ModelName = "big".parse().unwrap();
@@ -587,6 +661,9 @@ async fn main() {
     }
     if wanted("cold") {
         cold(&args).await;
+    }
+    if args.only.iter().any(|s| s == "warm") {
+        warm(&args).await;
     }
     if args.only.iter().any(|s| s == "large") {
         large(&args).await;
