@@ -516,6 +516,9 @@ pub struct FleetAnswer {
     pub queued: Duration,
 }
 
+/// What [`Fleet::callers`] got back: each answer and when it came back.
+pub type Callers = Arc<Mutex<Vec<(FleetAnswer, Instant)>>>;
+
 /// Environments sharing callers: an invocation takes the free environment that has been free
 /// longest (so every environment serves), or waits for one.
 pub struct Fleet {
@@ -579,6 +582,36 @@ impl Fleet {
             freed: Notify::new(),
             found_none_free: Default::default(),
         })
+    }
+
+    /// `count` callers invoking the fleet with `event` back to back until `stop`; every answer,
+    /// with when it came back, in the list returned (shared while they run).
+    pub fn callers(
+        self: &Arc<Self>,
+        count: usize,
+        event: &Value,
+        stop: &Arc<std::sync::atomic::AtomicBool>,
+    ) -> (Vec<tokio::task::JoinHandle<()>>, Callers) {
+        let answers = Callers::default();
+        let tasks = (0..count)
+            .map(|_| {
+                let (fleet, event, stop, answers) =
+                    (self.clone(), event.clone(), stop.clone(), answers.clone());
+                tokio::spawn(async move {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let answer = fleet
+                            .invoke(event.clone(), Duration::from_secs(60))
+                            .await
+                            .expect("an answer");
+                        answers
+                            .lock()
+                            .expect("answers")
+                            .push((answer, Instant::now()));
+                    }
+                })
+            })
+            .collect();
+        (tasks, answers)
     }
 
     /// Invokes a free environment with `event`; gives the environment back once it is frozen.

@@ -49,30 +49,15 @@ async fn after_an_alias_move_no_caller_waits_for_a_load_and_every_environment_ad
         r#"{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}]}"#;
     let event = http_api_event("POST", "/v2/models/iris/infer", Some(request));
 
-    let answers = Arc::new(std::sync::Mutex::new(Vec::<FleetAnswer>::new()));
     let stop = Arc::new(AtomicBool::new(false));
-    let callers: Vec<_> = (0..CALLERS)
-        .map(|_| {
-            let (fleet, event, answers, stop) =
-                (fleet.clone(), event.clone(), answers.clone(), stop.clone());
-            tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    let answer = fleet
-                        .invoke(event.clone(), Duration::from_secs(30))
-                        .await
-                        .expect("an answer");
-                    answers.lock().unwrap().push(answer);
-                }
-            })
-        })
-        .collect();
+    let (callers, answers) = fleet.callers(CALLERS, &event, &stop);
     wait_for(
         "steady answers from every environment",
         Duration::from_secs(60),
         || async {
             let answers = answers.lock().unwrap();
             let seen: std::collections::HashSet<usize> =
-                answers.iter().map(|a| a.environment).collect();
+                answers.iter().map(|(a, _)| a.environment).collect();
             (seen.len() == ENVIRONMENTS && answers.len() >= 20).then_some(())
         },
     )
@@ -92,8 +77,8 @@ async fn after_an_alias_move_no_caller_waits_for_a_load_and_every_environment_ad
             let answers = answers.lock().unwrap();
             let on_v2: std::collections::HashSet<usize> = answers
                 .iter()
-                .filter(|a| version_of(a) == v2)
-                .map(|a| a.environment)
+                .filter(|(a, _)| version_of(a) == v2)
+                .map(|(a, _)| a.environment)
                 .collect();
             (on_v2.len() == ENVIRONMENTS).then_some(())
         },
@@ -104,7 +89,12 @@ async fn after_an_alias_move_no_caller_waits_for_a_load_and_every_environment_ad
         caller.await.unwrap();
     }
 
-    let answers = answers.lock().unwrap().clone();
+    let answers: Vec<FleetAnswer> = answers
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(a, _)| a.clone())
+        .collect();
     let by_id: HashMap<&str, &FleetAnswer> = answers
         .iter()
         .map(|a| (a.answer.request_id.as_str(), a))

@@ -19,7 +19,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -30,7 +30,7 @@ use modelpipe_engine::EngineKind;
 use modelpipe_registry::Registry;
 use modelpipe_testkit::commit::{Compile, commit_checked};
 use modelpipe_testkit::onnx_build::{Mlp, mobilenet_v2};
-use modelpipe_tests::lambda_env::{Environment, Fleet, FleetAnswer, Launch, unix_micros};
+use modelpipe_tests::lambda_env::{Callers, Environment, Fleet, FleetAnswer, Launch, unix_micros};
 use modelpipe_tests::serving::{commit_in, publish};
 use modelpipe_tests::{http_api_event, venv_onnxruntime_library};
 use serde_json::{Value, json};
@@ -61,10 +61,6 @@ struct Args {
     /// Sections to run (swap, spread, cold, large); all but large by default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
-}
-
-struct Run {
-    answers: Vec<(FleetAnswer, u64, Instant)>,
 }
 
 /// The version that answered, from the API Gateway response (JSON, or the binary tensor
@@ -115,45 +111,20 @@ fn quantile(mut values: Vec<f64>, q: f64) -> f64 {
     values[((values.len() - 1) as f64 * q).round() as usize]
 }
 
-/// Callers invoking the fleet with `event` until `stop`; every answer with its version.
-fn callers(
-    fleet: &Arc<Fleet>,
-    event: &Value,
-    count: usize,
-    stop: &Arc<AtomicBool>,
-    into: &Arc<Mutex<Run>>,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    (0..count)
-        .map(|_| {
-            let (fleet, event, stop, into) =
-                (fleet.clone(), event.clone(), stop.clone(), into.clone());
-            tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    let answer = fleet
-                        .invoke(event.clone(), Duration::from_secs(60))
-                        .await
-                        .expect("invoke");
-                    let version = version_of(&answer).unwrap_or(0);
-                    into.lock()
-                        .unwrap()
-                        .answers
-                        .push((answer, version, Instant::now()));
-                }
-            })
-        })
-        .collect()
-}
-
 /// Waits until every environment has answered from `version` after `since`.
-async fn until_fleet_on(fleet: &Fleet, run: &Mutex<Run>, version: u64, since: Instant) -> Duration {
+async fn until_fleet_on(
+    fleet: &Fleet,
+    answers: &Callers,
+    version: u64,
+    since: Instant,
+) -> Duration {
     loop {
-        let on: std::collections::HashSet<usize> = run
+        let on: std::collections::HashSet<usize> = answers
             .lock()
             .unwrap()
-            .answers
             .iter()
-            .filter(|(_, v, at)| *v == version && *at >= since)
-            .map(|(a, _, _)| a.environment)
+            .filter(|(a, at)| *at >= since && version_of(a) == Some(version))
+            .map(|(a, _)| a.environment)
             .collect();
         if on.len() == fleet.environments.len() {
             return since.elapsed();
@@ -214,13 +185,10 @@ async fn swap_window(args: &Args) {
         .map(|i| (i % 255) as f32 / 255.0)
         .collect();
     let event = binary_event("cnn", &[1, 3, 224, 224], &input);
-    let run = Arc::new(Mutex::new(Run {
-        answers: Vec::new(),
-    }));
     let stop = Arc::new(AtomicBool::new(false));
-    let tasks = callers(&fleet, &event, args.callers, &stop, &run);
+    let (tasks, answers) = fleet.callers(args.callers, &event, &stop);
     tokio::time::sleep(Duration::from_secs(2)).await; // warm-up, not counted
-    run.lock().unwrap().answers.clear();
+    answers.lock().unwrap().clear();
     let mut windows = Vec::new();
     let mut fleet_times = Vec::new();
     for m in 0..args.moves {
@@ -228,7 +196,7 @@ async fn swap_window(args: &Args) {
         let target = v[(m + 1) % 2];
         let moved = Instant::now();
         publish(&registry, &model, target);
-        let took = until_fleet_on(&fleet, &run, target, moved).await;
+        let took = until_fleet_on(&fleet, &answers, target, moved).await;
         fleet_times.push(took.as_secs_f64());
         windows.push((moved, Instant::now()));
     }
@@ -236,14 +204,14 @@ async fn swap_window(args: &Args) {
     for task in tasks {
         task.await.unwrap();
     }
-    let answers = std::mem::take(&mut run.lock().unwrap().answers);
+    let answers = std::mem::take(&mut *answers.lock().unwrap());
     let in_window = |at: Instant, latency: Duration| {
         let asked = at - latency;
         windows.iter().any(|(from, to)| asked <= *to && at >= *from)
     };
     let (mut steady, mut swapping, mut failed) = (Vec::new(), Vec::new(), 0);
-    for (answer, version, at) in &answers {
-        if *version == 0 {
+    for (answer, at) in &answers {
+        if version_of(answer).is_none() {
             failed += 1;
         }
         let ms = answer.answer.latency.as_secs_f64() * 1e3;
@@ -258,7 +226,7 @@ async fn swap_window(args: &Args) {
     // they would go to a new environment; here they wait, and the wait is not in their latency.
     let queued: Vec<f64> = answers
         .iter()
-        .map(|(a, _, _)| a.queued.as_secs_f64() * 1e3)
+        .map(|(a, _)| a.queued.as_secs_f64() * 1e3)
         .filter(|&ms| ms > 0.5)
         .collect();
     let adoptions: Vec<f64> = fleet
@@ -312,26 +280,22 @@ async fn spread(args: &Args, spread_ms: u64) {
     let fleet = Fleet::start(&args.inference, "mlp", 16, &env(&dir, "mlp", spread_ms)).await;
     let request = json!({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": vec![0.5f32; 64]}]});
     let event = http_api_event("POST", "/v2/models/mlp/infer", Some(&request.to_string()));
-    let run = Arc::new(Mutex::new(Run {
-        answers: Vec::new(),
-    }));
     let stop = Arc::new(AtomicBool::new(false));
-    let tasks = callers(&fleet, &event, 2, &stop, &run);
+    let (tasks, answers) = fleet.callers(2, &event, &stop);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let moved = Instant::now();
     let moved_us = unix_micros();
     publish(&registry, &model, v[1]);
-    let took = until_fleet_on(&fleet, &run, v[1], moved).await;
+    let took = until_fleet_on(&fleet, &answers, v[1], moved).await;
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
         task.await.unwrap();
     }
-    let failed = run
+    let failed = answers
         .lock()
         .unwrap()
-        .answers
         .iter()
-        .filter(|(_, v, _)| *v == 0)
+        .filter(|(a, _)| version_of(a).is_none())
         .count();
     // What one adoption reads: model.onnx (its hash is checked) and the artifact it loads.
     let manifest = registry.manifest(&model, v[1]).unwrap();
