@@ -1,9 +1,11 @@
 //! modelpipe's vocabulary, shared by every other crate and depending on none of them: which key
 //! names which model ([`model_name`]), digests ([`digest`]), what a model takes and returns
-//! ([`signature`]), and what ingest decided for a version ([`engine_choice`]).
+//! ([`signature`]), what ingest decided for a version ([`engine_choice`]), and the bounds on the
+//! work one model may cost ([`limits`]).
 
 pub mod digest;
 pub mod engine_choice;
+pub mod limits;
 pub mod model_name;
 pub mod signature;
 
