@@ -15,7 +15,7 @@ use modelpipe_engine::contract::Contract;
 use modelpipe_registry::publish::{PublisherRequest, apply};
 use modelpipe_registry::{BAKED_MARKER, NewVersion, PREPARED_FILES, Registry, Source, now};
 
-use crate::ops::CliResult;
+use crate::target::CliResult;
 
 /// `MODEL=FILE` on the command line.
 #[derive(Debug, Clone)]

@@ -229,7 +229,7 @@ async fn steps(demo: &mut Demo, stack: &DevStack) -> Result<(), String> {
     );
 
     let started = Instant::now();
-    let target = crate::ops::Target::Registry(stack.registry.clone());
+    let target = crate::target::Target::Registry(stack.registry.clone());
     let model: modelpipe_core::ModelName = "iris".parse().expect("valid name");
     crate::ops::rollback(&target, model, Default::default(), None)
         .await
@@ -248,7 +248,7 @@ async fn steps(demo: &mut Demo, stack: &DevStack) -> Result<(), String> {
 async fn canary(
     demo: &mut Demo,
     stack: &DevStack,
-    target: &crate::ops::Target,
+    target: &crate::target::Target,
 ) -> Result<(), String> {
     const STEP: &str = "v2 canary promoted on evidence";
     let started = Instant::now();

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use aws_sdk_efs::types::ThroughputMode;
 
-use crate::ops::{CliResult, Target};
+use crate::target::{CliResult, Target};
 use modelpipe_registry::publish::{PublisherQuery, StatusAnswer};
 
 const MIB: f64 = 1024.0 * 1024.0;

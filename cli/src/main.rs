@@ -7,6 +7,7 @@ mod efs_check;
 mod local_s3;
 mod ops;
 mod rollout;
+mod target;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -148,8 +149,8 @@ struct RegistryArg {
 }
 
 impl RegistryArg {
-    async fn open(self) -> Result<ops::Target, String> {
-        ops::Target::open(&self.registry, self.publisher_function).await
+    async fn open(self) -> Result<target::Target, String> {
+        target::Target::open(&self.registry, self.publisher_function).await
     }
 }
 

@@ -4,7 +4,6 @@
 
 use std::path::Path;
 
-use modelpipe_aws::LambdaPublisher;
 use modelpipe_core::digest::Digest;
 use modelpipe_core::{AliasName, ModelName};
 use modelpipe_engine::checks::{Expectations, check_model};
@@ -19,65 +18,7 @@ use modelpipe_registry::rollout::actions::{
 };
 use modelpipe_registry::{Location, Registry};
 
-pub type CliResult<T = ()> = Result<T, String>;
-
-/// Where `status`, `history`, `rollback` and `promote` act: a registry (a directory or an S3
-/// prefix) directly, or the deployed publisher Lambda, invoked with aws-sdk-lambda.
-pub enum Target {
-    Registry(Registry),
-    Publisher(LambdaPublisher),
-}
-
-impl Target {
-    pub async fn open(registry: &Location, publisher_function: Option<String>) -> CliResult<Self> {
-        if let Some(function) = publisher_function {
-            let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-            let client = aws_sdk_lambda::Client::new(&config);
-            return Ok(Self::Publisher(LambdaPublisher::new(client, function)));
-        }
-        if let Location::Dir(dir) = registry
-            && !dir.is_dir()
-        {
-            return Err(format!(
-                "no registry at {} (start `modelctl dev`, or pass --registry DIR|s3://BUCKET/PREFIX or --publisher-function NAME)",
-                dir.display()
-            ));
-        }
-        let location = registry.clone();
-        blocking(move || {
-            Registry::open_at(&location, &Default::default()).map_err(|e| e.to_string())
-        })
-        .await
-        .map(Self::Registry)
-    }
-
-    /// Runs a publisher payload: locally with the publisher's own code, or by invoking it.
-    pub async fn call<T: serde::de::DeserializeOwned + Send + 'static, E: std::fmt::Display>(
-        &self,
-        payload: serde_json::Value,
-        local: impl FnOnce(&Registry) -> Result<T, E> + Send + 'static,
-    ) -> CliResult<T> {
-        match self {
-            Self::Registry(registry) => {
-                let registry = registry.clone();
-                blocking(move || local(&registry).map_err(|e| e.to_string())).await
-            }
-            Self::Publisher(publisher) => {
-                let answer = publisher.invoke(&payload).await?;
-                serde_json::from_value(answer)
-                    .map_err(|e| format!("the publisher answered an unexpected shape: {e}"))
-            }
-        }
-    }
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> CliResult<T> + Send + 'static,
-) -> CliResult<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| e.to_string())?
-}
+use crate::target::{CliResult, Target};
 
 pub async fn status(target: &Target, model: Option<ModelName>) -> CliResult {
     let rollout_request = RolloutRequest::RolloutStatus {

@@ -9,7 +9,7 @@ use modelpipe_registry::rollout::actions::{
     self, Operator, RolloutAnswer, RolloutReport, RolloutRequest,
 };
 
-use crate::ops::{CliResult, Target};
+use crate::target::{CliResult, Target};
 
 #[derive(Subcommand)]
 pub enum RolloutCommand {

@@ -5,8 +5,8 @@ pub mod telemetry;
 
 use std::time::Duration;
 
-use modelpipe_core::model_name::ModelName;
 use modelpipe_core::limits::{Limits, MAX_MODEL_NODES, MODEL_LOAD_BUDGET};
+use modelpipe_core::model_name::ModelName;
 use modelpipe_registry::{FileCacheConfig, Location, Registry, RegistryError};
 
 #[derive(Debug, Clone)]

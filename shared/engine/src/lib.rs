@@ -33,8 +33,8 @@ use self::onnxruntime::OrtModel;
 pub use self::onnxruntime::Spinning;
 pub use self::plans::MAX_SHAPE_PLANS;
 use self::tract::TractModel;
-pub use modelpipe_core::limits::{Limits, MAX_MODEL_NODES, MODEL_LOAD_BUDGET};
 pub use modelpipe_core::engine_choice::{EngineKind, Layout, LayoutChoice};
+pub use modelpipe_core::limits::{Limits, MAX_MODEL_NODES, MODEL_LOAD_BUDGET};
 pub use modelpipe_core::signature::ClassLabels;
 use modelpipe_core::signature::{DataType, Signature};
 
@@ -73,7 +73,6 @@ impl EngineError {
         matches!(self, Self::TooLarge(_) | Self::Limit(_))
     }
 }
-
 
 /// A model ready to run in one engine, with the signature read from it.
 pub struct Engine {
