@@ -132,41 +132,7 @@ pub fn choose(
 ) -> Result<Chosen, NoEngine> {
     let size = std::fs::metadata(path).map_or(0, |m| m.len());
     let one_at_a_time = forced.is_none() && size > limits.compare_max_bytes;
-    let load = |kind| {
-        let mut engine = Engine::load_with(kind, path, Layout::Plain, limits, Spinning::Off, None)?;
-        engine.smoke_test_finding_shapes().map_err(|e| {
-            EngineError::Run(format!(
-                "{} (on the zero input, dynamic dimensions 1)",
-                e.detail()
-            ))
-        })?;
-        Ok(engine)
-    };
-    let loaded: Vec<(EngineKind, Result<Engine, EngineError>)> = if one_at_a_time {
-        let mut loaded = Vec::new();
-        for kind in [EngineKind::Onnxruntime, EngineKind::Tract] {
-            let result = load(kind);
-            let served = result.is_ok();
-            loaded.push((kind, result));
-            if served {
-                break;
-            }
-        }
-        loaded
-    } else {
-        let kinds: Vec<EngineKind> = forced.map_or(EngineKind::ALL.to_vec(), |k| vec![k]);
-        std::thread::scope(|scope| {
-            let loads: Vec<_> = kinds
-                .iter()
-                .map(|&kind| scope.spawn(move || load(kind)))
-                .collect();
-            kinds
-                .iter()
-                .zip(loads)
-                .map(|(&kind, load)| (kind, load.join().expect("engine loads do not panic")))
-                .collect()
-        })
-    };
+    let loaded = load_engines(path, limits, forced, one_at_a_time);
     let mut engines = Vec::new();
     let mut errors = Vec::new();
     for (kind, result) in loaded {
@@ -221,6 +187,52 @@ pub fn choose(
     let onnxruntime = engines.pop().expect("two engines");
     let tract = engines.pop().expect("two engines");
     Ok(compare(tract, onnxruntime, extra_probes))
+}
+
+/// Each engine's load and smoke test of the model at `path`: `forced`'s alone, or every engine
+/// at once on threads of their own, or (`one_at_a_time`) ONNX Runtime, then tract only if it
+/// could not.
+fn load_engines(
+    path: &Path,
+    limits: &Limits,
+    forced: Option<EngineKind>,
+    one_at_a_time: bool,
+) -> Vec<(EngineKind, Result<Engine, EngineError>)> {
+    let load = |kind| {
+        let mut engine = Engine::load_with(kind, path, Layout::Plain, limits, Spinning::Off, None)?;
+        engine.smoke_test_finding_shapes().map_err(|e| {
+            EngineError::Run(format!(
+                "{} (on the zero input, dynamic dimensions 1)",
+                e.detail()
+            ))
+        })?;
+        Ok(engine)
+    };
+    if one_at_a_time {
+        let mut loaded = Vec::new();
+        for kind in [EngineKind::Onnxruntime, EngineKind::Tract] {
+            let result = load(kind);
+            let served = result.is_ok();
+            loaded.push((kind, result));
+            if served {
+                break;
+            }
+        }
+        loaded
+    } else {
+        let kinds: Vec<EngineKind> = forced.map_or(EngineKind::ALL.to_vec(), |k| vec![k]);
+        std::thread::scope(|scope| {
+            let loads: Vec<_> = kinds
+                .iter()
+                .map(|&kind| scope.spawn(move || load(kind)))
+                .collect();
+            kinds
+                .iter()
+                .zip(loads)
+                .map(|(&kind, load)| (kind, load.join().expect("engine loads do not panic")))
+                .collect()
+        })
+    }
 }
 
 /// The engine the measurements pick: ONNX Runtime when the answers differ (it is the
