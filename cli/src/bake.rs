@@ -48,19 +48,46 @@ struct Prepared {
     compiled_dir: tempfile::TempDir,
 }
 
+/// Checks every file, then commits each as the next version of its model with `live` on it,
+/// then marks the directory baked: all or nothing up to the commits.
 pub fn bake(dir: &Path, models: &[ModelFile], contracts: &[ModelFile]) -> CliResult {
     if models.is_empty() {
         return Err("nothing to bake: give at least one MODEL=FILE".into());
     }
+    let contract_of = read_contracts(contracts)?;
+    let registry = Registry::open(dir).map_err(|e| e.to_string())?;
+    // Check every file before writing anything: a bake is all or nothing.
+    let checked = check_all(&registry, models, &contract_of)?;
+    let marker = dir.join(BAKED_MARKER);
+    if marker.exists() {
+        std::fs::remove_file(&marker).map_err(|e| format!("{}: {e}", marker.display()))?;
+    }
+    // Reopened: a registry that was baked before is read-only until its marker is gone.
+    let registry = Registry::open(dir).map_err(|e| e.to_string())?;
+    let live = commit_all(&registry, checked)?;
+    seal(dir, &registry, &live)?;
+    println!(
+        "baked {} into {} (read-only; serve it with MODEL_ROOT={})",
+        models.len(),
+        dir.display(),
+        dir.display()
+    );
+    Ok(())
+}
+
+/// `--contract MODEL=FILE`s, parsed.
+fn read_contracts(contracts: &[ModelFile]) -> CliResult<BTreeMap<ModelName, Contract>> {
     let mut contract_of = BTreeMap::new();
     for c in contracts {
         let bytes = std::fs::read(&c.file).map_err(|e| format!("{}: {e}", c.file.display()))?;
         contract_of.insert(c.model.clone(), Contract::parse(&bytes)?);
     }
-    let marker = dir.join(BAKED_MARKER);
-    let registry = Registry::open(dir).map_err(|e| e.to_string())?;
-    // Check every file before writing anything: a bake is all or nothing.
-    let mut previous: BTreeMap<ModelName, (u64, Signature)> = BTreeMap::new();
+    Ok(contract_of)
+}
+
+/// Each model's live version and its signature, as the registry holds them now.
+fn live_signatures(registry: &Registry) -> CliResult<BTreeMap<ModelName, (u64, Signature)>> {
+    let mut previous = BTreeMap::new();
     for model in registry.models().map_err(|e| e.to_string())? {
         if let Some(alias) = registry
             .alias(&model, &AliasName::live())
@@ -72,6 +99,17 @@ pub fn bake(dir: &Path, models: &[ModelFile], contracts: &[ModelFile]) -> CliRes
             previous.insert(model, (alias.version, manifest.signature));
         }
     }
+    Ok(previous)
+}
+
+/// The validator's checks on every file, each against the version before it (the live one, or
+/// the file before it on the command line, as a later upload would be); nothing is written.
+fn check_all(
+    registry: &Registry,
+    models: &[ModelFile],
+    contract_of: &BTreeMap<ModelName, Contract>,
+) -> CliResult<Vec<Prepared>> {
+    let mut previous = live_signatures(registry)?;
     let limits = crate::ops::limits_from_env()?;
     let mut checked = Vec::new();
     let mut next_version = BTreeMap::new();
@@ -105,7 +143,6 @@ pub fn bake(dir: &Path, models: &[ModelFile], contracts: &[ModelFile]) -> CliRes
         };
         let new = result.new_version(digest, source, compiled);
         drop(result);
-        // The next file of the same model is checked against this one, as a later upload would.
         let version = match next_version.get(model) {
             Some(&v) => v,
             None => registry
@@ -115,7 +152,7 @@ pub fn bake(dir: &Path, models: &[ModelFile], contracts: &[ModelFile]) -> CliRes
                 .map_or(1, |v| v + 1),
         };
         next_version.insert(model.clone(), version + 1);
-        previous.insert(model.clone(), (version, signature.clone()));
+        previous.insert(model.clone(), (version, signature));
         checked.push(Prepared {
             model: model.clone(),
             file: file.clone(),
@@ -124,11 +161,11 @@ pub fn bake(dir: &Path, models: &[ModelFile], contracts: &[ModelFile]) -> CliRes
             compiled_dir,
         });
     }
-    if marker.exists() {
-        std::fs::remove_file(&marker).map_err(|e| format!("{}: {e}", marker.display()))?;
-    }
-    // Reopened: a registry that was baked before is read-only until its marker is gone.
-    let registry = Registry::open(dir).map_err(|e| e.to_string())?;
+    Ok(checked)
+}
+
+/// Commits each checked file and moves `live` to it; the live version of each model.
+fn commit_all(registry: &Registry, checked: Vec<Prepared>) -> CliResult<BTreeMap<String, u64>> {
     let mut live = BTreeMap::new();
     for Prepared {
         model,
@@ -138,9 +175,9 @@ pub fn bake(dir: &Path, models: &[ModelFile], contracts: &[ModelFile]) -> CliRes
         compiled_dir,
     } in checked
     {
-        let version = commit(&registry, &model, &file, version, &compiled_dir)?;
+        let version = commit(registry, &model, &file, version, &compiled_dir)?;
         apply(
-            &registry,
+            registry,
             &PublisherRequest::Publish {
                 model: model.clone(),
                 version,
@@ -153,6 +190,12 @@ pub fn bake(dir: &Path, models: &[ModelFile], contracts: &[ModelFile]) -> CliRes
         println!("{model} v{version} ← {} (live; {summary})", file.display());
         live.insert(model.to_string(), version);
     }
+    Ok(live)
+}
+
+/// Leaves only committed versions in the directory and writes the marker that makes it
+/// read-only.
+fn seal(dir: &Path, registry: &Registry, live: &BTreeMap<String, u64>) -> CliResult {
     for model in registry.models().map_err(|e| e.to_string())? {
         // Only committed versions go into the image.
         let _ = std::fs::remove_dir_all(dir.join(model.as_str()).join("staging"));
@@ -163,15 +206,9 @@ pub fn bake(dir: &Path, models: &[ModelFile], contracts: &[ModelFile]) -> CliRes
         "modelctl": env!("CARGO_PKG_VERSION"),
         "live": live,
     });
+    let marker = dir.join(BAKED_MARKER);
     std::fs::write(&marker, serde_json::to_vec_pretty(&stamp).expect("json"))
-        .map_err(|e| format!("{}: {e}", marker.display()))?;
-    println!(
-        "baked {} into {} (read-only; serve it with MODEL_ROOT={})",
-        models.len(),
-        dir.display(),
-        dir.display()
-    );
-    Ok(())
+        .map_err(|e| format!("{}: {e}", marker.display()))
 }
 
 fn commit(

@@ -65,37 +65,7 @@ impl Config {
     }
 
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        fn parse<T: std::str::FromStr>(
-            name: &'static str,
-            value: Option<String>,
-            default: T,
-        ) -> Result<T, ConfigError>
-        where
-            T::Err: std::fmt::Display,
-        {
-            match value.filter(|v| !v.trim().is_empty()) {
-                None => Ok(default),
-                Some(v) => v.trim().parse().map_err(|e: T::Err| ConfigError {
-                    name,
-                    value: v.clone(),
-                    why: e.to_string(),
-                }),
-            }
-        }
-        let preload = get("PRELOAD_MODELS").unwrap_or_default();
-        let preload_models = preload
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|s| {
-                s.parse()
-                    .map_err(|e: modelpipe_core::NameError| ConfigError {
-                        name: "PRELOAD_MODELS",
-                        value: preload.clone(),
-                        why: e.to_string(),
-                    })
-            })
-            .collect::<Result<_, _>>()?;
+        let preload_models = preload_models(get("PRELOAD_MODELS").unwrap_or_default())?;
         let lambda_memory_bytes = match get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE") {
             Some(mb) => Some(parse::<u64>("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", Some(mb), 0)? << 20),
             None => None,
@@ -134,21 +104,7 @@ impl Config {
                 get("ADOPT_SPREAD_MS"),
                 10_000,
             )?),
-            engine_threads: match get("ENGINE_THREADS") {
-                Some(v) if !v.trim().is_empty() => {
-                    match parse("ENGINE_THREADS", Some(v.clone()), 0)? {
-                        0 => {
-                            return Err(ConfigError {
-                                name: "ENGINE_THREADS",
-                                value: v,
-                                why: "at least one thread".into(),
-                            });
-                        }
-                        n => Some(n),
-                    }
-                }
-                _ => None,
-            },
+            engine_threads: engine_threads(get("ENGINE_THREADS"))?,
             preload_models,
             model_cache_bytes: match get("MODEL_CACHE_BYTES") {
                 Some(v) if !v.is_empty() => Some(parse("MODEL_CACHE_BYTES", Some(v), 0)?),
@@ -174,6 +130,55 @@ impl Config {
                 .filter(|v| !v.is_empty())
                 .unwrap_or_else(|| "modelpipe".into()),
         })
+    }
+}
+
+/// `value` as a `T`, or `default` when it is unset or blank; the error names the variable.
+fn parse<T: std::str::FromStr>(
+    name: &'static str,
+    value: Option<String>,
+    default: T,
+) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    match value.filter(|v| !v.trim().is_empty()) {
+        None => Ok(default),
+        Some(v) => v.trim().parse().map_err(|e: T::Err| ConfigError {
+            name,
+            value: v.clone(),
+            why: e.to_string(),
+        }),
+    }
+}
+
+/// `PRELOAD_MODELS`: a comma list of model names.
+fn preload_models(preload: String) -> Result<Vec<ModelName>, ConfigError> {
+    preload
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse()
+                .map_err(|e: modelpipe_core::NameError| ConfigError {
+                    name: "PRELOAD_MODELS",
+                    value: preload.clone(),
+                    why: e.to_string(),
+                })
+        })
+        .collect()
+}
+
+/// `ENGINE_THREADS`: a positive count, or every vCPU when unset.
+fn engine_threads(value: Option<String>) -> Result<Option<usize>, ConfigError> {
+    match parse("ENGINE_THREADS", value.clone(), 0)? {
+        0 if value.as_deref().is_some_and(|v| !v.trim().is_empty()) => Err(ConfigError {
+            name: "ENGINE_THREADS",
+            value: value.unwrap_or_default(),
+            why: "at least one thread".into(),
+        }),
+        0 => Ok(None),
+        n => Ok(Some(n)),
     }
 }
 
