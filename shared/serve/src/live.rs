@@ -490,6 +490,8 @@ impl LiveModel {
         version: u64,
         memory: Option<u64>,
     ) -> Option<u64> {
+        // Without a known memory size there is nothing to weigh (and no manifest to read).
+        memory?;
         let old = self.version()?;
         let resident = cache.get(&self.model, old)?.memory_cost();
         let (registry, model) = (cache.registry().clone(), self.model.clone());

@@ -194,21 +194,16 @@ impl Checked {
             fastest_run(&reloaded, &inputs)?,
             fastest_run(&self.engine, &inputs)?,
         );
-        let optimized = Optimized {
-            sha256: String::new(),
-            size: 0,
-            onnxruntime: crate::onnxruntime::build().map_err(|e| e.to_string())?,
-            load_ms: load.as_millis() as u64,
-            run_us: run.as_micros() as u64,
-            model_load_ms: model_load.as_millis() as u64,
-            model_run_us: model_run.as_micros() as u64,
-        };
         worth_keeping(load, run, model_load, model_run)?;
         let Digest { sha256, size } = Digest::of_file(path).map_err(|e| e.to_string())?;
         Ok(Optimized {
             sha256,
             size,
-            ..optimized
+            onnxruntime: crate::onnxruntime::build().map_err(|e| e.to_string())?,
+            load_ms: load.as_millis() as u64,
+            run_us: run.as_micros() as u64,
+            model_load_ms: model_load.as_millis() as u64,
+            model_run_us: model_run.as_micros() as u64,
         })
     }
 
