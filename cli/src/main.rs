@@ -209,20 +209,21 @@ Try:
     Ok(())
 }
 
+/// `ENGINE_THREADS`, as in every Lambda function: serving, and the engine timing that
+/// validate, bake and dev's validator base the engine choice on.
+fn use_engine_threads() -> Result<(), modelpipe_config::ConfigError> {
+    let config = modelpipe_config::Config::from_env()?;
+    modelpipe_engine::use_threads(config.engine_threads);
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     modelpipe_config::telemetry::init_local();
-    // ENGINE_THREADS, as in every Lambda function: serving, and the engine timing that
-    // validate, bake and dev's validator base the engine choice on.
-    match modelpipe_config::Config::from_env() {
-        Ok(config) => {
-            modelpipe_engine::use_threads(config.engine_threads);
-        }
-        Err(e) => {
-            eprintln!("modelctl: {e}");
-            return ExitCode::from(2);
-        }
+    if let Err(e) = use_engine_threads() {
+        eprintln!("modelctl: {e}");
+        return ExitCode::from(2);
     }
     let result = match cli.command {
         Command::Dev {

@@ -455,26 +455,7 @@ fn decided(
                 // Changed since it was judged: the wait is about a rollout that is gone.
                 return write(rollout.clone(), "wait");
             }
-            // One log line per step and generation: the first wait, with its numbers.
-            let logged = locked
-                .registry()
-                .rollout_log(&rollout.model)?
-                .iter()
-                .rev()
-                .find(|e| e.id == rollout.id && e.alias == rollout.alias)
-                .is_some_and(|e| e.action == "wait" && e.step == rollout.step);
-            if !logged {
-                let mut event = super::RolloutEvent::of(
-                    &rollout,
-                    "wait",
-                    Actor::Controller,
-                    Some(evaluation.clone()),
-                );
-                event.reason = why.clone();
-                event.at = now();
-                event.request_id = request_id.map(str::to_string);
-                locked.append_rollout_event(&event)?;
-            }
+            log_first_wait(&locked, &rollout, &why, &evaluation, request_id)?;
             Ok(RolloutReport {
                 did: "wait".into(),
                 detail: why,
@@ -529,6 +510,32 @@ fn decided(
             .map(|written| report(written, "promoted", Some(evaluation.clone())))
         }
     }
+}
+
+/// Logs a wait once per step: the first one, with its numbers and `why`.
+fn log_first_wait(
+    locked: &Locked<'_>,
+    rollout: &Rollout,
+    why: &str,
+    evaluation: &Evaluation,
+    request_id: Option<&str>,
+) -> RolloutResult<()> {
+    let logged = locked
+        .registry()
+        .rollout_log(&rollout.model)?
+        .iter()
+        .rev()
+        .find(|e| e.id == rollout.id && e.alias == rollout.alias)
+        .is_some_and(|e| e.action == "wait" && e.step == rollout.step);
+    if !logged {
+        let mut event =
+            super::RolloutEvent::of(rollout, "wait", Actor::Controller, Some(evaluation.clone()));
+        event.reason = why.to_string();
+        event.at = now();
+        event.request_id = request_id.map(str::to_string);
+        locked.append_rollout_event(&event)?;
+    }
+    Ok(())
 }
 
 /// Moves the alias to the candidate, then marks the rollout promoted (a crash in between is
