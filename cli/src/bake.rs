@@ -1,8 +1,10 @@
 //! `modelctl bake DIR MODEL=FILE...`: a registry directory to bake into a container image. Each
-//! file gets the validator's checks (loads in tract, runs, signature compatible with the version
-//! before it, `--contract` golden examples) before anything is written; then each becomes the next
-//! version of its model with `live` on it, and `baked.json` marks the directory read-only: the
-//! inference function serves it without hot reload, and the publisher refuses to move its aliases.
+//! file is staged and gets the validator's checks and preparation (`modelpipe_validator::version`:
+//! loads, runs, signature compatible with the version before it, `--contract` golden examples,
+//! the engine choice) before anything is committed; then each becomes the next version of its
+//! model with `live` on it (the publisher's publish), and the registry is sealed read-only
+//! (`Registry::seal`): the inference function serves it without hot reload, and the publisher
+//! refuses to move its aliases.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,10 +12,11 @@ use std::path::{Path, PathBuf};
 use modelpipe_core::digest::Digest;
 use modelpipe_core::signature::Signature;
 use modelpipe_core::{AliasName, ModelName};
-use modelpipe_engine::checks::{Expectations, check_model};
+use modelpipe_engine::checks::Expectations;
 use modelpipe_engine::contract::Contract;
 use modelpipe_registry::publish::{PublisherRequest, apply};
-use modelpipe_registry::{BAKED_MARKER, NewVersion, PREPARED_FILES, Registry, Source, now};
+use modelpipe_registry::{NewVersion, Registry, Source, Staging};
+use modelpipe_validator::version::{check_and_prepare, new_version, read_contract};
 
 use crate::target::CliResult;
 
@@ -38,18 +41,19 @@ impl std::str::FromStr for ModelFile {
     }
 }
 
-struct Prepared {
+/// A file checked as the validator checks it, staged in its model's registry directory with
+/// what ingest prepared for it: committed only once every file has passed.
+struct Staged {
     model: ModelName,
     file: PathBuf,
+    staging: Staging,
     version: NewVersion,
     /// What `version` records of the engine choice and the compilation, for the summary line.
     summary: String,
-    /// Holds the compiled artifact until the version is committed.
-    compiled_dir: tempfile::TempDir,
 }
 
 /// Checks every file, then commits each as the next version of its model with `live` on it,
-/// then marks the directory baked: all or nothing up to the commits.
+/// then seals the directory: all or nothing up to the commits.
 pub fn bake(dir: &Path, models: &[ModelFile], contracts: &[ModelFile]) -> CliResult {
     if models.is_empty() {
         return Err("nothing to bake: give at least one MODEL=FILE".into());
@@ -57,15 +61,13 @@ pub fn bake(dir: &Path, models: &[ModelFile], contracts: &[ModelFile]) -> CliRes
     let contract_of = read_contracts(contracts)?;
     let registry = Registry::open(dir).map_err(|e| e.to_string())?;
     // Check every file before writing anything: a bake is all or nothing.
-    let checked = check_all(&registry, models, &contract_of)?;
-    let marker = dir.join(BAKED_MARKER);
-    if marker.exists() {
-        std::fs::remove_file(&marker).map_err(|e| format!("{}: {e}", marker.display()))?;
-    }
-    // Reopened: a registry that was baked before is read-only until its marker is gone.
-    let registry = Registry::open(dir).map_err(|e| e.to_string())?;
-    let live = commit_all(&registry, checked)?;
-    seal(dir, &registry, &live)?;
+    let staged = check_all(&registry, models, &contract_of)?;
+    // A registry that was baked before is read-only until unsealed.
+    let registry = Registry::unseal(dir).map_err(|e| e.to_string())?;
+    commit_all(&registry, staged)?;
+    registry
+        .seal(concat!("modelctl ", env!("CARGO_PKG_VERSION")))
+        .map_err(|e| e.to_string())?;
     println!(
         "baked {} into {} (read-only; serve it with MODEL_ROOT={})",
         models.len(),
@@ -75,12 +77,12 @@ pub fn bake(dir: &Path, models: &[ModelFile], contracts: &[ModelFile]) -> CliRes
     Ok(())
 }
 
-/// `--contract MODEL=FILE`s, parsed.
+/// `--contract MODEL=FILE`s, read as the validator reads `contract.json`.
 fn read_contracts(contracts: &[ModelFile]) -> CliResult<BTreeMap<ModelName, Contract>> {
     let mut contract_of = BTreeMap::new();
     for c in contracts {
         let bytes = std::fs::read(&c.file).map_err(|e| format!("{}: {e}", c.file.display()))?;
-        contract_of.insert(c.model.clone(), Contract::parse(&bytes)?);
+        contract_of.insert(c.model.clone(), read_contract(&bytes)?);
     }
     Ok(contract_of)
 }
@@ -103,47 +105,46 @@ fn live_signatures(registry: &Registry) -> CliResult<BTreeMap<ModelName, (u64, S
 }
 
 /// The validator's checks on every file, each against the version before it (the live one, or
-/// the file before it on the command line, as a later upload would be); nothing is written.
+/// the file before it on the command line, as a later upload would be); nothing is committed.
 fn check_all(
     registry: &Registry,
     models: &[ModelFile],
     contract_of: &BTreeMap<ModelName, Contract>,
-) -> CliResult<Vec<Prepared>> {
+) -> CliResult<Vec<Staged>> {
     let mut previous = live_signatures(registry)?;
     let limits = crate::ops::limits_from_env()?;
-    let mut checked = Vec::new();
+    let mut staged = Vec::new();
     let mut next_version = BTreeMap::new();
     for ModelFile { model, file } in models {
+        let rejected =
+            |e: &dyn std::fmt::Display| format!("{model}={}: rejected: {e}", file.display());
         if !file.is_file() {
             return Err(format!("{model}={}: no such file", file.display()));
         }
-        let before = previous.get(model).map(|(v, s)| (*v, s));
-        let result = check_model(
-            file,
-            Expectations {
-                live: before,
-                contract: contract_of.get(model),
-                limits,
-                ..Default::default()
-            },
-        )
-        .map_err(|e| format!("{model}={}: rejected: {e}", file.display()))?;
-        let signature = result.signature().clone();
-        let compiled_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let compiled = result.compile(compiled_dir.path());
+        let staging = registry.stage(model).map_err(|e| e.to_string())?;
+        std::fs::copy(file, staging.model_path())
+            .map_err(|e| format!("{}: {e}", file.display()))?;
+        let digest = Digest::of_file(&staging.model_path()).map_err(|e| e.to_string())?;
+        let expect = Expectations {
+            live: previous.get(model).map(|(v, s)| (*v, s)),
+            contract: contract_of.get(model),
+            limits,
+            ..Default::default()
+        };
+        let (checked, compiled) = check_and_prepare(&staging.model_path(), staging.dir(), expect)
+            .map_err(|e| rejected(&e))?;
         let summary = format!(
             "{}; {}",
-            crate::ops::describe_choice(&result.choice),
+            crate::ops::describe_choice(&checked.choice),
             crate::ops::describe_compiled(compiled.as_ref())
         );
-        let digest = Digest::of_file(file).map_err(|e| e.to_string())?;
         let source = Source {
             key: file.display().to_string(),
             ..Default::default()
         };
-        let new = result.new_version(digest, source, compiled);
-        drop(result);
-        let version = match next_version.get(model) {
+        let version = new_version(&checked, digest, source, compiled);
+        // The next file of this model is checked against this one, as its upload would be.
+        let number = match next_version.get(model) {
             Some(&v) => v,
             None => registry
                 .versions(model)
@@ -151,31 +152,33 @@ fn check_all(
                 .last()
                 .map_or(1, |v| v + 1),
         };
-        next_version.insert(model.clone(), version + 1);
-        previous.insert(model.clone(), (version, signature));
-        checked.push(Prepared {
+        next_version.insert(model.clone(), number + 1);
+        previous.insert(model.clone(), (number, checked.signature().clone()));
+        staged.push(Staged {
             model: model.clone(),
             file: file.clone(),
-            version: new,
+            staging,
+            version,
             summary,
-            compiled_dir,
         });
     }
-    Ok(checked)
+    Ok(staged)
 }
 
-/// Commits each checked file and moves `live` to it; the live version of each model.
-fn commit_all(registry: &Registry, checked: Vec<Prepared>) -> CliResult<BTreeMap<String, u64>> {
-    let mut live = BTreeMap::new();
-    for Prepared {
+/// Commits each staged file and moves `live` to it.
+fn commit_all(registry: &Registry, staged: Vec<Staged>) -> CliResult {
+    for Staged {
         model,
         file,
+        staging,
         version,
         summary,
-        compiled_dir,
-    } in checked
+    } in staged
     {
-        let version = commit(registry, &model, &file, version, &compiled_dir)?;
+        let version = registry
+            .commit(&model, staging, version)
+            .map_err(|e| e.to_string())?
+            .version();
         apply(
             registry,
             &PublisherRequest::Publish {
@@ -188,47 +191,6 @@ fn commit_all(registry: &Registry, checked: Vec<Prepared>) -> CliResult<BTreeMap
         )
         .map_err(|e| e.to_string())?;
         println!("{model} v{version} ← {} (live; {summary})", file.display());
-        live.insert(model.to_string(), version);
     }
-    Ok(live)
-}
-
-/// Leaves only committed versions in the directory and writes the marker that makes it
-/// read-only.
-fn seal(dir: &Path, registry: &Registry, live: &BTreeMap<String, u64>) -> CliResult {
-    for model in registry.models().map_err(|e| e.to_string())? {
-        // Only committed versions go into the image.
-        let _ = std::fs::remove_dir_all(dir.join(model.as_str()).join("staging"));
-        let _ = std::fs::remove_file(dir.join(model.as_str()).join(".lock"));
-    }
-    let stamp = serde_json::json!({
-        "baked_at": now(),
-        "modelctl": env!("CARGO_PKG_VERSION"),
-        "live": live,
-    });
-    let marker = dir.join(BAKED_MARKER);
-    std::fs::write(&marker, serde_json::to_vec_pretty(&stamp).expect("json"))
-        .map_err(|e| format!("{}: {e}", marker.display()))
-}
-
-fn commit(
-    registry: &Registry,
-    model: &ModelName,
-    file: &Path,
-    version: NewVersion,
-    compiled_dir: &tempfile::TempDir,
-) -> CliResult<u64> {
-    let staging = registry.stage(model).map_err(|e| e.to_string())?;
-    std::fs::copy(file, staging.model_path()).map_err(|e| format!("{}: {e}", file.display()))?;
-    for file in PREPARED_FILES {
-        let prepared = compiled_dir.path().join(file);
-        if prepared.is_file() {
-            std::fs::copy(&prepared, staging.dir().join(file))
-                .map_err(|e| format!("{file}: {e}"))?;
-        }
-    }
-    Ok(registry
-        .commit(model, staging, version)
-        .map_err(|e| e.to_string())?
-        .version())
+    Ok(())
 }

@@ -252,7 +252,7 @@ async fn canary(
 ) -> Result<(), String> {
     const STEP: &str = "v2 canary promoted on evidence";
     let started = Instant::now();
-    let request = RolloutRequest::RolloutStart {
+    let request = RolloutRequest::Start {
         model: "iris".parse().expect("valid name"),
         alias: Default::default(),
         candidate: 2,

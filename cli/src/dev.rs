@@ -11,13 +11,13 @@ use std::time::Duration;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use modelpipe::s3_event::{CreatedObject, object_created_event};
-use modelpipe::validator::{LocalPublisher, Outcome, Validator};
 use modelpipe_aws::S3Uploads;
 use modelpipe_config::Config;
 use modelpipe_registry::Registry;
 use modelpipe_registry::rollout::actions::{self as rollout, RolloutRequest};
 use modelpipe_serve::{Inference, SwapPolicy, router};
+use modelpipe_validator::s3_event::{CreatedObject, object_created_event};
+use modelpipe_validator::validator::{LocalPublisher, Outcome, Validator};
 use s3s::auth::SimpleAuth;
 use s3s::service::S3ServiceBuilder;
 use tokio::net::TcpListener;
@@ -318,11 +318,7 @@ async fn tick_rollouts(registry: Registry, every: Duration, mut stopped: watch::
         }
         let registry = registry.clone();
         let advanced = tokio::task::spawn_blocking(move || {
-            rollout::apply(
-                &registry,
-                &RolloutRequest::RolloutAdvance { model: None },
-                None,
-            )
+            rollout::apply(&registry, &RolloutRequest::Advance { model: None }, None)
         })
         .await;
         match advanced {

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use modelpipe::s3_event::CreatedObject;
+use modelpipe_validator::s3_event::CreatedObject;
 use s3s::dto::*;
 use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
 use s3s_fs::FileSystem;

@@ -126,8 +126,9 @@ enum Command {
         #[command(flatten)]
         registry: RegistryArg,
     },
-    /// Point an alias at version N.
-    Promote {
+    /// Point an alias at version N (the publisher's set-alias; not a rollout's promotion).
+    #[command(name = "promote")]
+    SetAlias {
         model: ModelName,
         version: u64,
         #[arg(long, default_value = "live")]
@@ -288,7 +289,7 @@ async fn main() -> ExitCode {
             Ok(target) => rollout::run(&target, command).await,
             Err(e) => Err(e),
         },
-        Command::Promote {
+        Command::SetAlias {
             model,
             version,
             alias,

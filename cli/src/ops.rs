@@ -6,8 +6,7 @@ use std::path::Path;
 
 use modelpipe_core::digest::Digest;
 use modelpipe_core::{AliasName, ModelName};
-use modelpipe_engine::checks::{Expectations, check_model};
-use modelpipe_engine::contract::Contract;
+use modelpipe_engine::checks::Expectations;
 use modelpipe_registry::fsck::{Leftovers, Severity};
 use modelpipe_registry::publish::{
     self, HistoryAnswer, ModelStatus, PublisherQuery, PublisherRequest, PublisherResponse,
@@ -17,11 +16,12 @@ use modelpipe_registry::rollout::actions::{
     self as rollout_actions, RolloutAnswer, RolloutRequest,
 };
 use modelpipe_registry::{Location, Registry};
+use modelpipe_validator::version::{check_and_prepare, read_contract};
 
 use crate::target::{CliResult, Target};
 
 pub async fn status(target: &Target, model: Option<ModelName>) -> CliResult {
-    let rollout_request = RolloutRequest::RolloutStatus {
+    let rollout_request = RolloutRequest::Status {
         model: model.clone(),
     };
     let query = PublisherQuery::Status {
@@ -199,7 +199,7 @@ pub fn validate(
     engine: Option<modelpipe_engine::EngineKind>,
 ) -> CliResult {
     let contract = match contract {
-        Some(path) => Some(Contract::parse(
+        Some(path) => Some(read_contract(
             &std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?,
         )?),
         None => None,
@@ -207,16 +207,15 @@ pub fn validate(
     if !file.is_file() {
         return Err(format!("{}: no such file", file.display()));
     }
-    let checked = check_model(
-        file,
-        Expectations {
-            contract: contract.as_ref(),
-            engine,
-            limits: limits_from_env()?,
-            ..Default::default()
-        },
-    )
-    .map_err(|e| format!("rejected: {e}"))?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let expect = Expectations {
+        contract: contract.as_ref(),
+        engine,
+        limits: limits_from_env()?,
+        ..Default::default()
+    };
+    let (checked, compiled) =
+        check_and_prepare(file, dir.path(), expect).map_err(|e| format!("rejected: {e}"))?;
     let digest = Digest::of_file(file).map_err(|e| e.to_string())?;
     println!(
         "ok: {} ({} bytes, sha256 {})",
@@ -231,8 +230,6 @@ pub fn validate(
             "  smoke input shapes {shapes:?}: the declared dynamic dimensions do not run at 1 (a baked length?)"
         );
     }
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let compiled = checked.compile(dir.path());
     println!("  compiled: {}", describe_compiled(compiled.as_ref()));
     if let Some(out) = artifact {
         if compiled.and_then(|c| c.artifact).is_none() {

@@ -82,7 +82,7 @@ pub async fn run(target: &Target, command: RolloutCommand) -> CliResult {
             alias,
             plan,
             settings,
-        } => RolloutRequest::RolloutStart {
+        } => RolloutRequest::Start {
             model,
             alias,
             candidate,
@@ -90,12 +90,12 @@ pub async fn run(target: &Target, command: RolloutCommand) -> CliResult {
             settings: settings.into_iter().collect::<BTreeMap<_, _>>(),
             reason: Some(format!("modelctl rollout start v{candidate}")),
         },
-        RolloutCommand::Status { model } => RolloutRequest::RolloutStatus { model },
-        RolloutCommand::Advance { model } => RolloutRequest::RolloutAdvance { model },
-        RolloutCommand::Pause(args) => RolloutRequest::RolloutPause(args.into()),
-        RolloutCommand::Resume(args) => RolloutRequest::RolloutResume(args.into()),
-        RolloutCommand::Abort(args) => RolloutRequest::RolloutAbort(args.into()),
-        RolloutCommand::Promote(args) => RolloutRequest::RolloutPromote(args.into()),
+        RolloutCommand::Status { model } => RolloutRequest::Status { model },
+        RolloutCommand::Advance { model } => RolloutRequest::Advance { model },
+        RolloutCommand::Pause(args) => RolloutRequest::Pause(args.into()),
+        RolloutCommand::Resume(args) => RolloutRequest::Resume(args.into()),
+        RolloutCommand::Abort(args) => RolloutRequest::Abort(args.into()),
+        RolloutCommand::Promote(args) => RolloutRequest::Promote(args.into()),
     };
     let payload = serde_json::to_value(&request).expect("requests serialise");
     let answer: RolloutAnswer = target

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use modelpipe::s3_event::{CreatedObject, object_created_event};
+use modelpipe_validator::s3_event::{CreatedObject, object_created_event};
 
 pub mod dev;
 pub mod lambda_env;

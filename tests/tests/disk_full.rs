@@ -7,12 +7,12 @@ use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 
-use modelpipe::ingest::{IngestError, stream_to_file};
 use modelpipe_core::{AliasName, ModelName};
 use modelpipe_registry::Registry;
 use modelpipe_registry::publish::{PublisherRequest, apply};
 use modelpipe_testkit::onnx_build::LinearSoftmax;
 use modelpipe_tests::serving::{commit, publish};
+use modelpipe_validator::ingest::{IngestError, stream_to_file};
 
 struct Mount(std::path::PathBuf);
 

@@ -104,7 +104,12 @@ fn a_sequence_length_baked_by_the_exporter_is_found_for_the_smoke_test_and_recor
     let path = workspace_root().join("tests/corpus/torch_encoder_legacy/model.onnx");
     let checked = check_model(&path, Expectations::default()).unwrap();
     assert_eq!(checked.engine.smoke_shapes(), Some(&[vec![1, 7]][..]));
-    let version = checked.new_version(Default::default(), Default::default(), None);
+    let version = modelpipe_validator::version::new_version(
+        &checked,
+        Default::default(),
+        Default::default(),
+        None,
+    );
     assert_eq!(version.smoke_shapes, Some(vec![vec![1, 7]]));
     // A model that runs at 1 records nothing.
     let dynamo = workspace_root().join("tests/corpus/torch_encoder_dynamo/model.onnx");

@@ -65,8 +65,9 @@ async fn after_an_alias_move_no_caller_waits_for_a_load_and_every_environment_ad
 
     publish(&registry, &model, v2);
     let moved = registry.alias(&model, &AliasName::live()).unwrap().unwrap();
-    let moved_us = humantime::parse_rfc3339(&moved.updated_at)
-        .unwrap()
+    let moved_us = moved
+        .updated_at
+        .system_time()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_micros() as u64;

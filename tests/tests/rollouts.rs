@@ -92,7 +92,7 @@ fn decisions(registry: &Registry) -> Vec<String> {
         .unwrap()
         .into_iter()
         .filter(|e| e.action != "wait")
-        .map(|e| e.action)
+        .map(|e| e.action.to_string())
         .collect()
 }
 

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use aws_lambda_events::s3::S3Event;
 use aws_sdk_s3::primitives::ByteStream;
 use base64::Engine as _;
-use modelpipe::validator::{LocalPublisher, Outcome, Validator};
 use modelpipe_aws::{S3Uploads, s3_client};
 use modelpipe_config::Config;
 use modelpipe_core::digest::sha256_bytes;
@@ -16,6 +15,7 @@ use modelpipe_core::{AliasName, ModelName};
 use modelpipe_registry::{FileCacheConfig, Registry};
 use modelpipe_testkit::onnx_build::LinearSoftmax;
 use modelpipe_tests::{Server, aws_config, moto, s3_put_event, unique_bucket};
+use modelpipe_validator::validator::{LocalPublisher, Outcome, Validator};
 
 struct Fixture {
     _moto: Option<Server>,
@@ -767,7 +767,7 @@ struct FlakyPublisher {
     failures: std::sync::atomic::AtomicU32,
 }
 
-impl modelpipe::validator::PublishTarget for FlakyPublisher {
+impl modelpipe_validator::validator::PublishTarget for FlakyPublisher {
     async fn publish(
         &self,
         request: modelpipe_registry::publish::PublisherRequest,

@@ -53,7 +53,7 @@ fn registry(
     commit(&registry, model, candidate);
     publish(&registry, model, v1);
     if let Some(settings) = settings {
-        let request = RolloutRequest::RolloutStart {
+        let request = RolloutRequest::Start {
             model: model.clone(),
             alias: AliasName::live(),
             candidate: 2,

@@ -71,7 +71,7 @@ pub async fn run(setup: &Setup, targets: &mut Vec<Target>) -> String {
         for _ in 0..rounds {
             write_back();
             let body = tokio::fs::File::open(&source).await.expect("source");
-            let ingested = modelpipe::ingest::stream_to_file(body, &staged, u64::MAX)
+            let ingested = modelpipe_validator::ingest::stream_to_file(body, &staged, u64::MAX)
                 .await
                 .expect("ingest");
             assert_eq!(ingested.digest.size, bytes);

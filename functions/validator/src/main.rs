@@ -2,9 +2,9 @@
 
 use aws_lambda_events::s3::S3Event;
 use lambda_runtime::{Diagnostic, Error, LambdaEvent, service_fn};
-use modelpipe::validator::Validator;
 use modelpipe_aws::{LambdaPublisher, S3Uploads, s3_client};
 use modelpipe_config::Config;
+use modelpipe_validator::validator::Validator;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {

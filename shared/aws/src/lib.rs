@@ -4,12 +4,12 @@
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::types::{ChecksumMode, Tag, Tagging};
 
-use modelpipe::object_store::{Object, ObjectRef, ObjectStore, StoreError};
-use modelpipe::validator::PublishTarget;
 use modelpipe_registry::is_s3_not_found as is_not_found;
 use modelpipe_registry::publish::{PublisherRequest, PublisherResponse};
 use modelpipe_registry::rollout::actions::{RolloutAnswer, RolloutRequest};
 pub use modelpipe_registry::s3_client;
+use modelpipe_validator::object_store::{Object, ObjectRef, ObjectStore, StoreError};
+use modelpipe_validator::validator::PublishTarget;
 
 #[derive(Debug, Clone)]
 pub struct S3Uploads {

@@ -159,3 +159,16 @@ fn list_dir(dir: &Path) -> io::Result<Vec<String>> {
         Err(e) => Err(e),
     }
 }
+
+/// Removes `model`'s staging directory and lock file: what only a writer uses.
+pub(crate) fn remove_writer_files(root: &Path, model: &str) -> io::Result<()> {
+    let dir = root.join(model);
+    match fs::remove_dir_all(dir.join("staging")) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    match fs::remove_file(dir.join(".lock")) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}

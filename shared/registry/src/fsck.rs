@@ -312,10 +312,9 @@ impl Registry {
                     ),
                 );
             }
-            let last = log
-                .iter()
-                .rev()
-                .find(|e| e.id == rollout.id && &e.alias == alias && e.action != "wait");
+            let last = log.iter().rev().find(|e| {
+                e.id == rollout.id && &e.alias == alias && e.action != crate::rollout::Did::Wait
+            });
             if last.map(|e| e.generation) != Some(rollout.generation) {
                 found(
                     Severity::Warning,

@@ -19,9 +19,11 @@
 //! knows nothing of tract or HTTP.
 
 mod atomic;
+mod baked;
 mod dir_store;
 pub mod fsck;
 mod lock;
+mod moves;
 pub mod publish;
 pub mod records;
 pub mod rollout;
@@ -37,6 +39,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 
 use self::dir_store::DirStore;
+pub use self::moves::{AliasMove, MoveError, Moved, Promotion};
 pub use self::records::*;
 use self::s3_store::S3Store;
 pub use self::s3_store::{FileCacheConfig, is_not_found as is_s3_not_found, s3_client};
@@ -123,15 +126,10 @@ impl Staging {
 }
 
 pub const MODEL_FILE: &str = "model.onnx";
-/// The compiled artifact beside the model (see [`Artifact`]).
-pub const ARTIFACT_FILE: &str = "model.nnef.tar";
-/// ONNX Runtime's optimised graph beside the model (see [`Optimized`]).
-pub const OPTIMIZED_FILE: &str = "model.optimized.onnx";
-/// The files ingest may add beside `model.onnx`, each named by the manifest with its digest.
-pub const PREPARED_FILES: [&str; 2] = [ARTIFACT_FILE, OPTIMIZED_FILE];
+pub use modelpipe_core::prepared::{ARTIFACT_FILE, OPTIMIZED_FILE, PREPARED_FILES};
 const MANIFEST_FILE: &str = "manifest.json";
 /// Written by `modelctl bake` at the root of a registry baked into an image.
-pub const BAKED_MARKER: &str = "baked.json";
+pub(crate) const BAKED_MARKER: &str = "baked.json";
 
 #[derive(Debug, Clone)]
 pub struct Registry {
@@ -580,14 +578,6 @@ impl Locked<'_> {
             }
             version += 1;
         }
-    }
-
-    pub fn write_alias(&self, alias: &AliasName, record: &AliasRecord) -> Result<()> {
-        self.write(&alias_key(&self.model, alias), &to_json(record))
-    }
-
-    pub fn append_history(&self, entry: &HistoryEntry) -> Result<()> {
-        self.append(&format!("{}/history.jsonl", self.model), &to_line(entry))
     }
 
     pub fn append_rejection(&self, rejection: &Rejection) -> Result<()> {

@@ -1,7 +1,7 @@
-//! Moving aliases: the publisher's three actions (publish, rollback, set-alias), applied to the
-//! registry under the model's lock. The publisher Lambda, the validator's local hop and `modelctl`
-//! all call [`apply`]; nothing else writes an alias but a rollout's promotion
-//! ([`crate::rollout`]). A move ends the alias's running rollout, if any. [`queries`] are its read-only actions.
+//! The publisher's three alias actions (publish, rollback, set-alias), applied to the registry
+//! under the model's lock through [`Locked::move_alias`], the one way an alias moves (which ends
+//! the alias's running rollout, if any). The publisher Lambda, the validator's local hop and
+//! `modelctl` all call [`apply`]. [`queries`] are its read-only actions.
 
 mod queries;
 
@@ -11,7 +11,7 @@ pub use self::queries::{
     HistoryAnswer, ModelStatus, PublisherQuery, StatusAnswer, answer, history, status,
 };
 
-use crate::{AliasAction, AliasRecord, HistoryEntry, Locked, Registry, RegistryError, now};
+use crate::{AliasAction, AliasMove, Locked, MoveError, Registry, RegistryError};
 use modelpipe_core::model_name::{AliasName, ModelName};
 
 /// The publisher's payload.
@@ -78,7 +78,7 @@ pub enum PublishError {
         why: String,
     },
     #[error(transparent)]
-    Conflict(#[from] crate::rollout::Conflict),
+    Move(#[from] MoveError),
     #[error(transparent)]
     Registry(#[from] RegistryError),
 }
@@ -136,91 +136,22 @@ pub fn apply(
             )
         }
     };
-    let response = move_alias(&locked, model, alias, target, action, reason, request_id)?;
-    // A rollout on this alias ends: its stable version is no longer what the alias serves.
-    crate::rollout::actions::reconciled(&locked, alias)?;
-    Ok(response)
-}
-
-/// Points `alias` at `version` after checking the version's file against its manifest, then
-/// records the move. Moving an alias to where it already points changes nothing.
-pub(crate) fn move_alias(
-    locked: &Locked<'_>,
-    model: &ModelName,
-    alias: &AliasName,
-    version: u64,
-    action: AliasAction,
-    reason: String,
-    request_id: Option<&str>,
-) -> Result<PublisherResponse, PublishError> {
-    let registry = locked.registry();
-    let manifest = registry.verified_manifest(model, version)?;
-    let current = registry.alias(model, alias)?;
-    reconcile_history(locked, model, alias, current.as_ref())?;
-    let previous = current.as_ref().map(|c| c.version);
-    if previous == Some(version) {
-        return Ok(PublisherResponse {
-            model: model.clone(),
-            alias: alias.clone(),
-            version,
-            previous,
-        });
-    }
-    let at = now();
-    let record = AliasRecord {
-        version,
-        sha256: manifest.sha256,
-        updated_at: at.clone(),
-        previous,
-        reason: reason.clone(),
-    };
-    // Alias first, history second: a crash in between is repaired by `reconcile_history`.
-    locked.write_alias(alias, &record)?;
-    locked.append_history(&HistoryEntry {
-        alias: alias.clone(),
-        from: previous,
-        to: version,
-        action,
-        reason,
-        at,
-        request_id: request_id.map(str::to_string),
-    })?;
+    let moved = locked.move_alias(
+        AliasMove {
+            alias,
+            version: target,
+            action,
+            reason,
+            request_id,
+        },
+        None,
+    )?;
     Ok(PublisherResponse {
         model: model.clone(),
         alias: alias.clone(),
-        version,
-        previous,
+        version: moved.version,
+        previous: moved.previous,
     })
-}
-
-/// If a crash lost the history line of the alias's last move, restores it from the alias file.
-fn reconcile_history(
-    locked: &Locked<'_>,
-    model: &ModelName,
-    alias: &AliasName,
-    current: Option<&AliasRecord>,
-) -> Result<(), PublishError> {
-    let Some(current) = current else {
-        return Ok(());
-    };
-    let history = locked.registry().history(model)?;
-    let last = history
-        .iter()
-        .rev()
-        .find(|e| &e.alias == alias)
-        .map(|e| e.to);
-    if last != Some(current.version) {
-        locked.append_history(&HistoryEntry {
-            alias: alias.clone(),
-            from: current.previous,
-            to: current.version,
-            action: AliasAction::Recovered,
-            reason: format!("restored from aliases/{alias}.json: {}", current.reason),
-            at: current.updated_at.clone(),
-            request_id: None,
-        })?;
-    }
-    Ok(())
 }
 
 /// Replays the alias's history as a stack (publish and set-alias push, rollback pops): the
@@ -239,7 +170,7 @@ fn rollback_target(
     let current = registry
         .alias(model, alias)?
         .ok_or_else(|| nothing("the alias does not exist"))?;
-    reconcile_history(locked, model, alias, Some(&current))?;
+    locked.restore_history(alias, Some(&current))?;
     let mut stack: Vec<u64> = Vec::new();
     for entry in registry
         .history(model)?

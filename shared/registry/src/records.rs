@@ -8,7 +8,10 @@ use modelpipe_core::digest::Digest;
 use modelpipe_core::engine_choice::EngineChoice;
 use modelpipe_core::engine_choice::{EngineKind, Layout, LayoutChoice};
 use modelpipe_core::model_name::{AliasName, ModelName};
+pub use modelpipe_core::prepared::{Artifact, Optimized};
+pub use modelpipe_core::requested_rollout::RequestedRollout;
 use modelpipe_core::signature::Signature;
+use modelpipe_core::time::Timestamp;
 
 /// Where a version's bytes came from.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,49 +68,6 @@ impl Manifest {
     }
 }
 
-/// The compiled artifact of a version (see [`modelpipe_core::engine_choice::Engine::load_artifact`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Artifact {
-    pub sha256: String,
-    pub size: u64,
-    /// The tract version that wrote it: any other reads `model.onnx` instead.
-    pub tract: String,
-}
-
-/// The graph ONNX Runtime optimised at ingest, at the extended level: every rewrite that does
-/// not depend on the CPU (the layout level's NCHWc blocking does, and is left to each load).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Optimized {
-    pub sha256: String,
-    pub size: u64,
-    /// The ONNX Runtime build that wrote it: any other loads `model.onnx` instead.
-    pub onnxruntime: String,
-    /// Loading it (optimisation off) and its fastest run at ingest, against `model.onnx`
-    /// optimised fully: it is kept only when it loads faster and runs about as fast.
-    pub load_ms: u64,
-    pub run_us: u64,
-    pub model_load_ms: u64,
-    pub model_run_us: u64,
-}
-
-impl Optimized {
-    pub fn digest(&self) -> Digest {
-        Digest {
-            sha256: self.sha256.clone(),
-            size: self.size,
-        }
-    }
-}
-
-impl Artifact {
-    pub fn digest(&self) -> Digest {
-        Digest {
-            sha256: self.sha256.clone(),
-            size: self.size,
-        }
-    }
-}
-
 impl Manifest {
     /// The model file's.
     pub fn digest(&self) -> Digest {
@@ -123,7 +83,7 @@ impl Manifest {
 pub struct AliasRecord {
     pub version: u64,
     pub sha256: String,
-    pub updated_at: String,
+    pub updated_at: Timestamp,
     pub previous: Option<u64>,
     pub reason: String,
 }
@@ -149,7 +109,7 @@ pub struct HistoryEntry {
     pub to: u64,
     pub action: AliasAction,
     pub reason: String,
-    pub at: String,
+    pub at: Timestamp,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
 }
@@ -169,14 +129,6 @@ pub struct UploadRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RequestedRollout>,
     pub updated_at: String,
-}
-
-/// A rollout plan as upload metadata names it: `rollout=canary|shadow` and `rollout-<setting>`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RequestedRollout {
-    pub plan: String,
-    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub settings: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -10,22 +10,25 @@
 //!
 //! Every change is a compare-and-swap on the rollout's `generation`, under the model's lock; the
 //! alias (`stable`) is moved only by promotion. [`plan`] is what a rollout goes through,
-//! [`evidence`] what inference records, [`gates`] the pure decision, [`actions`] the publisher's
-//! rollout actions.
+//! [`evidence`] what inference records, [`gates`] the pure decision, [`transition`] the state
+//! machine, [`actions`] the publisher's rollout actions.
 
 pub mod actions;
 pub mod evidence;
 pub mod gates;
 pub mod plan;
 pub mod split;
+pub mod transition;
 
 use serde::{Deserialize, Serialize};
 
 pub use self::evidence::{ArmStats, Histogram, InstanceEvidence, ShadowStats, StepEvidence};
 pub use self::gates::{Decision, Evaluation};
 pub use self::plan::{Gates, Plan, Step};
+pub use self::transition::Did;
 use crate::{Locked, Registry, RegistryError, Result};
 use modelpipe_core::model_name::{AliasName, ModelName};
+use modelpipe_core::time::Timestamp;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -74,11 +77,11 @@ pub struct Rollout {
     pub plan: Plan,
     /// Incremented by every write; a write expecting another generation is refused.
     pub generation: u64,
-    pub started_at: String,
+    pub started_at: Timestamp,
     /// When the current step began (its bake time counts from here).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub step_started_at: Option<String>,
-    pub updated_at: String,
+    pub step_started_at: Option<Timestamp>,
+    pub updated_at: Timestamp,
     /// Why it is in its state.
     pub reason: String,
 }
@@ -110,7 +113,7 @@ pub struct RolloutEvent {
     pub alias: AliasName,
     /// The generation this decision wrote.
     pub generation: u64,
-    pub action: String,
+    pub action: Did,
     pub by: Actor,
     pub state: RolloutState,
     pub step: usize,
@@ -122,18 +125,18 @@ pub struct RolloutEvent {
     /// The numbers the controller decided on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evidence: Option<Evaluation>,
-    pub at: String,
+    pub at: Timestamp,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
 }
 
 impl RolloutEvent {
-    pub fn of(rollout: &Rollout, action: &str, by: Actor, evidence: Option<Evaluation>) -> Self {
+    pub fn of(rollout: &Rollout, action: Did, by: Actor, evidence: Option<Evaluation>) -> Self {
         Self {
             id: rollout.id,
             alias: rollout.alias.clone(),
             generation: rollout.generation,
-            action: action.to_string(),
+            action,
             by,
             state: rollout.state,
             step: rollout.step,
@@ -143,7 +146,7 @@ impl RolloutEvent {
             candidate: rollout.candidate,
             reason: rollout.reason.clone(),
             evidence,
-            at: rollout.updated_at.clone(),
+            at: rollout.updated_at,
             request_id: None,
         }
     }
@@ -254,7 +257,7 @@ impl Locked<'_> {
         &self,
         expected: Option<u64>,
         mut rollout: Rollout,
-        action: &str,
+        action: Did,
         by: Actor,
         evidence: Option<Evaluation>,
         request_id: Option<&str>,
@@ -271,7 +274,7 @@ impl Locked<'_> {
             }));
         }
         rollout.generation = found.unwrap_or(0) + 1;
-        rollout.updated_at = crate::now();
+        rollout.updated_at = Timestamp::now();
         // Record first, log second: a lost log line leaves the record's `reason` as the account.
         self.write(
             &rollout_key(&self.model, &rollout.alias),

@@ -157,7 +157,7 @@ fn history_skips_a_torn_line() {
         to: 1,
         action: AliasAction::Publish,
         reason: "r".into(),
-        at: now(),
+        at: modelpipe_core::time::Timestamp::now(),
         request_id: None,
     };
     registry

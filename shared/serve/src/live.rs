@@ -584,7 +584,7 @@ impl LiveModel {
         match record {
             Some(record) => Read {
                 alias: AliasRead::Version(record.version),
-                moved_at: humantime::parse_rfc3339(&record.updated_at).ok(),
+                moved_at: Some(record.updated_at.system_time()),
                 rollout,
             },
             None => Read {
@@ -643,11 +643,12 @@ impl LiveModel {
 /// When a rollout started routing traffic, on the publisher's clock.
 fn started_at(rollout: &Option<Rollout>) -> Option<SystemTime> {
     let rollout = rollout.as_ref()?;
-    let at = rollout
-        .step_started_at
-        .as_deref()
-        .unwrap_or(&rollout.started_at);
-    humantime::parse_rfc3339(at).ok()
+    Some(
+        rollout
+            .step_started_at
+            .unwrap_or(rollout.started_at)
+            .system_time(),
+    )
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use modelpipe_core::digest::Digest;
 use modelpipe_engine::EngineKind;
 use modelpipe_engine::checks::{Expectations, check_model};
 use modelpipe_registry::{NewVersion, Registry};
+use modelpipe_validator::version::new_version;
 
 /// Whether a checked version gets what ingest adds for tract (the layout trial and the compiled
 /// artifact), or is committed as a version from before artifacts existed.
@@ -52,7 +53,12 @@ pub fn commit_checked(
         Compile::Yes => checked.compile(staging.dir()),
         Compile::No => None,
     };
-    let new = checked.new_version(Digest::of_bytes(bytes), Default::default(), compiled);
+    let new = new_version(
+        &checked,
+        Digest::of_bytes(bytes),
+        Default::default(),
+        compiled,
+    );
     drop(checked);
     registry
         .commit(model, staging, new)

@@ -15,8 +15,8 @@ use self::engines::{Chosen, EngineChoice};
 use crate::contract::Contract;
 use crate::{Engine, EngineError, EngineKind, Layout, LayoutChoice, Limits, TRACT_VERSION};
 use modelpipe_core::digest::Digest;
+use modelpipe_core::prepared::{ARTIFACT_FILE, Artifact, OPTIMIZED_FILE, Optimized};
 use modelpipe_core::signature::Signature;
-use modelpipe_registry::{ARTIFACT_FILE, Artifact, NewVersion, OPTIMIZED_FILE, Optimized, Source};
 
 /// Why a model was refused: one sentence a data scientist can act on.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -68,31 +68,6 @@ pub struct Checked {
 impl Checked {
     pub fn signature(&self) -> &Signature {
         self.engine.signature()
-    }
-
-    /// The version this model becomes: its bytes' digest and source, its signature, the engine
-    /// choice, and what ingest compiled for it (see [`Self::compile`]).
-    pub fn new_version(
-        &self,
-        digest: Digest,
-        source: Source,
-        compiled: Option<Compiled>,
-    ) -> NewVersion {
-        let (layout, artifact, optimized) = match compiled {
-            Some(compiled) => (compiled.layout, compiled.artifact, compiled.optimized),
-            None => (None, None, None),
-        };
-        NewVersion {
-            digest,
-            source,
-            signature: self.signature().clone(),
-            signature_change: self.signature_change.clone(),
-            layout,
-            artifact,
-            optimized,
-            engine: Some(self.choice.clone()),
-            smoke_shapes: self.engine.smoke_shapes().map(<[Vec<usize>]>::to_vec),
-        }
     }
 
     /// What ingest adds to a model so that loads are fast. For tract: the faster convolution

@@ -13,23 +13,25 @@
 //! it judged: two advances at once act once, and an operator's change always wins.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use super::gates::{self, Decision, Evaluation};
-use super::plan::PlanOptions;
-use super::{Actor, Conflict, Rollout, RolloutState};
-use crate::publish::{PublishError, move_alias};
-use crate::{AliasAction, Locked, Registry, RegistryError, now};
+use super::transition::{Command, Did, Input, Refused, transition};
+use super::{Actor, Conflict, Plan, Rollout, RolloutState};
+use crate::{AliasAction, AliasMove, Locked, MoveError, Promotion, Registry, RegistryError};
 use modelpipe_core::digest::sha256_bytes;
 use modelpipe_core::model_name::{AliasName, ModelName};
+use modelpipe_core::requested_rollout::RequestedRollout;
+use modelpipe_core::time::Timestamp;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "action", rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(tag = "action", deny_unknown_fields)]
 pub enum RolloutRequest {
-    RolloutStart {
+    #[serde(rename = "rollout-start")]
+    Start {
         model: ModelName,
         #[serde(default)]
         alias: AliasName,
@@ -41,15 +43,23 @@ pub enum RolloutRequest {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
     },
-    RolloutAdvance {
+    #[serde(rename = "rollout-advance")]
+    Advance {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         model: Option<ModelName>,
     },
-    RolloutPause(Operator),
-    RolloutResume(Operator),
-    RolloutAbort(Operator),
-    RolloutPromote(Operator),
-    RolloutStatus {
+    #[serde(rename = "rollout-pause")]
+    Pause(Operator),
+    /// Hands a paused rollout back to the controller.
+    #[serde(rename = "rollout-resume")]
+    Resume(Operator),
+    #[serde(rename = "rollout-abort")]
+    Abort(Operator),
+    /// Promotes the candidate now.
+    #[serde(rename = "rollout-promote")]
+    Promote(Operator),
+    #[serde(rename = "rollout-status")]
+    Status {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         model: Option<ModelName>,
     },
@@ -87,8 +97,7 @@ impl RolloutRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RolloutReport {
     pub rollout: Rollout,
-    /// `started`, `step`, `promoted`, `rolled_back`, `wait`, `paused`, … or `none`.
-    pub did: String,
+    pub did: Did,
     pub detail: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evaluation: Option<Evaluation>,
@@ -126,7 +135,7 @@ pub enum RolloutError {
     #[error(transparent)]
     Conflict(#[from] Conflict),
     #[error(transparent)]
-    Publish(#[from] PublishError),
+    Move(#[from] MoveError),
     #[error(transparent)]
     Registry(#[from] RegistryError),
 }
@@ -142,8 +151,9 @@ pub fn apply(
     let one = |report| RolloutAnswer {
         rollouts: vec![report],
     };
+    let operate = |op, command| operate(registry, op, command, request_id).map(one);
     match request {
-        RolloutRequest::RolloutStart {
+        RolloutRequest::Start {
             model,
             alias,
             candidate,
@@ -151,15 +161,17 @@ pub fn apply(
             settings,
             reason,
         } => {
-            let plan = PlanOptions::with_settings(plan, settings)
-                .and_then(|options| options.build())
-                .map_err(RolloutError::BadRequest)?;
+            let requested = RequestedRollout {
+                plan: plan.clone(),
+                settings: settings.clone(),
+            };
+            let plan = Plan::requested(&requested).map_err(RolloutError::BadRequest)?;
             let reason = reason
                 .clone()
                 .unwrap_or_else(|| format!("rollout of v{candidate}"));
             start(registry, model, alias, *candidate, plan, reason, request_id).map(one)
         }
-        RolloutRequest::RolloutAdvance { model } => {
+        RolloutRequest::Advance { model } => {
             let mut rollouts = Vec::new();
             for model in models(registry, model.as_ref())? {
                 for rollout in registry.rollouts(&model)? {
@@ -170,37 +182,12 @@ pub fn apply(
             }
             Ok(RolloutAnswer { rollouts })
         }
-        RolloutRequest::RolloutPause(op) => {
-            operate(registry, op, Command::Pause, request_id).map(one)
-        }
-        RolloutRequest::RolloutResume(op) => {
-            operate(registry, op, Command::Resume, request_id).map(one)
-        }
-        RolloutRequest::RolloutAbort(op) => {
-            operate(registry, op, Command::Abort, request_id).map(one)
-        }
-        RolloutRequest::RolloutPromote(op) => {
-            operate(registry, op, Command::Promote, request_id).map(one)
-        }
-        RolloutRequest::RolloutStatus { model } => {
-            let mut rollouts = Vec::new();
-            for model in models(registry, model.as_ref())? {
-                for rollout in registry.rollouts(&model)? {
-                    let evaluation = match rollout.state {
-                        RolloutState::Running | RolloutState::Paused => {
-                            Some(evaluate(registry, &rollout)?.1)
-                        }
-                        _ => None,
-                    };
-                    rollouts.push(RolloutReport {
-                        did: "none".into(),
-                        detail: rollout.reason.clone(),
-                        rollout,
-                        evaluation,
-                    });
-                }
-            }
-            Ok(RolloutAnswer { rollouts })
+        RolloutRequest::Pause(op) => operate(op, Command::Pause),
+        RolloutRequest::Resume(op) => operate(op, Command::HandBack),
+        RolloutRequest::Abort(op) => operate(op, Command::Abort),
+        RolloutRequest::Promote(op) => operate(op, Command::PromoteCandidate),
+        RolloutRequest::Status { model } => {
+            status(registry, model.as_ref()).map(|rollouts| RolloutAnswer { rollouts })
         }
     }
 }
@@ -212,10 +199,27 @@ fn models(registry: &Registry, model: Option<&ModelName>) -> RolloutResult<Vec<M
     })
 }
 
-fn report(rollout: Rollout, did: &str, evaluation: Option<Evaluation>) -> RolloutReport {
+/// Every rollout as it is, with the current step's numbers where it routes traffic.
+fn status(registry: &Registry, model: Option<&ModelName>) -> RolloutResult<Vec<RolloutReport>> {
+    let mut rollouts = Vec::new();
+    for model in models(registry, model)? {
+        for rollout in registry.rollouts(&model)? {
+            let evaluation = match rollout.state {
+                RolloutState::Running | RolloutState::Paused => {
+                    Some(evaluate(registry, &rollout)?.1)
+                }
+                _ => None,
+            };
+            rollouts.push(report(rollout, Did::None, evaluation));
+        }
+    }
+    Ok(rollouts)
+}
+
+fn report(rollout: Rollout, did: Did, evaluation: Option<Evaluation>) -> RolloutReport {
     RolloutReport {
         detail: rollout.reason.clone(),
-        did: did.to_string(),
+        did,
         rollout,
         evaluation,
     }
@@ -228,13 +232,13 @@ pub fn start(
     model: &ModelName,
     alias: &AliasName,
     candidate: u64,
-    plan: super::Plan,
+    plan: Plan,
     reason: String,
     request_id: Option<&str>,
 ) -> RolloutResult<RolloutReport> {
     let rollout = {
         let locked = registry.lock(model)?;
-        let previous = reconciled(&locked, alias)?;
+        let previous = locked.settle_rollout(alias)?;
         if let Some(previous) = previous.as_ref().filter(|r| r.state.is_active()) {
             return Err(RolloutError::AlreadyRunning {
                 model: model.clone(),
@@ -259,7 +263,7 @@ pub fn start(
             )));
         }
         let id = previous.as_ref().map_or(1, |r| r.id + 1);
-        let started_at = now();
+        let started_at = Timestamp::now();
         let rollout = Rollout {
             id,
             model: model.clone(),
@@ -275,7 +279,7 @@ pub fn start(
                 .to_string(),
             plan,
             generation: 0,
-            started_at: started_at.clone(),
+            started_at,
             step_started_at: None,
             updated_at: started_at,
             reason,
@@ -283,7 +287,7 @@ pub fn start(
         locked.swap_rollout(
             previous.map(|r| r.generation),
             rollout,
-            "start",
+            Did::Start,
             Actor::Operator,
             None,
             request_id,
@@ -303,72 +307,20 @@ fn prepare(
 ) -> RolloutResult<RolloutReport> {
     let checked = registry
         .verified_manifest(&rollout.model, rollout.stable)
-        .and_then(|_| registry.verified_manifest(&rollout.model, rollout.candidate));
-    let expected = rollout.generation;
-    let (next, did) = match checked {
-        Ok(_) => {
-            let step = &rollout.plan.steps[0];
-            let next = Rollout {
-                state: RolloutState::Running,
-                step: 0,
-                weight: step.weight,
-                shadow: step.shadow,
-                step_started_at: Some(now()),
-                reason: format!("step 1 of {}: {}", rollout.plan.steps.len(), describe(step)),
-                ..rollout
-            };
-            (next, "running")
-        }
-        Err(e) => {
-            let next = Rollout {
-                state: RolloutState::RolledBack,
-                weight: 0,
-                shadow: 0,
-                reason: format!("not started: {e}"),
-                ..rollout
-            };
-            (next, "rolled_back")
-        }
-    };
-    let locked = registry.lock(&next.model)?;
-    match locked.swap_rollout(Some(expected), next, did, by, None, request_id)? {
-        Ok(written) => Ok(report(written, did, None)),
-        // Prepared meanwhile by the other side (the starter, or an advance finishing a start it
-        // found preparing), or paused or aborted: that change stands, and the rollout exists.
-        Err(conflict) => superseded(&locked, &conflict, None),
-    }
-}
-
-/// The report of a change dropped because the rollout moved since it was read: the rollout as
-/// it is now.
-fn superseded(
-    locked: &Locked<'_>,
-    conflict: &Conflict,
-    evaluation: Option<Evaluation>,
-) -> RolloutResult<RolloutReport> {
-    let current = locked
-        .registry()
-        .rollout(&conflict.model, &conflict.alias)?
-        .expect("a conflicting rollout exists");
-    Ok(RolloutReport {
-        did: "none".into(),
-        detail: conflict.to_string(),
-        rollout: current,
-        evaluation,
-    })
-}
-
-fn describe(step: &super::Step) -> String {
-    let percent = |basis: u32| f64::from(basis) / 100.0;
-    match (step.weight, step.shadow) {
-        (0, shadow) => format!("{} % of requests shadowed", percent(shadow)),
-        (weight, 0) => format!("{} % of requests to the candidate", percent(weight)),
-        (weight, shadow) => format!(
-            "{} % to the candidate, {} % shadowed",
-            percent(weight),
-            percent(shadow)
-        ),
-    }
+        .and_then(|_| registry.verified_manifest(&rollout.model, rollout.candidate))
+        .map(drop)
+        .map_err(|e| e.to_string());
+    let locked = registry.lock(&rollout.model)?;
+    let current = current(&locked, &rollout.alias)?;
+    act(
+        &locked,
+        current,
+        rollout.generation,
+        Input::Checked(checked),
+        by,
+        None,
+        request_id,
+    )
 }
 
 /// The step's summed evidence, judged.
@@ -377,10 +329,7 @@ fn evaluate(registry: &Registry, rollout: &Rollout) -> RolloutResult<(Decision, 
         registry.step_evidence(&rollout.model, &rollout.alias, rollout.id, rollout.step)?;
     let baked = rollout
         .step_started_at
-        .as_deref()
-        .and_then(|at| humantime::parse_rfc3339(at).ok())
-        .and_then(|at| SystemTime::now().duration_since(at).ok())
-        .unwrap_or(Duration::ZERO);
+        .map_or(Duration::ZERO, Timestamp::elapsed);
     let evaluation = gates::summarise(rollout.step, &evidence, instances, baked);
     let step = &rollout.plan.steps[rollout.step];
     Ok((
@@ -389,7 +338,8 @@ fn evaluate(registry: &Registry, rollout: &Rollout) -> RolloutResult<(Decision, 
     ))
 }
 
-/// The controller's move on one rollout.
+/// The controller's move on one rollout: judged on evidence read without the lock, carried out
+/// only if the rollout is still at the generation it judged.
 fn advance(
     registry: &Registry,
     model: &ModelName,
@@ -405,174 +355,29 @@ fn advance(
     let current_alias = registry.alias(model, alias)?.map(|a| a.version);
     if rollout.state.is_active() && current_alias != Some(rollout.stable) {
         let locked = registry.lock(model)?;
-        let repaired = reconciled(&locked, alias)?.expect("the rollout exists");
-        return Ok(report(repaired, "none", None));
+        let settled = locked.settle_rollout(alias)?.expect("the rollout exists");
+        return Ok(report(settled, Did::None, None));
     }
     match rollout.state {
         RolloutState::Preparing => prepare(registry, rollout, Actor::Controller, request_id),
         RolloutState::Running => {
             let (decision, evaluation) = evaluate(registry, &rollout)?;
-            decided(registry, rollout, decision, evaluation, request_id)
-        }
-        RolloutState::Paused => Ok(report(rollout, "none", None)),
-        RolloutState::Promoted | RolloutState::RolledBack => Ok(report(rollout, "none", None)),
-    }
-}
-
-/// Carries out the controller's decision, if the rollout is still where it was judged.
-fn decided(
-    registry: &Registry,
-    rollout: Rollout,
-    decision: Decision,
-    evaluation: Evaluation,
-    request_id: Option<&str>,
-) -> RolloutResult<RolloutReport> {
-    let locked = registry.lock(&rollout.model)?;
-    let expected = rollout.generation;
-    let steps = rollout.plan.steps.len();
-    let write = |next: Rollout, did: &str| -> RolloutResult<RolloutReport> {
-        match locked.swap_rollout(
-            Some(expected),
-            next,
-            did,
-            Actor::Controller,
-            Some(evaluation.clone()),
-            request_id,
-        )? {
-            Ok(written) => {
-                info!(model = %written.model, alias = %written.alias, id = written.id, did, reason = %written.reason, "rollout decision");
-                Ok(report(written, did, Some(evaluation.clone())))
-            }
-            // Someone (an operator, another advance) changed it after it was judged: their
-            // change stands and this decision is dropped.
-            Err(conflict) => superseded(&locked, &conflict, Some(evaluation.clone())),
-        }
-    };
-    match decision {
-        Decision::Wait(why) => {
-            let current = locked.registry().rollout(&rollout.model, &rollout.alias)?;
-            if current.as_ref().map(|r| r.generation) != Some(expected) {
-                // Changed since it was judged: the wait is about a rollout that is gone.
-                return write(rollout.clone(), "wait");
-            }
-            log_first_wait(&locked, &rollout, &why, &evaluation, request_id)?;
-            Ok(RolloutReport {
-                did: "wait".into(),
-                detail: why,
-                rollout,
-                evaluation: Some(evaluation),
-            })
-        }
-        Decision::Fail(why) => write(
-            Rollout {
-                state: RolloutState::RolledBack,
-                weight: 0,
-                shadow: 0,
-                reason: format!("rolled back at step {}: {why}", rollout.step + 1),
-                ..rollout.clone()
-            },
-            "rolled_back",
-        ),
-        Decision::Pass if rollout.step + 1 < steps => {
-            let step = rollout.step + 1;
-            let plan_step = &rollout.plan.steps[step];
-            write(
-                Rollout {
-                    step,
-                    weight: plan_step.weight,
-                    shadow: plan_step.shadow,
-                    step_started_at: Some(now()),
-                    reason: format!(
-                        "step {} of {steps}: {} (step {} passed)",
-                        step + 1,
-                        describe(plan_step),
-                        step
-                    ),
-                    ..rollout.clone()
-                },
-                "step",
-            )
-        }
-        Decision::Pass => {
-            // Promotion moves the alias before its compare-and-swap: check the generation first.
-            let current = locked.registry().rollout(&rollout.model, &rollout.alias)?;
-            if current.as_ref().map(|r| r.generation) != Some(expected) {
-                return write(rollout.clone(), "promoted");
-            }
-            promote(
+            let locked = registry.lock(model)?;
+            let current = current(&locked, alias)?;
+            act(
                 &locked,
-                rollout.clone(),
-                format!("promoted: all {steps} steps passed"),
+                current,
+                rollout.generation,
+                Input::Judged(&decision),
                 Actor::Controller,
-                Some(evaluation.clone()),
+                Some(evaluation),
                 request_id,
             )
-            .map(|written| report(written, "promoted", Some(evaluation.clone())))
+        }
+        RolloutState::Paused | RolloutState::Promoted | RolloutState::RolledBack => {
+            Ok(report(rollout, Did::None, None))
         }
     }
-}
-
-/// Logs a wait once per step: the first one, with its numbers and `why`.
-fn log_first_wait(
-    locked: &Locked<'_>,
-    rollout: &Rollout,
-    why: &str,
-    evaluation: &Evaluation,
-    request_id: Option<&str>,
-) -> RolloutResult<()> {
-    let logged = locked
-        .registry()
-        .rollout_log(&rollout.model)?
-        .iter()
-        .rev()
-        .find(|e| e.id == rollout.id && e.alias == rollout.alias)
-        .is_some_and(|e| e.action == "wait" && e.step == rollout.step);
-    if !logged {
-        let mut event =
-            super::RolloutEvent::of(rollout, "wait", Actor::Controller, Some(evaluation.clone()));
-        event.reason = why.to_string();
-        event.at = now();
-        event.request_id = request_id.map(str::to_string);
-        locked.append_rollout_event(&event)?;
-    }
-    Ok(())
-}
-
-/// Moves the alias to the candidate, then marks the rollout promoted (a crash in between is
-/// repaired by [`reconciled`]).
-fn promote(
-    locked: &Locked<'_>,
-    rollout: Rollout,
-    reason: String,
-    by: Actor,
-    evidence: Option<Evaluation>,
-    request_id: Option<&str>,
-) -> RolloutResult<Rollout> {
-    move_alias(
-        locked,
-        &rollout.model,
-        &rollout.alias,
-        rollout.candidate,
-        AliasAction::Promote,
-        format!("rollout {}: {reason}", rollout.id),
-        request_id,
-    )?;
-    let expected = rollout.generation;
-    let next = Rollout {
-        state: RolloutState::Promoted,
-        weight: 0,
-        shadow: 0,
-        reason,
-        ..rollout
-    };
-    Ok(locked.swap_rollout(Some(expected), next, "promoted", by, evidence, request_id)??)
-}
-
-enum Command {
-    Pause,
-    Resume,
-    Abort,
-    Promote,
 }
 
 /// An operator's pause, resume, abort or promote.
@@ -583,139 +388,171 @@ fn operate(
     request_id: Option<&str>,
 ) -> RolloutResult<RolloutReport> {
     let locked = registry.lock(&op.model)?;
-    let rollout = reconciled(&locked, &op.alias)?.ok_or_else(|| RolloutError::NoRollout {
-        model: op.model.clone(),
-        alias: op.alias.clone(),
-    })?;
-    if let Some(expected) = op.generation
-        && expected != rollout.generation
-    {
-        return Err(Conflict {
+    let rollout = locked
+        .settle_rollout(&op.alias)?
+        .ok_or_else(|| RolloutError::NoRollout {
             model: op.model.clone(),
             alias: op.alias.clone(),
-            id: rollout.id,
-            expected,
-            found: rollout.generation,
-        }
-        .into());
-    }
-    let wrong = |why: &str| RolloutError::WrongState {
-        model: op.model.clone(),
-        alias: op.alias.clone(),
-        id: rollout.id,
-        state: rollout.state,
-        why: why.to_string(),
-    };
-    let reason = |default: &str| op.reason.clone().unwrap_or_else(|| default.to_string());
-    let expected = Some(rollout.generation);
-    let (next, did) = match command {
-        Command::Pause => match rollout.state {
-            RolloutState::Running | RolloutState::Preparing => (
-                Rollout {
-                    state: RolloutState::Paused,
-                    reason: reason("paused by an operator"),
-                    ..rollout
-                },
-                "paused",
-            ),
-            _ => return Err(wrong("only a running rollout can be paused")),
-        },
-        Command::Resume => match rollout.state {
-            RolloutState::Paused => (
-                Rollout {
-                    state: if rollout.step_started_at.is_some() {
-                        RolloutState::Running
-                    } else {
-                        RolloutState::Preparing
-                    },
-                    reason: reason("resumed by an operator"),
-                    ..rollout
-                },
-                "resumed",
-            ),
-            _ => return Err(wrong("only a paused rollout can be resumed")),
-        },
-        Command::Abort => {
-            if !rollout.state.is_active() {
-                return Err(wrong("it has already ended"));
-            }
-            (
-                Rollout {
-                    state: RolloutState::RolledBack,
-                    weight: 0,
-                    shadow: 0,
-                    reason: reason("aborted by an operator"),
-                    ..rollout
-                },
-                "aborted",
-            )
-        }
-        Command::Promote => {
-            if !rollout.state.is_active() {
-                return Err(wrong("it has already ended"));
-            }
-            let written = promote(
-                &locked,
-                rollout,
-                reason("promoted by an operator"),
-                Actor::Operator,
-                None,
-                request_id,
-            )?;
-            return Ok(report(written, "promoted", None));
-        }
-    };
-    let written = locked.swap_rollout(expected, next, did, Actor::Operator, None, request_id)??;
-    info!(model = %written.model, alias = %written.alias, id = written.id, did, "rollout changed by an operator");
-    Ok(report(written, did, None))
+        })?;
+    let seen = op.generation.unwrap_or(rollout.generation);
+    let input = Input::Operator(command, op.reason.as_deref());
+    act(
+        &locked,
+        rollout,
+        seen,
+        input,
+        Actor::Operator,
+        None,
+        request_id,
+    )
 }
 
-/// The alias's rollout under the lock, ended first if the alias was moved under it: promoted if
-/// it now points at the candidate (a crash between promotion's two writes), rolled back
-/// otherwise (a publish, rollback or set-alias while it ran).
-pub(crate) fn reconciled(
-    locked: &Locked<'_>,
-    alias: &AliasName,
-) -> Result<Option<Rollout>, PublishError> {
-    let registry = locked.registry();
+/// The alias's rollout, read under the lock.
+fn current(locked: &Locked<'_>, alias: &AliasName) -> RolloutResult<Rollout> {
     let model = locked.model();
-    let Some(rollout) = registry.rollout(model, alias)? else {
-        return Ok(None);
+    locked
+        .registry()
+        .rollout(model, alias)?
+        .ok_or_else(|| RolloutError::NoRollout {
+            model: model.clone(),
+            alias: alias.clone(),
+        })
+}
+
+/// Applies `input` from `by`, who read the rollout at generation `seen`, to the rollout as it
+/// is under the lock (`current`), and writes what it did. An operator's stale generation is an
+/// error; anyone else's change is dropped, and the rollout as it is now reported: the change
+/// that came first stands.
+fn act(
+    locked: &Locked<'_>,
+    current: Rollout,
+    seen: u64,
+    input: Input<'_>,
+    by: Actor,
+    evaluation: Option<Evaluation>,
+    request_id: Option<&str>,
+) -> RolloutResult<RolloutReport> {
+    let from_operator = matches!(input, Input::Operator(..));
+    let transition = match transition(&current, seen, input, Timestamp::now()) {
+        Ok(transition) => transition,
+        Err(Refused::Stale { expected, found }) => {
+            let conflict = Conflict {
+                model: current.model.clone(),
+                alias: current.alias.clone(),
+                id: current.id,
+                expected,
+                found,
+            };
+            if from_operator {
+                return Err(conflict.into());
+            }
+            return Ok(RolloutReport {
+                detail: conflict.to_string(),
+                did: Did::None,
+                rollout: current,
+                evaluation,
+            });
+        }
+        Err(Refused::WrongState(why)) => {
+            return Err(RolloutError::WrongState {
+                model: current.model,
+                alias: current.alias,
+                id: current.id,
+                state: current.state,
+                why: why.to_string(),
+            });
+        }
     };
-    let current = registry.alias(model, alias)?.map(|a| a.version);
-    if !rollout.state.is_active() || current == Some(rollout.stable) {
-        return Ok(Some(rollout));
+    let did = transition.did;
+    if !did.writes() {
+        if did == Did::Wait {
+            log_first_wait(
+                locked,
+                &current,
+                &transition.detail,
+                evaluation.as_ref(),
+                request_id,
+            )?;
+        }
+        return Ok(RolloutReport {
+            rollout: current,
+            did,
+            detail: transition.detail,
+            evaluation,
+        });
     }
-    let expected = rollout.generation;
-    let next = match current {
-        Some(version) if version == rollout.candidate => Rollout {
-            state: RolloutState::Promoted,
-            weight: 0,
-            shadow: 0,
-            reason: format!("{alias} points at the candidate v{version}: promoted"),
-            ..rollout
-        },
-        other => Rollout {
-            state: RolloutState::RolledBack,
-            weight: 0,
-            shadow: 0,
-            reason: format!(
-                "ended: {alias} was moved to {} while the rollout ran",
-                other.map_or("nothing".into(), |v| format!("v{v}"))
-            ),
-            ..rollout
-        },
+    let written = if transition.moves_alias {
+        promote_candidate(
+            locked,
+            &current,
+            transition,
+            by,
+            evaluation.clone(),
+            request_id,
+        )?
+    } else {
+        locked.swap_rollout(
+            Some(seen),
+            transition.next,
+            did,
+            by,
+            evaluation.clone(),
+            request_id,
+        )??
     };
-    let did = match next.state {
-        RolloutState::Promoted => "promoted",
-        _ => "superseded",
-    };
-    Ok(Some(locked.swap_rollout(
-        Some(expected),
-        next,
-        did,
-        Actor::Registry,
-        None,
-        None,
-    )??))
+    info!(model = %written.model, alias = %written.alias, id = written.id, %did, by = ?by, reason = %written.reason, "rollout changed");
+    Ok(report(written, did, evaluation))
+}
+
+/// Moves the alias to the candidate, which writes the rollout as promoted (a crash in between
+/// is repaired by [`Locked::settle_rollout`]).
+fn promote_candidate(
+    locked: &Locked<'_>,
+    rollout: &Rollout,
+    transition: super::transition::Transition,
+    by: Actor,
+    evidence: Option<Evaluation>,
+    request_id: Option<&str>,
+) -> RolloutResult<Rollout> {
+    let moved = locked.move_alias(
+        AliasMove {
+            alias: &rollout.alias,
+            version: rollout.candidate,
+            action: AliasAction::Promote,
+            reason: format!("rollout {}: {}", rollout.id, transition.next.reason),
+            request_id,
+        },
+        Some(Promotion {
+            transition,
+            by,
+            evidence,
+        }),
+    )?;
+    Ok(moved.rollout.expect("a promotion writes its rollout"))
+}
+
+/// Logs a wait once per step: the first one, with its numbers and `why`.
+fn log_first_wait(
+    locked: &Locked<'_>,
+    rollout: &Rollout,
+    why: &str,
+    evaluation: Option<&Evaluation>,
+    request_id: Option<&str>,
+) -> RolloutResult<()> {
+    let logged = locked
+        .registry()
+        .rollout_log(&rollout.model)?
+        .iter()
+        .rev()
+        .find(|e| e.id == rollout.id && e.alias == rollout.alias)
+        .is_some_and(|e| e.action == Did::Wait && e.step == rollout.step);
+    if !logged {
+        let mut event =
+            super::RolloutEvent::of(rollout, Did::Wait, Actor::Controller, evaluation.cloned());
+        event.reason = why.to_string();
+        event.at = Timestamp::now();
+        event.request_id = request_id.map(str::to_string);
+        locked.append_rollout_event(&event)?;
+    }
+    Ok(())
 }

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use modelpipe_core::requested_rollout::RequestedRollout;
+
 /// Weights and shares are out of this many requests.
 pub const BASIS: u32 = 10_000;
 
@@ -16,6 +18,15 @@ pub struct Plan {
     pub name: String,
     pub steps: Vec<Step>,
     pub gates: Gates,
+}
+
+impl Plan {
+    /// The plan `requested` names, with its settings; or why there is none (the one check an
+    /// upload's `rollout=` metadata, a contract's `rollout` and `rollout-start` all get).
+    pub fn requested(requested: &RequestedRollout) -> Result<Self, String> {
+        PlanOptions::with_settings(&requested.plan, &requested.settings)
+            .and_then(|options| options.build())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -35,7 +35,7 @@ fn start(registry: &Registry, candidate: u64, min_requests: u64) -> Rollout {
         ("bake".to_string(), "0s".to_string()),
         ("min-requests".to_string(), min_requests.to_string()),
     ]);
-    let request = RolloutRequest::RolloutStart {
+    let request = RolloutRequest::Start {
         model: iris(),
         alias: AliasName::live(),
         candidate,
@@ -48,7 +48,7 @@ fn start(registry: &Registry, candidate: u64, min_requests: u64) -> Rollout {
 }
 
 fn advance(registry: &Registry) -> actions::RolloutReport {
-    let request = RolloutRequest::RolloutAdvance { model: None };
+    let request = RolloutRequest::Advance { model: None };
     let mut answer = apply(registry, &request, None).unwrap();
     assert_eq!(answer.rollouts.len(), 1);
     answer.rollouts.remove(0)
@@ -155,12 +155,7 @@ fn a_candidate_that_errors_more_than_stable_is_rolled_back_exactly_once() {
     );
     assert_eq!(live(&registry), 1);
     // Nothing is left to advance; the rollback is logged once.
-    let answer = apply(
-        &registry,
-        &RolloutRequest::RolloutAdvance { model: None },
-        None,
-    )
-    .unwrap();
+    let answer = apply(&registry, &RolloutRequest::Advance { model: None }, None).unwrap();
     assert!(answer.rollouts.is_empty());
     let log = registry.rollout_log(&iris()).unwrap();
     assert_eq!(log.iter().filter(|e| e.action == "rolled_back").count(), 1);
@@ -198,7 +193,7 @@ fn an_operators_pause_wins_over_the_controller_and_stale_generations_are_refused
     record(&registry, &rollout, "a", 5, 0);
     let paused = apply(
         &registry,
-        &RolloutRequest::RolloutPause(operator(Some(rollout.generation))),
+        &RolloutRequest::Pause(operator(Some(rollout.generation))),
         None,
     )
     .unwrap();
@@ -210,17 +205,12 @@ fn an_operators_pause_wins_over_the_controller_and_stale_generations_are_refused
     // An operator acting on what they saw before the pause is refused.
     let stale = apply(
         &registry,
-        &RolloutRequest::RolloutAbort(operator(Some(rollout.generation))),
+        &RolloutRequest::Abort(operator(Some(rollout.generation))),
         None,
     )
     .unwrap_err();
     assert!(matches!(stale, RolloutError::Conflict(_)), "{stale}");
-    apply(
-        &registry,
-        &RolloutRequest::RolloutResume(operator(None)),
-        None,
-    )
-    .unwrap();
+    apply(&registry, &RolloutRequest::Resume(operator(None)), None).unwrap();
     assert_eq!(advance(&registry).did, "step");
 }
 
@@ -228,7 +218,7 @@ fn an_operators_pause_wins_over_the_controller_and_stale_generations_are_refused
 fn a_rollout_started_while_another_runs_is_refused_and_a_publish_ends_it() {
     let (_dir, registry) = registry();
     let first = start(&registry, 2, 5);
-    let request = RolloutRequest::RolloutStart {
+    let request = RolloutRequest::Start {
         model: iris(),
         alias: AliasName::live(),
         candidate: 3,
@@ -264,7 +254,7 @@ fn a_rollout_started_while_another_runs_is_refused_and_a_publish_ends_it() {
     assert!(ended.reason.contains("moved to v3"), "{}", ended.reason);
     assert!(ended.generation > first.generation);
     // Now a new rollout (id 2) can start against v3.
-    let request = RolloutRequest::RolloutStart {
+    let request = RolloutRequest::Start {
         model: iris(),
         alias: AliasName::live(),
         candidate: 2,
@@ -320,29 +310,14 @@ fn fsck_finds_a_rollout_on_a_missing_version_and_a_decision_missing_from_the_log
 fn an_operator_promotes_or_aborts_at_any_step() {
     let (_dir, registry) = registry();
     start(&registry, 2, 1000);
-    let promoted = apply(
-        &registry,
-        &RolloutRequest::RolloutPromote(operator(None)),
-        None,
-    )
-    .unwrap();
+    let promoted = apply(&registry, &RolloutRequest::Promote(operator(None)), None).unwrap();
     assert_eq!(promoted.rollouts[0].rollout.state, RolloutState::Promoted);
     assert_eq!(live(&registry), 2);
-    let again = apply(
-        &registry,
-        &RolloutRequest::RolloutAbort(operator(None)),
-        None,
-    )
-    .unwrap_err();
+    let again = apply(&registry, &RolloutRequest::Abort(operator(None)), None).unwrap_err();
     assert!(matches!(again, RolloutError::WrongState { .. }), "{again}");
 
     start(&registry, 3, 1000);
-    apply(
-        &registry,
-        &RolloutRequest::RolloutAbort(operator(None)),
-        None,
-    )
-    .unwrap();
+    apply(&registry, &RolloutRequest::Abort(operator(None)), None).unwrap();
     let aborted = registry
         .rollout(&iris(), &AliasName::live())
         .unwrap()
@@ -389,13 +364,13 @@ fn payloads_parse_as_the_contract_writes_them() {
     .unwrap();
     assert!(matches!(
         start,
-        RolloutRequest::RolloutStart { candidate: 4, ref plan, .. } if plan == "canary"
+        RolloutRequest::Start { candidate: 4, ref plan, .. } if plan == "canary"
     ));
     let pause: RolloutRequest = serde_json::from_value(
         serde_json::json!({"action": "rollout-pause", "model": "iris", "generation": 3}),
     )
     .unwrap();
-    assert_eq!(pause, RolloutRequest::RolloutPause(operator(Some(3))));
+    assert_eq!(pause, RolloutRequest::Pause(operator(Some(3))));
     assert!(RolloutRequest::is_rollout(
         &serde_json::json!({"action": "rollout-advance"})
     ));

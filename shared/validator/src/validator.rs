@@ -1,9 +1,10 @@
 //! Where an upload becomes a version: one S3 ObjectCreated record in, one [`Outcome`] out.
 //!
 //! The stages of [`Validator::handle_record`]: `parse` (key → model) → `gate` (duplicate, older
-//! event, or a publish to resume?) → `fetch` (metadata, size) → `stream` (hash into staging) →
-//! `check_integrity` → `check` (the engine crate's checks) → `commit` (under the model lock) →
-//! `resume` (publish, tag the object). A rejection writes nothing into
+//! event, or a committed upload to finish?) → `fetch` (metadata, size) → `stream` (hash into
+//! staging) → `check_integrity` → `check` (`crate::version`: the engine's checks and what ingest
+//! prepares) → `commit` (under the model lock) → `finish_upload` (publish or start a rollout,
+//! tag the object). A rejection writes nothing into
 //! `versions/`, is recorded under the model and tagged on the object; it is an `Ok` outcome, so
 //! Lambda does not retry it. Only transient failures (S3, the publisher, the filesystem) are
 //! errors, and a retried event resumes where the failed one stopped.
@@ -18,15 +19,15 @@ use tracing::{info, warn};
 
 use crate::ingest::{IngestError, stream_to_file};
 use crate::object_store::{Object, ObjectRef, ObjectStore, StoreError, tag_value};
+use crate::version::{check_and_prepare, new_version, read_contract};
 use modelpipe_config::Config;
 use modelpipe_core::digest::Digest;
 use modelpipe_core::model_name::{AliasName, ModelKey, ModelName, contract_key, decode_event_key};
-use modelpipe_engine::checks::{CheckError, Checked, Compiled, Expectations, check_model};
-use modelpipe_engine::contract::Contract;
+use modelpipe_engine::checks::{Checked, Compiled, Expectations};
 use modelpipe_engine::{EngineKind, Limits};
 use modelpipe_registry::publish::{PublisherRequest, PublisherResponse};
+use modelpipe_registry::rollout::Plan;
 use modelpipe_registry::rollout::actions::RolloutRequest;
-use modelpipe_registry::rollout::plan::PlanOptions;
 use modelpipe_registry::{
     Commit, Registry, RegistryError, Rejection, RequestedRollout, Source, Staging, UploadRecord,
     UploadStatus, now, sequencer_cmp,
@@ -183,13 +184,13 @@ impl UploadOptions {
                     .iter()
                     .filter_map(|(k, v)| Some((k.strip_prefix("rollout-")?.to_string(), v.clone())))
                     .collect();
-                PlanOptions::with_settings(plan, &settings)
-                    .and_then(|options| options.build())
-                    .map_err(|e| format!("metadata rollout={plan:?}: {e}"))?;
-                Some(RequestedRollout {
+                let requested = RequestedRollout {
                     plan: plan.to_string(),
                     settings,
-                })
+                };
+                Plan::requested(&requested)
+                    .map_err(|e| format!("metadata rollout={plan:?}: {e}"))?;
+                Some(requested)
             }
         };
         Ok(Self {
@@ -289,7 +290,9 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
         self.check_integrity(&upload, &staged, &options).await?;
         let checked = self.check(&upload, &staged, &options).await?;
         let record = self.commit(&upload, staged, checked, &options).await?;
-        Ok(self.resume(&upload.model, &upload.object, record).await?)
+        Ok(self
+            .finish_upload(&upload.model, &upload.object, record)
+            .await?)
     }
 
     /// The record's key and object, or why the record is not a model upload.
@@ -349,7 +352,10 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
             return Ok(());
         }
         if seen.status == UploadStatus::Committed {
-            return Err(self.resume(&model, &upload.object, seen).await.into());
+            return Err(self
+                .finish_upload(&model, &upload.object, seen)
+                .await
+                .into());
         }
         info!(model = %model, key = %key, "duplicate event: already handled");
         Err(Stop::Outcome(Outcome::Duplicate { model, key }))
@@ -482,7 +488,7 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
             .map_err(ValidatorError::from)?
         {
             None => None,
-            Some(bytes) => match Contract::parse(&bytes) {
+            Some(bytes) => match read_contract(&bytes) {
                 Ok(contract) => Some(contract),
                 Err(reason) => return Err(reject(reason).await),
             },
@@ -516,9 +522,7 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
                 engine,
                 limits,
             };
-            let checked = check_model(&path, expect)?;
-            let compiled = checked.compile(&dir);
-            Ok::<_, CheckError>((checked, compiled))
+            check_and_prepare(&path, &dir, expect)
         })
         .await
         .map_err(|e| ValidatorError::Task(e.to_string()))?;
@@ -547,7 +551,7 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
         }: Checks,
         options: &FetchedOptions,
     ) -> Result<UploadRecord, Stop> {
-        let new = checked.new_version(staged.digest, upload.source.clone(), compiled);
+        let new = new_version(&checked, staged.digest, upload.source.clone(), compiled);
         drop(checked);
         let (registry, owned, alias, rollout) = (
             self.registry.clone(),
@@ -594,7 +598,7 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
     }
 
     /// Finishes a committed upload: publishes it if asked, records the outcome, tags the object.
-    async fn resume(
+    async fn finish_upload(
         &self,
         model: &ModelName,
         object: &ObjectRef,
@@ -626,7 +630,7 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
                     }
                 })?;
                 info!(model = %model, alias = %alias, from = ?answer.previous, to = answer.version, "alias moved");
-                self.finish(
+                self.record_upload(
                     model,
                     UploadRecord {
                         status: UploadStatus::Published,
@@ -673,7 +677,7 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
     ) -> Result<Outcome, ValidatorError> {
         let version = record.version.expect("a committed upload has a version");
         let requested = record.rollout.clone().expect("a rollout was requested");
-        let request = RolloutRequest::RolloutStart {
+        let request = RolloutRequest::Start {
             model: model.clone(),
             alias: alias.clone(),
             candidate: version,
@@ -684,7 +688,7 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
         match self.publisher.start_rollout(request).await {
             Ok(id) => {
                 info!(model = %model, alias = %alias, candidate = version, rollout = id, "rollout started");
-                self.finish(
+                self.record_upload(
                     model,
                     UploadRecord {
                         status: UploadStatus::RollingOut,
@@ -701,7 +705,7 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
             }
             Err(reason) => {
                 warn!(model = %model, version, %reason, "rollout not started; the version stays registered");
-                self.finish(
+                self.record_upload(
                     model,
                     UploadRecord {
                         status: UploadStatus::Registered,
@@ -725,7 +729,7 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
         }
     }
 
-    fn finish(&self, model: &ModelName, record: UploadRecord) -> Result<(), RegistryError> {
+    fn record_upload(&self, model: &ModelName, record: UploadRecord) -> Result<(), RegistryError> {
         let locked = self.registry.lock(model)?;
         locked.write_upload_record(&record)
     }

@@ -1,0 +1,57 @@
+//! A staged model file to the version it becomes: the engine's checks, the files ingest prepares
+//! beside it so that it loads fast, and the facts its manifest records. The validator's `check`
+//! and `commit` stages and `modelctl bake` and `validate` take this one path.
+
+use std::path::Path;
+
+use modelpipe_core::digest::Digest;
+use modelpipe_engine::checks::{CheckError, Checked, Compiled, Expectations, check_model};
+use modelpipe_engine::contract::Contract;
+use modelpipe_registry::rollout::Plan;
+use modelpipe_registry::{NewVersion, Source};
+
+/// A model's `contract.json`, its default rollout checked as a plan.
+pub fn read_contract(bytes: &[u8]) -> Result<Contract, String> {
+    let contract = Contract::parse(bytes)?;
+    if let Some(rollout) = &contract.rollout {
+        Plan::requested(rollout).map_err(|e| format!("contract.json rollout: {e}"))?;
+    }
+    Ok(contract)
+}
+
+/// Checks the model file at `path` (blocking, CPU-bound), then writes what ingest prepares for
+/// it into `dir` (see [`Checked::compile`]).
+pub fn check_and_prepare(
+    path: &Path,
+    dir: &Path,
+    expect: Expectations<'_>,
+) -> Result<(Checked, Option<Compiled>), CheckError> {
+    let checked = check_model(path, expect)?;
+    let compiled = checked.compile(dir);
+    Ok((checked, compiled))
+}
+
+/// The version a checked model becomes: its bytes' digest and source, its signature, the engine
+/// choice, and what ingest prepared for it.
+pub fn new_version(
+    checked: &Checked,
+    digest: Digest,
+    source: Source,
+    compiled: Option<Compiled>,
+) -> NewVersion {
+    let (layout, artifact, optimized) = match compiled {
+        Some(compiled) => (compiled.layout, compiled.artifact, compiled.optimized),
+        None => (None, None, None),
+    };
+    NewVersion {
+        digest,
+        source,
+        signature: checked.signature().clone(),
+        signature_change: checked.signature_change.clone(),
+        layout,
+        artifact,
+        optimized,
+        engine: Some(checked.choice.clone()),
+        smoke_shapes: checked.engine.smoke_shapes().map(<[Vec<usize>]>::to_vec),
+    }
+}
