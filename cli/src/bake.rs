@@ -1,7 +1,7 @@
 //! `modelctl bake DIR MODEL=FILE...`: a registry directory to bake into a container image. Each
-//! file is staged and gets the validator's checks and preparation (`modelpipe_validator::version`:
+//! file gets the validator's checks and preparation (`modelpipe_validator::version`:
 //! loads, runs, signature compatible with the version before it, `--contract` golden examples,
-//! the engine choice) before anything is committed; then each becomes the next version of its
+//! the engine choice) before anything is written; then each is staged (`Registry::stage_copy`) and becomes the next version of its
 //! model with `live` on it (the publisher's publish), and the registry is sealed read-only
 //! (`Registry::seal`): the inference function serves it without hot reload, and the publisher
 //! refuses to move its aliases.
@@ -15,7 +15,7 @@ use modelpipe_core::{AliasName, ModelName};
 use modelpipe_engine::checks::Expectations;
 use modelpipe_engine::contract::Contract;
 use modelpipe_registry::publish::{PublisherRequest, apply};
-use modelpipe_registry::{NewVersion, Registry, Source, Staging};
+use modelpipe_registry::{NewVersion, Registry, Source};
 use modelpipe_validator::version::{check_and_prepare, new_version, read_contract};
 
 use crate::target::CliResult;
@@ -41,12 +41,12 @@ impl std::str::FromStr for ModelFile {
     }
 }
 
-/// A file checked as the validator checks it, staged in its model's registry directory with
-/// what ingest prepared for it: committed only once every file has passed.
-struct Staged {
+/// A file checked as the validator checks it, with what ingest prepared for it in a directory
+/// of its own: staged and committed only once every file has passed.
+struct Ready {
     model: ModelName,
     file: PathBuf,
-    staging: Staging,
+    prepared: tempfile::TempDir,
     version: NewVersion,
     /// What `version` records of the engine choice and the compilation, for the summary line.
     summary: String,
@@ -61,10 +61,10 @@ pub fn bake(dir: &Path, models: &[ModelFile], contracts: &[ModelFile]) -> CliRes
     let contract_of = read_contracts(contracts)?;
     let registry = Registry::open(dir).map_err(|e| e.to_string())?;
     // Check every file before writing anything: a bake is all or nothing.
-    let staged = check_all(&registry, models, &contract_of)?;
+    let ready = check_all(&registry, models, &contract_of)?;
     // A registry that was baked before is read-only until unsealed.
     let registry = Registry::unseal(dir).map_err(|e| e.to_string())?;
-    commit_all(&registry, staged)?;
+    commit_all(&registry, ready)?;
     registry
         .seal(concat!("modelctl ", env!("CARGO_PKG_VERSION")))
         .map_err(|e| e.to_string())?;
@@ -110,10 +110,10 @@ fn check_all(
     registry: &Registry,
     models: &[ModelFile],
     contract_of: &BTreeMap<ModelName, Contract>,
-) -> CliResult<Vec<Staged>> {
+) -> CliResult<Vec<Ready>> {
     let mut previous = live_signatures(registry)?;
     let limits = crate::ops::limits_from_env()?;
-    let mut staged = Vec::new();
+    let mut ready = Vec::new();
     let mut next_version = BTreeMap::new();
     for ModelFile { model, file } in models {
         let rejected =
@@ -121,18 +121,16 @@ fn check_all(
         if !file.is_file() {
             return Err(format!("{model}={}: no such file", file.display()));
         }
-        let staging = registry.stage(model).map_err(|e| e.to_string())?;
-        std::fs::copy(file, staging.model_path())
-            .map_err(|e| format!("{}: {e}", file.display()))?;
-        let digest = Digest::of_file(&staging.model_path()).map_err(|e| e.to_string())?;
+        let prepared = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let digest = Digest::of_file(file).map_err(|e| format!("{}: {e}", file.display()))?;
         let expect = Expectations {
             live: previous.get(model).map(|(v, s)| (*v, s)),
             contract: contract_of.get(model),
             limits,
             ..Default::default()
         };
-        let (checked, compiled) = check_and_prepare(&staging.model_path(), staging.dir(), expect)
-            .map_err(|e| rejected(&e))?;
+        let (checked, compiled) =
+            check_and_prepare(file, prepared.path(), expect).map_err(|e| rejected(&e))?;
         let summary = format!(
             "{}; {}",
             crate::ops::describe_choice(&checked.choice),
@@ -154,27 +152,30 @@ fn check_all(
         };
         next_version.insert(model.clone(), number + 1);
         previous.insert(model.clone(), (number, checked.signature().clone()));
-        staged.push(Staged {
+        ready.push(Ready {
             model: model.clone(),
             file: file.clone(),
-            staging,
+            prepared,
             version,
             summary,
         });
     }
-    Ok(staged)
+    Ok(ready)
 }
 
-/// Commits each staged file and moves `live` to it.
-fn commit_all(registry: &Registry, staged: Vec<Staged>) -> CliResult {
-    for Staged {
+/// Stages and commits each checked file and moves `live` to it.
+fn commit_all(registry: &Registry, ready: Vec<Ready>) -> CliResult {
+    for Ready {
         model,
         file,
-        staging,
+        prepared,
         version,
         summary,
-    } in staged
+    } in ready
     {
+        let staging = registry
+            .stage_copy(&model, &file, prepared.path())
+            .map_err(|e| e.to_string())?;
         let version = registry
             .commit(&model, staging, version)
             .map_err(|e| e.to_string())?

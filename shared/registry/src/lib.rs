@@ -455,6 +455,33 @@ impl Registry {
         Ok(Staging { dir })
     }
 
+    /// A new staging directory holding a copy of `model_file` and of the files ingest prepared
+    /// for it in `prepared` (any of [`PREPARED_FILES`] there).
+    pub fn stage_copy(
+        &self,
+        model: &ModelName,
+        model_file: &Path,
+        prepared: &Path,
+    ) -> Result<Staging> {
+        let staging = self.stage(model)?;
+        let copy = |from: &Path, to: PathBuf| {
+            fs::copy(from, &to)
+                .map(drop)
+                .map_err(|source| RegistryError::Io {
+                    location: to.display().to_string(),
+                    source,
+                })
+        };
+        copy(model_file, staging.model_path())?;
+        for file in PREPARED_FILES {
+            let path = prepared.join(file);
+            if path.is_file() {
+                copy(&path, staging.dir().join(file))?;
+            }
+        }
+        Ok(staging)
+    }
+
     /// Commits a staged upload as the next version of `model`, under the model's lock (see
     /// [`Locked::commit`]; blocking).
     pub fn commit(&self, model: &ModelName, staging: Staging, new: NewVersion) -> Result<Commit> {
