@@ -66,7 +66,7 @@ pub fn bake(dir: &Path, models: &[ModelFile], contracts: &[ModelFile]) -> CliRes
     let registry = Registry::unseal(dir).map_err(|e| e.to_string())?;
     commit_all(&registry, ready)?;
     registry
-        .seal(concat!("modelctl ", env!("CARGO_PKG_VERSION")))
+        .seal(env!("CARGO_PKG_VERSION"))
         .map_err(|e| e.to_string())?;
     println!(
         "baked {} into {} (read-only; serve it with MODEL_ROOT={})",

@@ -28,8 +28,8 @@ impl Registry {
     }
 
     /// Removes what only writers use and writes the marker, which names each model's `live`
-    /// version and `by` (the tool that baked it); returns those versions.
-    pub fn seal(&self, by: &str) -> Result<BTreeMap<ModelName, u64>> {
+    /// version and the version of `modelctl` that baked it; returns those versions.
+    pub fn seal(&self, modelctl_version: &str) -> Result<BTreeMap<ModelName, u64>> {
         let Location::Dir(root) = &self.location else {
             return Err(RegistryError::ReadOnly(format!(
                 "{}: only a directory registry can be baked",
@@ -46,7 +46,7 @@ impl Registry {
         }
         let stamp = serde_json::json!({
             "baked_at": now(),
-            "by": by,
+            "modelctl": modelctl_version,
             "live": live,
         });
         let marker = root.join(BAKED_MARKER);
