@@ -12,6 +12,7 @@ use modelpipe_validator::s3_event::{CreatedObject, object_created_event};
 pub mod dev;
 pub mod lambda_env;
 pub mod serving;
+pub mod signing;
 
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
