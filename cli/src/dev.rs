@@ -81,8 +81,14 @@ impl DevStack {
                 options.data.display()
             )));
         }
-        let registry =
-            Registry::open(registry_dir(&options.data)).map_err(std::io::Error::other)?;
+        // MODEL_CACHE_BYTES, PRELOAD_MODELS, MAX_REQUEST_BYTES, MAX_MODEL_BYTES, SIGNING_POLICY,
+        // SIGNATURE_WAIT_MS work as in Lambda.
+        let config = Config {
+            model_root: modelpipe_registry::Location::Dir(registry_dir(&options.data)),
+            reload_check: options.reload_check,
+            ..Config::from_env().map_err(std::io::Error::other)?
+        };
+        let registry = config.open_registry().map_err(std::io::Error::other)?;
         // This process is now the registry's only writer: whatever staging holds was left by a
         // crash (kill -9, power loss) and can go.
         for path in registry
@@ -112,12 +118,6 @@ impl DevStack {
             stopped.clone(),
         )));
 
-        // MODEL_CACHE_BYTES, PRELOAD_MODELS, MAX_REQUEST_BYTES, MAX_MODEL_BYTES work as in Lambda.
-        let config = Config {
-            model_root: modelpipe_registry::Location::Dir(registry_dir(&options.data)),
-            reload_check: options.reload_check,
-            ..Config::from_env().map_err(std::io::Error::other)?
-        };
         let validator = Validator::new(
             registry.clone(),
             S3Uploads::new(s3_client(s3_addr).await),
@@ -133,6 +133,7 @@ impl DevStack {
         tasks.push(tokio::spawn(tick_rollouts(
             registry.clone(),
             options.rollout_tick,
+            config.signature_wait,
             stopped.clone(),
         )));
 
@@ -293,6 +294,13 @@ async fn validate_uploads(
                         Outcome::Rejected { model, key, reason } => {
                             error!("{model}: REJECTED {key}: {reason}")
                         }
+                        Outcome::AwaitingSignature { model, key } => {
+                            warn!("{model}: {key} waits for its signature ({key}.sig)")
+                        }
+                        Outcome::ContractRead {
+                            model,
+                            signed_by_policy,
+                        } => info!("{model}: contract read (signer policy: {signed_by_policy})"),
                         Outcome::Ignored { .. }
                         | Outcome::Duplicate { .. }
                         | Outcome::Stale { .. } => {}
@@ -307,8 +315,14 @@ async fn validate_uploads(
 }
 
 /// The rollout controller: `rollout-advance` over every model, every `every` (EventBridge's
-/// schedule in AWS). Decisions are logged; waits are not.
-async fn tick_rollouts(registry: Registry, every: Duration, mut stopped: watch::Receiver<bool>) {
+/// schedule in AWS), and `expire-uploads` (uploads that waited for their signature past
+/// `signature_wait`). Decisions are logged; waits are not.
+async fn tick_rollouts(
+    registry: Registry,
+    every: Duration,
+    signature_wait: Duration,
+    mut stopped: watch::Receiver<bool>,
+) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -318,6 +332,14 @@ async fn tick_rollouts(registry: Registry, every: Duration, mut stopped: watch::
         }
         let registry = registry.clone();
         let advanced = tokio::task::spawn_blocking(move || {
+            match registry.expire_uploads(signature_wait) {
+                Ok(expired) => {
+                    for (model, rejection) in expired {
+                        error!("{model}: REJECTED {}: {}", rejection.key, rejection.reason);
+                    }
+                }
+                Err(e) => warn!(error = %e, "expiring uploads that wait for a signature failed"),
+            }
             rollout::apply(&registry, &RolloutRequest::Advance { model: None }, None)
         })
         .await;

@@ -62,6 +62,8 @@ enum Command {
         /// Use this engine instead of choosing one (as upload metadata engine= does).
         #[arg(long)]
         engine: Option<modelpipe_engine::EngineKind>,
+        #[command(flatten)]
+        signing: ops::SigningArgs,
     },
     /// Build a read-only registry to bake into a container image (MODEL_ROOT=DIR), with the
     /// validator's checks on each file.
@@ -240,8 +242,15 @@ async fn main() -> ExitCode {
             contract,
             artifact,
             engine,
+            signing,
         } => tokio::task::spawn_blocking(move || {
-            ops::validate(&file, contract.as_deref(), artifact.as_deref(), engine)
+            ops::validate(
+                &file,
+                contract.as_deref(),
+                artifact.as_deref(),
+                engine,
+                &signing,
+            )
         })
         .await
         .unwrap_or_else(|e| Err(e.to_string())),

@@ -2,11 +2,13 @@
 //! with the publisher's own code, or through the deployed publisher — and the validator's checks
 //! offline.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use modelpipe_core::digest::Digest;
 use modelpipe_core::{AliasName, ModelName};
 use modelpipe_engine::checks::Expectations;
+use modelpipe_engine::contract::Contract;
+use modelpipe_registry::Signer;
 use modelpipe_registry::fsck::{Leftovers, Severity};
 use modelpipe_registry::publish::{
     self, HistoryAnswer, ModelStatus, PublisherQuery, PublisherRequest, PublisherResponse,
@@ -16,7 +18,8 @@ use modelpipe_registry::rollout::actions::{
     self as rollout_actions, RolloutAnswer, RolloutRequest,
 };
 use modelpipe_registry::{Location, Registry};
-use modelpipe_validator::version::{check_and_prepare, read_contract};
+use modelpipe_signing::SignerPolicy;
+use modelpipe_validator::version::{check_and_prepare, read_contract, signer_policy};
 
 use crate::target::{CliResult, Target};
 
@@ -88,6 +91,12 @@ fn print_status(status: &ModelStatus) {
                 format!("  [{}]", marks.join(", "))
             }
         );
+        if let Some(signer) = &manifest.signer {
+            println!(
+                "           signed by {} ({:?}, {})",
+                signer.identity, signer.method, signer.trusted
+            );
+        }
     }
 }
 
@@ -192,11 +201,71 @@ pub fn fsck(location: &Location, repair: bool, leftover_age: std::time::Duration
     }
 }
 
+/// `modelctl validate`'s signature options: the file's OpenSSF signature, checked offline as the
+/// validator checks an upload's.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SigningArgs {
+    /// The model's signature bundle (`model_signing sign … --signature FILE`).
+    #[arg(long)]
+    signature: Option<PathBuf>,
+    /// A PEM public key or CA root certificate that may sign it (repeatable); none: the
+    /// contract's `signing` policy.
+    #[arg(long = "signer")]
+    signers: Vec<PathBuf>,
+    /// A certificate identity allowed to sign (repeatable; with a CA root).
+    #[arg(long = "identity")]
+    identities: Vec<String>,
+}
+
+impl SigningArgs {
+    /// The policy these options name, else the contract's.
+    fn policy(&self, contract: Option<&Contract>) -> CliResult<Option<SignerPolicy>> {
+        if self.signers.is_empty() {
+            return Ok(contract.map(signer_policy).transpose()?.flatten());
+        }
+        let mut policy = SignerPolicy {
+            required: true,
+            identities: self.identities.clone(),
+            ..Default::default()
+        };
+        for path in &self.signers {
+            let pem =
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            match pem.contains("BEGIN CERTIFICATE") {
+                true => policy.ca_roots.push(pem),
+                false => policy.keys.push(pem),
+            }
+        }
+        policy.trust()?;
+        Ok(Some(policy))
+    }
+
+    /// Who signed the file whose SHA-256 is `sha256`, if it is signed; an error when the
+    /// signature does not verify or a required one is missing.
+    fn check(&self, sha256: &str, contract: Option<&Contract>) -> CliResult<Option<Signer>> {
+        let policy = self.policy(contract)?;
+        let Some(path) = &self.signature else {
+            return match policy {
+                Some(p) if p.required => {
+                    Err("rejected: unsigned, and the signer policy requires a signature (--signature FILE)".into())
+                }
+                _ => Ok(None),
+            };
+        };
+        let bundle = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let trust = policy.unwrap_or_default().trust()?;
+        modelpipe_signing::verify(&bundle, sha256, &trust)
+            .map(Some)
+            .map_err(|e| format!("rejected: {}: {e}", path.display()))
+    }
+}
+
 pub fn validate(
     file: &Path,
     contract: Option<&Path>,
     artifact: Option<&Path>,
     engine: Option<modelpipe_engine::EngineKind>,
+    signing: &SigningArgs,
 ) -> CliResult {
     let contract = match contract {
         Some(path) => Some(read_contract(
@@ -217,12 +286,19 @@ pub fn validate(
     let (checked, compiled) =
         check_and_prepare(file, dir.path(), expect).map_err(|e| format!("rejected: {e}"))?;
     let digest = Digest::of_file(file).map_err(|e| e.to_string())?;
+    let signer = signing.check(&digest.sha256, contract.as_ref())?;
     println!(
         "ok: {} ({} bytes, sha256 {})",
         file.display(),
         digest.size,
         digest.sha256
     );
+    if let Some(signer) = signer {
+        println!(
+            "  signed by {} ({:?}, {})",
+            signer.identity, signer.method, signer.trusted
+        );
+    }
     println!("  engine: {}", describe_choice(&checked.choice));
     println!("  loads in {:?}", checked.engine.load_time);
     if let Some(shapes) = checked.engine.smoke_shapes() {

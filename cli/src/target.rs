@@ -29,8 +29,13 @@ impl Target {
             ));
         }
         let location = registry.clone();
+        // The moves modelctl makes are held to SIGNING_POLICY as the publisher's are.
+        let default = modelpipe_config::signing_policy(std::env::var("SIGNING_POLICY").ok())
+            .map_err(|e| e.to_string())?;
         blocking(move || {
-            Registry::open_at(&location, &Default::default()).map_err(|e| e.to_string())
+            Registry::open_at(&location, &Default::default())
+                .map(|r| r.with_signing_default(default))
+                .map_err(|e| e.to_string())
         })
         .await
         .map(Self::Registry)

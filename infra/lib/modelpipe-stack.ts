@@ -6,6 +6,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Annotations, CfnOutput, Duration, RemovalPolicy, Size, Stack, StackProps } from 'aws-cdk-lib';
 import * as apigw from 'aws-cdk-lib/aws-apigatewayv2';
+import { HttpIamAuthorizer, HttpJwtAuthorizer } from 'aws-cdk-lib/aws-apigatewayv2-authorizers';
 import { HttpLambdaIntegration } from 'aws-cdk-lib/aws-apigatewayv2-integrations';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as efs from 'aws-cdk-lib/aws-efs';
@@ -22,6 +23,19 @@ import { Construct } from 'constructs';
 
 /** Where the registry lives. */
 export type RegistryStorage = 'efs' | 's3';
+
+/**
+ * Who may call the inference API: AWS credentials allowed `execute-api:Invoke` (SigV4; attach
+ * the `InferenceCallers` managed policy), a JWT from an OIDC issuer, or anyone. An open API must
+ * be asked for.
+ */
+export type ApiAuth =
+  | { readonly kind: 'iam' }
+  | { readonly kind: 'jwt'; readonly issuer: string; readonly audience: string[] }
+  | { readonly kind: 'none' };
+
+/** A model's name, as the validator accepts it in `models/<model>/…`. */
+const MODEL_NAME = /^[a-z0-9][a-z0-9_-]{0,63}$/;
 
 export interface InferenceImage {
   /** Docker build context (the repository root for infra/docker/inference.Dockerfile). */
@@ -76,6 +90,23 @@ export interface ModelpipeStackProps extends StackProps {
    * publisher with `{"action": "rollout-advance"}`, which judges every running rollout's step.
    */
   readonly rolloutTick?: Duration;
+  /**
+   * SIGNING_POLICY: the signer policy of models whose `contract.json` names none, as JSON
+   * (`{"required": true, "keys": ["-----BEGIN PUBLIC KEY-----…"], "ca_roots": […], "identities": […]}`;
+   * docs/signing.md) [none: unsigned models publish, as before]. Given to the validator, which
+   * verifies uploads against it, and the publisher, which holds every alias move to it.
+   */
+  readonly signingPolicy?: Record<string, unknown>;
+  /** SIGNATURE_WAIT_MS [900000]: how long an upload waits for the signature its policy requires. */
+  readonly signatureWaitMs?: number;
+  /**
+   * Uploader roles, one per group of models (`{"vision": ["resnet", "yolo"]}`): a role that may
+   * write only under `models/<model>/` of its models (the model, its `.sig`, its contract) and
+   * read the outcome tags there [none].
+   */
+  readonly uploaders?: Record<string, string[]>;
+  /** Who may call the inference API [{ kind: 'iam' }]. */
+  readonly apiAuth?: ApiAuth;
 }
 
 const MOUNT_PATH = '/mnt/models';
@@ -110,11 +141,17 @@ export class ModelpipeStack extends Stack {
   readonly publisher: lambda.Function;
   readonly inference: lambda.Function;
   readonly api: apigw.HttpApi;
+  /** The uploader role of each group of models (`uploaders`). */
+  readonly uploaderRoles: Record<string, iam.Role>;
 
   constructor(scope: Construct, id: string, props: ModelpipeStackProps) {
     super(scope, id, props);
     const storage = props.registry ?? 'efs';
     const options = props.inference ?? {};
+    const signingEnv: Record<string, string> = {
+      SIGNATURE_WAIT_MS: String(props.signatureWaitMs ?? 900000),
+      ...(props.signingPolicy ? { SIGNING_POLICY: JSON.stringify(props.signingPolicy) } : {}),
+    };
 
     this.bucket = new s3.Bucket(this, 'Uploads', {
       versioned: true,
@@ -201,7 +238,7 @@ export class ModelpipeStack extends Stack {
       timeout: Duration.minutes(2),
       filesystem: mount('read-write'),
       logGroup: logGroup('Publisher'),
-      environment: { MODEL_ROOT: modelRoot, RUST_LOG: 'info' },
+      environment: { MODEL_ROOT: modelRoot, RUST_LOG: 'info', ...signingEnv },
     });
 
     // The rollout controller: every running rollout's step judged on its evidence, on a timer.
@@ -212,6 +249,14 @@ export class ModelpipeStack extends Stack {
     rolloutTick.addTarget(
       new targets.LambdaFunction(this.publisher, {
         event: events.RuleTargetInput.fromObject({ action: 'rollout-advance' }),
+        retryAttempts: 0,
+      }),
+    );
+    // On the same schedule: uploads that waited for their signature past SIGNATURE_WAIT_MS are
+    // rejected with the reason.
+    rolloutTick.addTarget(
+      new targets.LambdaFunction(this.publisher, {
+        event: events.RuleTargetInput.fromObject({ action: 'expire-uploads' }),
         retryAttempts: 0,
       }),
     );
@@ -239,6 +284,7 @@ export class ModelpipeStack extends Stack {
         MODELS_PREFIX,
         PUBLISHER_FUNCTION: this.publisher.functionName,
         RUST_LOG: 'info',
+        ...signingEnv,
       },
     });
     this.validator.addToRolePolicy(
@@ -248,11 +294,15 @@ export class ModelpipeStack extends Stack {
       }),
     );
     this.publisher.grantInvoke(this.validator);
-    this.bucket.addEventNotification(
-      s3.EventType.OBJECT_CREATED,
-      new s3n.LambdaDestination(this.validator),
-      { prefix: MODELS_PREFIX, suffix: '.onnx' },
-    );
+    // Models, their signatures and their contracts: the validator reads each kind.
+    for (const suffix of ['.onnx', '.onnx.sig', '/contract.json']) {
+      this.bucket.addEventNotification(
+        s3.EventType.OBJECT_CREATED,
+        new s3n.LambdaDestination(this.validator),
+        { prefix: MODELS_PREFIX, suffix },
+      );
+    }
+    this.uploaderRoles = this.addUploaders(props.uploaders ?? {});
 
     const memoryMb = options.memoryMb ?? 2048;
     const baked = options.image?.bakedRegistry !== undefined;
@@ -305,12 +355,32 @@ export class ModelpipeStack extends Stack {
       registryBucket.grantRead(this.inference, 'registry/*');
     }
 
+    const auth = props.apiAuth ?? { kind: 'iam' };
     this.api = new apigw.HttpApi(this, 'Api', {
       description: 'modelpipe: Open Inference Protocol v2',
       defaultIntegration: new HttpLambdaIntegration('Inference', live, {
         payloadFormatVersion: apigw.PayloadFormatVersion.VERSION_2_0,
       }),
+      defaultAuthorizer:
+        auth.kind === 'iam'
+          ? new HttpIamAuthorizer()
+          : auth.kind === 'jwt'
+            ? new HttpJwtAuthorizer('Jwt', auth.issuer, { jwtAudience: auth.audience })
+            : undefined,
     });
+    if (auth.kind === 'iam') {
+      // What a caller's role needs to call the API (SigV4-signed requests).
+      const callers = new iam.ManagedPolicy(this, 'InferenceCallers', {
+        description: 'modelpipe: call the inference API (Open Inference Protocol v2)',
+        statements: [
+          new iam.PolicyStatement({
+            actions: ['execute-api:Invoke'],
+            resources: [this.api.arnForExecuteApi('*', '/v2/*'), this.api.arnForExecuteApi('*', '/v2')],
+          }),
+        ],
+      });
+      new CfnOutput(this, 'InferenceCallersPolicy', { value: callers.managedPolicyArn, description: 'attach to the roles that call the API' });
+    }
 
     // The functions' security groups allow all egress already; the EFS rule CDK adds is redundant.
     Annotations.of(this).acknowledgeWarning('@aws-cdk/aws-ec2:ipv4IgnoreEgressRule');
@@ -321,5 +391,27 @@ export class ModelpipeStack extends Stack {
     new CfnOutput(this, 'PublisherFunction', { value: this.publisher.functionName, description: 'modelctl --publisher-function <this>' });
     new CfnOutput(this, 'InferenceFunction', { value: this.inference.functionName });
     new CfnOutput(this, 'FailedUploadsQueue', { value: failedUploads.queueUrl, description: 'S3 events the validator could not handle after retries' });
+  }
+
+  /** A role per group of models that may write only under those models' prefixes. */
+  private addUploaders(groups: Record<string, string[]>): Record<string, iam.Role> {
+    const roles: Record<string, iam.Role> = {};
+    for (const [group, models] of Object.entries(groups)) {
+      if (!/^[A-Za-z0-9]+$/.test(group)) throw new Error(`uploader group ${group}: use letters and digits`);
+      if (models.length === 0) throw new Error(`uploader group ${group} names no model`);
+      for (const model of models) {
+        if (!MODEL_NAME.test(model)) throw new Error(`uploader group ${group}: ${model} is not a model name`);
+      }
+      const role = new iam.Role(this, `Uploader${group}`, {
+        assumedBy: new iam.AccountRootPrincipal(),
+        description: `modelpipe: uploads models ${models.join(', ')} (model, .sig, contract.json)`,
+      });
+      const prefixes = models.map((m) => this.bucket.arnForObjects(`${MODELS_PREFIX}${m}/*`));
+      role.addToPolicy(new iam.PolicyStatement({ actions: ['s3:PutObject'], resources: prefixes }));
+      role.addToPolicy(new iam.PolicyStatement({ actions: ['s3:GetObject', 's3:GetObjectTagging'], resources: prefixes }));
+      new CfnOutput(this, `Uploader${group}Role`, { value: role.roleArn, description: `uploads ${models.join(', ')}` });
+      roles[group] = role;
+    }
+    return roles;
   }
 }

@@ -467,10 +467,16 @@ async fn a_contract_with_golden_examples_is_enforced() {
 }
 
 #[tokio::test]
-async fn contract_json_uploads_and_foreign_keys_are_ignored() {
+async fn foreign_keys_are_ignored_and_a_bad_contract_is_rejected_with_its_reason() {
     let f = Fixture::new().await;
+    let outcome = f
+        .upload("models/iris/contract.json", b"not a model", &[])
+        .await;
+    assert!(
+        matches!(&outcome, Outcome::Rejected { reason, .. } if reason.contains("contract.json is not valid")),
+        "{outcome:?}"
+    );
     for key in [
-        "models/iris/contract.json",
         "other/iris/model.onnx",
         "models/Iris/model.onnx",
         "models/iris/../x.onnx",
@@ -929,4 +935,308 @@ async fn duplicated_and_reordered_events_replayed_in_bulk_change_nothing() {
     assert_eq!(f.registry.versions(&iris()).unwrap(), versions);
     assert_eq!(f.registry.history(&iris()).unwrap(), history);
     assert_eq!(f.live(), live);
+}
+
+/// OpenSSF model signatures on real uploads: bundles made by the `model_signing` CLI, uploaded
+/// beside the model, verified against the model's signer policy (its `contract.json`).
+mod signed {
+    use super::*;
+    use modelpipe_registry::publish::{self, PublisherRequest};
+    use modelpipe_registry::{SIGNATURE_FILE, UploadStatus};
+    use modelpipe_signing::{Method, SignerPolicy};
+    use modelpipe_tests::signing::Signers;
+
+    const MODEL: &str = "models/iris/model.onnx";
+    const SIGNATURE: &str = "models/iris/model.onnx.sig";
+
+    impl Fixture {
+        /// Uploads `contract.json` naming `policy` and checks it was read.
+        async fn set_policy(&self, policy: &SignerPolicy) {
+            let contract = serde_json::json!({ "signing": policy });
+            let outcome = self
+                .upload(
+                    "models/iris/contract.json",
+                    contract.to_string().as_bytes(),
+                    &[],
+                )
+                .await;
+            assert!(
+                matches!(
+                    outcome,
+                    Outcome::ContractRead {
+                        signed_by_policy: true,
+                        ..
+                    }
+                ),
+                "{outcome:?}"
+            );
+        }
+
+        /// Uploads the signature, then the model (the usual order).
+        async fn upload_signed(&self, model: &[u8], bundle: &[u8]) -> Outcome {
+            let outcome = self.upload(SIGNATURE, bundle, &[]).await;
+            assert!(matches!(outcome, Outcome::Ignored { .. }), "{outcome:?}");
+            self.upload(MODEL, model, &[]).await
+        }
+    }
+
+    /// The model `seed` makes, written to a file for `model_signing` to sign.
+    fn model_file(dir: &std::path::Path, seed: u32) -> (Vec<u8>, std::path::PathBuf) {
+        let bytes = LinearSoftmax::iris(seed).to_bytes();
+        let path = dir.join(format!("iris-{seed}.onnx"));
+        std::fs::write(&path, &bytes).unwrap();
+        (bytes, path)
+    }
+
+    fn policy(signers: &Signers) -> SignerPolicy {
+        SignerPolicy {
+            required: true,
+            keys: vec![signers.pem("p256.pub"), signers.pem("p384.pub")],
+            ca_roots: vec![signers.pem("ca.pem")],
+            identities: vec!["ml-team@example.com".into()],
+        }
+    }
+
+    #[tokio::test]
+    async fn models_signed_with_p256_p384_and_a_certificate_go_live_and_record_their_signer() {
+        let (f, signers) = (Fixture::new().await, Signers::new());
+        f.set_policy(&policy(&signers)).await;
+        let dir = tempfile::tempdir().unwrap();
+        for (version, how) in [(1, "p256"), (2, "p384"), (3, "certificate")] {
+            let (bytes, path) = model_file(dir.path(), version as u32);
+            let bundle = match how {
+                "certificate" => signers.sign_with_certificate("", &path),
+                key => signers.sign_with_key(key, &path),
+            };
+            let outcome = f.upload_signed(&bytes, &bundle).await;
+            assert!(
+                matches!(outcome, Outcome::Published { version: v, .. } if v == version),
+                "{how}: {outcome:?}"
+            );
+            let signer = f
+                .registry
+                .manifest(&iris(), version)
+                .unwrap()
+                .signer
+                .unwrap();
+            let expected = match how {
+                "certificate" => (Method::Certificate, "ml-team@example.com".to_string()),
+                key => {
+                    let pem = signers.pem(&format!("{key}.pub"));
+                    (
+                        Method::Key,
+                        format!("sha256:{}", sha256_bytes(pem.as_bytes())),
+                    )
+                }
+            };
+            assert_eq!((signer.method, signer.identity.clone()), expected);
+            assert_eq!(signer.bundle_sha256, sha256_bytes(&bundle));
+            // The bundle is kept with the version: fsck verifies it again.
+            let kept = f
+                .dir
+                .path()
+                .join(format!("registry/iris/versions/{version}/{SIGNATURE_FILE}"));
+            assert_eq!(std::fs::read(kept).unwrap(), bundle);
+        }
+        let report = f
+            .registry
+            .fsck(
+                modelpipe_registry::fsck::Leftovers::Report,
+                std::time::Duration::ZERO,
+            )
+            .unwrap();
+        assert_eq!(report.errors(), 0, "{:?}", report.findings);
+    }
+
+    #[tokio::test]
+    async fn every_bad_signature_is_rejected_with_its_reason_and_live_is_untouched() {
+        let (f, signers) = (Fixture::new().await, Signers::new());
+        f.set_policy(&policy(&signers)).await;
+        let dir = tempfile::tempdir().unwrap();
+        let (v1, v1_path) = model_file(dir.path(), 1);
+        let v1_bundle = signers.sign_with_key("p256", &v1_path);
+        assert!(matches!(
+            f.upload_signed(&v1, &v1_bundle).await,
+            Outcome::Published { .. }
+        ));
+        let (v2, v2_path) = model_file(dir.path(), 2);
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let edited = |bundle: &[u8], field: &str| {
+            let mut json: serde_json::Value = serde_json::from_slice(bundle).unwrap();
+            let target = match field {
+                "payload" => &mut json["dsseEnvelope"]["payload"],
+                _ => &mut json["dsseEnvelope"]["signatures"][0]["sig"],
+            };
+            let mut raw = b64.decode(target.as_str().unwrap()).unwrap();
+            let last = raw.len() - 3;
+            raw[last] ^= 0x01;
+            *target = b64.encode(raw).into();
+            serde_json::to_vec(&json).unwrap()
+        };
+        let v2_bundle = signers.sign_with_key("p256", &v2_path);
+        let (_, v3_path) = model_file(dir.path(), 3);
+        let cases: [(&str, Vec<u8>, &str); 6] = [
+            (
+                "wrong key",
+                signers.sign_with_key("other", &v2_path),
+                "does not list",
+            ),
+            (
+                "another model's signature",
+                signers.sign_with_key("p256", &v3_path),
+                "is for other bytes",
+            ),
+            (
+                "payload edited",
+                edited(&v2_bundle, "payload"),
+                "does not verify",
+            ),
+            (
+                "signature edited",
+                edited(&v2_bundle, "signature"),
+                "does not verify",
+            ),
+            (
+                "a certificate from another CA",
+                signers.sign_with_certificate("rogue_", &v2_path),
+                "does not chain",
+            ),
+            ("not a bundle", b"{}".to_vec(), "malformed"),
+        ];
+        for (case, bundle, reason) in cases {
+            f.put(SIGNATURE, &bundle, &[]).await;
+            f.assert_rejected(MODEL, &v2, &[], reason).await;
+            let rejections = f.registry.rejections(&iris()).unwrap();
+            assert!(
+                rejections.last().unwrap().reason.contains(SIGNATURE),
+                "{case}"
+            );
+        }
+        // The model's bytes changed after signing: its own signature, other bytes.
+        f.put(SIGNATURE, &v2_bundle, &[]).await;
+        let mut changed = v2.clone();
+        let last = changed.len() - 1;
+        changed[last] ^= 0x01;
+        f.assert_rejected(MODEL, &changed, &[], "is for other bytes")
+            .await;
+        // The good signature still publishes it.
+        assert!(matches!(
+            f.upload_signed(&v2, &v2_bundle).await,
+            Outcome::Published { version: 2, .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_model_waits_for_its_signature_in_either_order_and_is_rejected_when_none_comes() {
+        let (f, signers) = (Fixture::new().await, Signers::new());
+        f.set_policy(&policy(&signers)).await;
+        let dir = tempfile::tempdir().unwrap();
+        let (v1, v1_path) = model_file(dir.path(), 1);
+        // The model's event first: it waits, tagged so, and nothing is live.
+        let outcome = f.upload(MODEL, &v1, &[]).await;
+        assert!(
+            matches!(outcome, Outcome::AwaitingSignature { .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(
+            f.tags(MODEL).await.get("modelpipe-status").unwrap(),
+            "awaiting-signature"
+        );
+        assert!(f.live().is_none());
+        // Its signature's event resumes it.
+        let outcome = f
+            .upload(SIGNATURE, &signers.sign_with_key("p384", &v1_path), &[])
+            .await;
+        assert!(
+            matches!(outcome, Outcome::Published { version: 1, .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(
+            f.tags(MODEL).await.get("modelpipe-status").unwrap(),
+            "published"
+        );
+
+        // v2 with no signature, ever: rejected once SIGNATURE_WAIT_MS has passed.
+        let v2 = LinearSoftmax::iris(2).to_bytes();
+        let before = f.live();
+        assert!(matches!(
+            f.upload(MODEL, &v2, &[]).await,
+            Outcome::AwaitingSignature { .. }
+        ));
+        // Not before its time.
+        assert!(
+            f.registry
+                .expire_uploads(std::time::Duration::from_secs(3600))
+                .unwrap()
+                .is_empty()
+        );
+        let expired = f
+            .registry
+            .expire_uploads(std::time::Duration::ZERO)
+            .unwrap();
+        assert_eq!(expired.len(), 1);
+        assert!(
+            expired[0].1.reason.contains("no signature arrived"),
+            "{:?}",
+            expired[0]
+        );
+        let record = f.registry.upload_record(&iris(), MODEL).unwrap().unwrap();
+        assert_eq!(record.status, UploadStatus::Rejected);
+        assert_eq!(f.live(), before);
+        assert_eq!(f.registry.versions(&iris()).unwrap(), [1]);
+    }
+
+    #[tokio::test]
+    async fn once_the_policy_requires_signatures_no_move_reaches_an_unsigned_version() {
+        let (f, signers) = (Fixture::new().await, Signers::new());
+        // v1 unsigned, published while the model has no policy.
+        f.with_v1_live().await;
+        f.set_policy(&policy(&signers)).await;
+        let dir = tempfile::tempdir().unwrap();
+        let (v2, v2_path) = model_file(dir.path(), 2);
+        let bundle = signers.sign_with_key("p256", &v2_path);
+        assert!(matches!(
+            f.upload_signed(&v2, &bundle).await,
+            Outcome::Published { version: 2, .. }
+        ));
+
+        let requests = [
+            PublisherRequest::Rollback {
+                model: iris(),
+                alias: AliasName::live(),
+                reason: None,
+            },
+            PublisherRequest::SetAlias {
+                model: iris(),
+                alias: AliasName::live(),
+                version: 1,
+                reason: None,
+            },
+            PublisherRequest::Publish {
+                model: iris(),
+                alias: "canary".parse().unwrap(),
+                version: 1,
+                reason: None,
+            },
+        ];
+        for request in requests {
+            let refused = publish::apply(&f.registry, &request, None)
+                .unwrap_err()
+                .to_string();
+            assert!(refused.contains("v1: it is not signed"), "{refused}");
+        }
+        assert_eq!(f.live().unwrap().0, 2);
+        // A rollout of the unsigned version is refused too.
+        let start = modelpipe_registry::rollout::actions::RolloutRequest::Start {
+            model: iris(),
+            alias: AliasName::live(),
+            candidate: 1,
+            plan: "canary".into(),
+            settings: Default::default(),
+            reason: None,
+        };
+        let refused =
+            modelpipe_registry::rollout::actions::apply(&f.registry, &start, None).unwrap_err();
+        assert!(refused.to_string().contains("not signed"), "{refused}");
+    }
 }

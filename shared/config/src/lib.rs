@@ -8,6 +8,7 @@ use std::time::Duration;
 use modelpipe_core::limits::{Limits, MAX_MODEL_NODES, MODEL_LOAD_BUDGET};
 use modelpipe_core::model_name::ModelName;
 use modelpipe_registry::{FileCacheConfig, Location, Registry, RegistryError};
+use modelpipe_signing::SignerPolicy;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -44,6 +45,12 @@ pub struct Config {
     /// `METRICS_NAMESPACE` [modelpipe]: the CloudWatch namespace of the inference function's
     /// EMF metrics.
     pub metrics_namespace: String,
+    /// `SIGNING_POLICY` (JSON, as a contract's `signing`): the signer policy of models whose
+    /// contract names none.
+    pub signing_policy: Option<SignerPolicy>,
+    /// `SIGNATURE_WAIT_MS` [900000]: how long an upload waits for the signature its policy
+    /// requires before the publisher's `expire-uploads` rejects it.
+    pub signature_wait: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +64,8 @@ pub struct ConfigError {
 impl Config {
     /// The registry at `MODEL_ROOT`.
     pub fn open_registry(&self) -> Result<Registry, RegistryError> {
-        Registry::open_at(&self.model_root, &self.model_files)
+        Ok(Registry::open_at(&self.model_root, &self.model_files)?
+            .with_signing_default(self.signing_policy.clone()))
     }
 
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -129,7 +137,27 @@ impl Config {
             metrics_namespace: get("METRICS_NAMESPACE")
                 .filter(|v| !v.is_empty())
                 .unwrap_or_else(|| "modelpipe".into()),
+            signing_policy: signing_policy(get("SIGNING_POLICY"))?,
+            signature_wait: Duration::from_millis(parse(
+                "SIGNATURE_WAIT_MS",
+                get("SIGNATURE_WAIT_MS"),
+                900_000,
+            )?),
         })
+    }
+}
+
+/// `SIGNING_POLICY`, parsed and its keys and roots checked; unset or blank: none.
+pub fn signing_policy(value: Option<String>) -> Result<Option<SignerPolicy>, ConfigError> {
+    match value.filter(|v| !v.trim().is_empty()) {
+        None => Ok(None),
+        Some(text) => SignerPolicy::from_json(&text)
+            .map(Some)
+            .map_err(|why| ConfigError {
+                name: "SIGNING_POLICY",
+                value: text,
+                why,
+            }),
     }
 }
 

@@ -10,8 +10,11 @@ use crate::digest::Digest;
 pub const ARTIFACT_FILE: &str = "model.nnef.tar";
 /// ONNX Runtime's optimised graph beside the model (see [`Optimized`]).
 pub const OPTIMIZED_FILE: &str = "model.optimized.onnx";
+/// The model's OpenSSF signature (a Sigstore bundle), kept beside it so that it can be verified
+/// again; the manifest's `signer` names its digest.
+pub const SIGNATURE_FILE: &str = "model.onnx.sig";
 /// The files ingest may add beside `model.onnx`, each named by the manifest with its digest.
-pub const PREPARED_FILES: [&str; 2] = [ARTIFACT_FILE, OPTIMIZED_FILE];
+pub const PREPARED_FILES: [&str; 3] = [ARTIFACT_FILE, OPTIMIZED_FILE, SIGNATURE_FILE];
 
 /// tract's compiled artifact of a version (its NNEF form, read without ONNX decoding).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

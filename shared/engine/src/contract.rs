@@ -31,6 +31,10 @@ pub struct Contract {
     /// plan instead of published (`rollout=none` on an upload publishes it at once).
     #[serde(default)]
     pub rollout: Option<RequestedRollout>,
+    /// The model's signer policy (`modelpipe_signing::SignerPolicy`), read and checked by the
+    /// validator, which holds uploads and alias moves to it.
+    #[serde(default)]
+    pub signing: Option<Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

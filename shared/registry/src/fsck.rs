@@ -9,7 +9,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{ARTIFACT_FILE, MANIFEST_FILE, Manifest, OPTIMIZED_FILE, Registry, Result};
+use super::{
+    ARTIFACT_FILE, MANIFEST_FILE, Manifest, OPTIMIZED_FILE, Registry, Result, SIGNATURE_FILE,
+};
 use modelpipe_core::model_name::ModelName;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -208,6 +210,9 @@ impl Registry {
                     ),
                 }
             }
+            if let Some(signer) = &manifest.signer {
+                self.check_signature(model, &manifest, signer, found);
+            }
             match self.verified_manifest(model, version) {
                 Ok(_) => complete.push(manifest),
                 Err(e) => found(Severity::Error, e.to_string()),
@@ -246,7 +251,19 @@ impl Registry {
                         record.version
                     ),
                 ),
-                Some(_) => {}
+                Some(manifest) => {
+                    if let Some(policy) = self.signer_policy(model)?
+                        && let Err(why) = policy.admits(manifest.signer.as_ref())
+                    {
+                        found(
+                            Severity::Warning,
+                            format!(
+                                "alias {alias} serves v{}, which the model's signer policy would refuse now: {why}",
+                                record.version
+                            ),
+                        );
+                    }
+                }
             }
             let last = history
                 .iter()
@@ -264,6 +281,30 @@ impl Registry {
             }
         }
         Ok(aliases.len())
+    }
+
+    /// The version's stored signature, verified again against the key or root its manifest
+    /// records.
+    fn check_signature(
+        &self,
+        model: &ModelName,
+        manifest: &Manifest,
+        signer: &modelpipe_signing::Signer,
+        found: &mut impl FnMut(Severity, String),
+    ) {
+        let version = manifest.version;
+        let key = format!("{model}/versions/{version}/{SIGNATURE_FILE}");
+        let verified = match self.store.read(&key) {
+            Ok(Some(bundle)) => modelpipe_signing::verify_again(&bundle, &manifest.sha256, signer),
+            Ok(None) => Err("it is missing".into()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(why) = verified {
+            found(
+                Severity::Error,
+                format!("versions/{version}/{SIGNATURE_FILE} does not verify: {why}"),
+            );
+        }
     }
 
     /// Every rollout on complete versions; a running one on its alias's version; its last

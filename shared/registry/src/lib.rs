@@ -28,6 +28,7 @@ pub mod publish;
 pub mod records;
 pub mod rollout;
 mod s3_store;
+mod signing;
 pub mod store;
 
 use std::collections::BTreeMap;
@@ -48,6 +49,7 @@ use modelpipe_core::digest::{Digest, sha256_bytes};
 use modelpipe_core::engine_choice::{EngineChoice, LayoutChoice};
 use modelpipe_core::model_name::{AliasName, ModelName};
 use modelpipe_core::signature::Signature;
+use modelpipe_signing::SignerPolicy;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -85,6 +87,8 @@ pub struct NewVersion {
     pub artifact: Option<Artifact>,
     /// Set when the staging directory holds [`OPTIMIZED_FILE`].
     pub optimized: Option<Optimized>,
+    /// Set when the staging directory holds [`SIGNATURE_FILE`], verified.
+    pub signer: Option<Signer>,
     /// The engine chosen at ingest; none: tract.
     pub engine: Option<EngineChoice>,
     /// The smoke test's input shapes, when not the declared ones with dynamic dimensions 1.
@@ -126,7 +130,7 @@ impl Staging {
 }
 
 pub const MODEL_FILE: &str = "model.onnx";
-pub use modelpipe_core::prepared::{ARTIFACT_FILE, OPTIMIZED_FILE, PREPARED_FILES};
+pub use modelpipe_core::prepared::{ARTIFACT_FILE, OPTIMIZED_FILE, PREPARED_FILES, SIGNATURE_FILE};
 const MANIFEST_FILE: &str = "manifest.json";
 /// Written by `modelctl bake` at the root of a registry baked into an image.
 pub(crate) const BAKED_MARKER: &str = "baked.json";
@@ -136,6 +140,8 @@ pub struct Registry {
     store: Arc<dyn Store>,
     location: Location,
     baked: bool,
+    /// The signer policy of models whose `contract.json` names none (`SIGNING_POLICY`).
+    signing_default: Option<Arc<SignerPolicy>>,
 }
 
 impl Registry {
@@ -163,6 +169,7 @@ impl Registry {
             store,
             location: location.clone(),
             baked,
+            signing_default: None,
         })
     }
 
@@ -191,6 +198,7 @@ impl Registry {
             store: Arc::new(store),
             location,
             baked: false,
+            signing_default: None,
         })
     }
 
@@ -437,6 +445,18 @@ impl Registry {
         self.read_json(&upload_key(model, key))
     }
 
+    /// Every upload record of `model`: the latest event handled per key.
+    pub fn upload_records(&self, model: &ModelName) -> Result<Vec<UploadRecord>> {
+        let dir = format!("{model}/uploads");
+        let mut records = Vec::new();
+        for name in self.store.list_files(&dir).map_err(self.io_error(&dir))? {
+            if name.ends_with(".json") {
+                records.extend(self.read_json(&format!("{dir}/{name}"))?);
+            }
+        }
+        Ok(records)
+    }
+
     /// A new, empty staging directory for an upload of `model`.
     pub fn stage(&self, model: &ModelName) -> Result<Staging> {
         let parent = self
@@ -584,6 +604,7 @@ impl Locked<'_> {
                 layout: new.layout.clone(),
                 artifact: new.artifact.clone(),
                 optimized: new.optimized.clone(),
+                signer: new.signer.clone(),
                 engine: new.engine.clone(),
                 smoke_shapes: new.smoke_shapes.clone(),
             };

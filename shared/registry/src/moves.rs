@@ -1,13 +1,14 @@
 //! The one way an alias moves. "An alias, its history and its rollout agree" is kept here and
-//! nowhere else: [`Locked::move_alias`] checks the version, writes the alias, appends its history
-//! line and ends (or promotes) the alias's rollout; publish, rollback, set-alias, a rollout's
+//! nowhere else: [`Locked::move_alias`] checks the version (its file against its manifest, its
+//! signer against the model's policy), writes the alias, appends its history line and ends (or
+//! promotes) the alias's rollout; publish, rollback, set-alias, a rollout's
 //! promotion and bake all call it. [`Locked::settle_rollout`] repairs what a crash between those
 //! writes left behind.
 
 use crate::rollout::transition::{Did, Input, Transition, transition};
 use crate::rollout::{Actor, Conflict, Evaluation, Rollout};
 use crate::{AliasAction, AliasRecord, HistoryEntry, Locked, RegistryError, to_json};
-use modelpipe_core::model_name::AliasName;
+use modelpipe_core::model_name::{AliasName, ModelName};
 use modelpipe_core::time::Timestamp;
 
 /// A move of one alias of the locked model.
@@ -41,6 +42,14 @@ pub struct Moved {
 
 #[derive(Debug, thiserror::Error)]
 pub enum MoveError {
+    /// The version does not satisfy the model's signer policy.
+    #[error("cannot point {model}:{alias} at v{version}: {why}")]
+    Refused {
+        model: ModelName,
+        alias: AliasName,
+        version: u64,
+        why: String,
+    },
     #[error(transparent)]
     Conflict(#[from] Conflict),
     #[error(transparent)]
@@ -64,6 +73,7 @@ impl Locked<'_> {
         self.restore_history(alias, current.as_ref())?;
         let previous = current.as_ref().map(|c| c.version);
         if previous != Some(mv.version) {
+            self.admit(alias, &manifest)?;
             let at = Timestamp::now();
             let record = AliasRecord {
                 version: mv.version,

@@ -12,6 +12,7 @@ pub use modelpipe_core::prepared::{Artifact, Optimized};
 pub use modelpipe_core::requested_rollout::RequestedRollout;
 use modelpipe_core::signature::Signature;
 use modelpipe_core::time::Timestamp;
+pub use modelpipe_signing::Signer;
 
 /// Where a version's bytes came from.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +55,9 @@ pub struct Manifest {
     /// with dynamic dimensions 1 do not run (an export that baked a sequence length).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub smoke_shapes: Option<Vec<Vec<usize>>>,
+    /// Who signed it (`model.onnx.sig` beside it); absent: unsigned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<Signer>,
 }
 
 impl Manifest {
@@ -139,6 +143,9 @@ pub enum UploadStatus {
     Published,
     /// Handed to a guarded rollout of its alias.
     RollingOut,
+    /// Checked as far as its signature, which its model's policy requires and which has not
+    /// arrived: its `.sig` object's event resumes it, until `SIGNATURE_WAIT_MS` rejects it.
+    AwaitingSignature,
     Registered,
     Rejected,
 }
@@ -149,6 +156,7 @@ impl UploadStatus {
             Self::Committed => "committed",
             Self::Published => "published",
             Self::RollingOut => "rolling-out",
+            Self::AwaitingSignature => "awaiting-signature",
             Self::Registered => "registered",
             Self::Rejected => "rejected",
         }

@@ -163,6 +163,8 @@ async fn model_metadata(
             json!({"engine": "tract", "reason": "committed before engines were chosen at ingest"})
         }
     };
+    // Who signed the live version (OpenSSF model signing), as verified at ingest; null: unsigned.
+    body["signer"] = json!(manifest.signer);
     body["hot_reload"] = inference.hot_reload();
     let mut resident: Vec<u64> = inference
         .cache()

@@ -1,10 +1,13 @@
 //! Where an upload becomes a version: one S3 ObjectCreated record in, one [`Outcome`] out.
 //!
 //! The stages of [`Validator::handle_record`]: `parse` (key → model) → `gate` (duplicate, older
-//! event, or a committed upload to finish?) → `fetch` (metadata, size) → `stream` (hash into
-//! staging) → `check_integrity` → `check` (`crate::version`: the engine's checks and what ingest
-//! prepares) → `commit` (under the model lock) → `finish_upload` (publish or start a rollout,
-//! tag the object). A rejection writes nothing into
+//! event, or a committed upload to finish?) → `fetch` (metadata, size, the model's contract) →
+//! `stream` (hash into staging) → `check_integrity` → `check_signature` (`signatures`: the
+//! `.sig` beside it against the model's signer policy, or wait for it) → `check`
+//! (`crate::version`: the engine's checks and what ingest prepares) → `commit` (under the model
+//! lock) → `finish_upload` (publish or start a rollout, tag the object). A signature's upload
+//! resumes a model waiting for it; a contract's upload records its signer policy. A rejection
+//! writes nothing into
 //! `versions/`, is recorded under the model and tagged on the object; it is an `Ok` outcome, so
 //! Lambda does not retry it. Only transient failures (S3, the publisher, the filesystem) are
 //! errors, and a retried event resumes where the failed one stopped.
@@ -19,18 +22,21 @@ use tracing::{info, warn};
 
 use crate::ingest::{IngestError, stream_to_file};
 use crate::object_store::{Object, ObjectRef, ObjectStore, StoreError, tag_value};
-use crate::version::{check_and_prepare, new_version, read_contract};
+use crate::version::{check_and_prepare, new_version};
 use modelpipe_config::Config;
 use modelpipe_core::digest::Digest;
-use modelpipe_core::model_name::{AliasName, ModelKey, ModelName, contract_key, decode_event_key};
+use modelpipe_core::model_name::{AliasName, ModelKey, ModelName, decode_event_key};
+
+use self::signatures::{contract_of, signed_model};
 use modelpipe_engine::checks::{Checked, Compiled, Expectations};
+use modelpipe_engine::contract::Contract;
 use modelpipe_engine::{EngineKind, Limits};
 use modelpipe_registry::publish::{PublisherRequest, PublisherResponse};
 use modelpipe_registry::rollout::Plan;
 use modelpipe_registry::rollout::actions::RolloutRequest;
 use modelpipe_registry::{
-    Commit, Registry, RegistryError, Rejection, RequestedRollout, Source, Staging, UploadRecord,
-    UploadStatus, now, sequencer_cmp,
+    Commit, Registry, RegistryError, Rejection, RequestedRollout, Signer, Source, Staging,
+    UploadRecord, UploadStatus, now, sequencer_cmp,
 };
 
 /// Where the validator sends a publish: the publisher Lambda in AWS, a direct call locally.
@@ -113,6 +119,17 @@ pub enum Outcome {
         model: ModelName,
         key: String,
         reason: String,
+    },
+    /// Checked as far as its signature, which the model's policy requires and which has not
+    /// arrived: its `.sig` upload resumes it (until `SIGNATURE_WAIT_MS`).
+    AwaitingSignature {
+        model: ModelName,
+        key: String,
+    },
+    /// The model's `contract.json` was read: its signer policy now holds the model's moves.
+    ContractRead {
+        model: ModelName,
+        signed_by_policy: bool,
     },
 }
 
@@ -232,7 +249,6 @@ pub struct Validator<S, P> {
 }
 
 /// Contracts larger than this are refused rather than read.
-const MAX_CONTRACT_BYTES: u64 = 16 * 1024 * 1024;
 
 impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
     pub fn new(registry: Registry, store: S, publisher: P, config: &Config) -> Self {
@@ -283,20 +299,31 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
     }
 
     async fn stages(&self, record: &S3EventRecord) -> Result<Outcome, Stop> {
-        let upload = self.parse(record)?;
+        match self.parse(record)? {
+            Event::Model(upload) => self.model_stages(upload).await,
+            Event::Signature(upload) => self.signature_arrived(upload).await,
+            Event::Contract(upload) => self.contract_changed(upload).await,
+        }
+    }
+
+    async fn model_stages(&self, upload: Upload) -> Result<Outcome, Stop> {
         self.gate(&upload).await?;
         let (upload, fetched, options) = self.fetch(upload).await?;
         let staged = self.stream(&upload, fetched).await?;
         self.check_integrity(&upload, &staged, &options).await?;
+        let signer = self.check_signature(&upload, &staged, &options).await?;
         let checked = self.check(&upload, &staged, &options).await?;
-        let record = self.commit(&upload, staged, checked, &options).await?;
+        let record = self
+            .commit(&upload, staged, checked, signer, &options)
+            .await?;
         Ok(self
             .finish_upload(&upload.model, &upload.object, record)
             .await?)
     }
 
-    /// The record's key and object, or why the record is not a model upload.
-    fn parse(&self, record: &S3EventRecord) -> Result<Upload, Stop> {
+    /// What the record is about (a model, its signature, its contract) and its object, or why
+    /// it is none of them.
+    fn parse(&self, record: &S3EventRecord) -> Result<Event, Stop> {
         let key = decode_event_key(record.s3.object.key.as_deref().unwrap_or_default());
         let event_name = record.event_name.as_deref().unwrap_or_default();
         if !event_name.starts_with("ObjectCreated") {
@@ -308,9 +335,17 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
         let Some(bucket) = record.s3.bucket.name.clone() else {
             return Err(ignored(&key, "the event names no bucket".into()));
         };
-        let model = ModelKey::parse(&key, &self.models_prefix)
-            .map_err(|e| ignored(&key, e.to_string()))?
-            .model;
+        let (kind, model) = match ModelKey::parse(&key, &self.models_prefix) {
+            Ok(parsed) => (Event::Model as fn(Upload) -> Event, parsed.model),
+            Err(e) => match (
+                signed_model(&key, &self.models_prefix),
+                contract_of(&key, &self.models_prefix),
+            ) {
+                (Some(model), _) => (Event::Signature as fn(Upload) -> Event, model),
+                (_, Some(model)) => (Event::Contract as fn(Upload) -> Event, model),
+                _ => return Err(ignored(&key, e.to_string())),
+            },
+        };
         let object = &record.s3.object;
         let version_id = object
             .version_id
@@ -324,7 +359,7 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
             sequencer: object.sequencer.clone(),
         };
         info!(model = %model, key = %key, sequencer = source.sequencer.as_deref().unwrap_or("-"), "upload received");
-        Ok(Upload {
+        Ok(kind(Upload {
             model,
             object: ObjectRef {
                 bucket,
@@ -332,7 +367,7 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
                 version_id,
             },
             source,
-        })
+        }))
     }
 
     /// Whether this event was handled before (a duplicate, an older event, or a commit whose
@@ -348,7 +383,10 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
             info!(model = %model, key = %key, "older event: a newer upload of this key was already handled");
             return Err(Stop::Outcome(Outcome::Stale { model, key }));
         }
-        if sequencer.is_none() || sequencer != seen.sequencer.as_deref() {
+        if sequencer.is_none()
+            || sequencer != seen.sequencer.as_deref()
+            || seen.status == UploadStatus::AwaitingSignature
+        {
             return Ok(());
         }
         if seen.status == UploadStatus::Committed {
@@ -387,9 +425,14 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
             );
             return Err(self.reject(&upload, reason, None).await);
         }
+        let contract = match self.fetch_contract(&upload).await? {
+            Ok(contract) => contract,
+            Err(reason) => return Err(self.reject(&upload, reason, None).await),
+        };
         let options = FetchedOptions {
             upload: options,
             checksum_sha256: fetched.checksum_sha256.clone(),
+            contract,
         };
         Ok((upload, fetched, options))
     }
@@ -480,19 +523,7 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
         let model = &upload.model;
         let reject =
             |reason: String| self.reject(upload, reason, Some(staged.digest.sha256.clone()));
-        let contract_key = contract_key(&self.models_prefix, model);
-        let contract = match self
-            .store
-            .get_small(&upload.object.bucket, &contract_key, MAX_CONTRACT_BYTES)
-            .await
-            .map_err(ValidatorError::from)?
-        {
-            None => None,
-            Some(bytes) => match read_contract(&bytes) {
-                Ok(contract) => Some(contract),
-                Err(reason) => return Err(reject(reason).await),
-            },
-        };
+        let contract = options.contract.clone();
         let default_rollout = contract
             .as_ref()
             .and_then(|c| c.rollout.clone())
@@ -549,10 +580,13 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
             compiled,
             default_rollout,
         }: Checks,
+        signer: Option<Signer>,
         options: &FetchedOptions,
     ) -> Result<UploadRecord, Stop> {
-        let new = new_version(&checked, staged.digest, upload.source.clone(), compiled);
+        let mut new = new_version(&checked, staged.digest, upload.source.clone(), compiled);
+        new.signer = signer;
         drop(checked);
+        let policy = self.contract_policy(options.contract.as_ref());
         let (registry, owned, alias, rollout) = (
             self.registry.clone(),
             upload.clone(),
@@ -569,6 +603,8 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
             {
                 return Ok(None);
             }
+            // The contract's policy, as of this upload, holds the model's alias moves.
+            locked.write_signer_policy(policy.as_ref())?;
             let commit = locked.commit(staging, new)?;
             if let Commit::Created(version) = commit {
                 info!(model = %model, version, "version committed");
@@ -815,6 +851,18 @@ struct Checks {
 struct FetchedOptions {
     upload: UploadOptions,
     checksum_sha256: Option<String>,
+    /// The model's `contract.json`, when the bucket has one.
+    contract: Option<Contract>,
+}
+
+/// What one record is about.
+enum Event {
+    /// A model file (`<prefix><model>/<name>.onnx`).
+    Model(Upload),
+    /// A model file's signature (`….onnx.sig`): the model's upload, which may be waiting for it.
+    Signature(Upload),
+    /// The model's `contract.json`.
+    Contract(Upload),
 }
 
 /// An upload's bytes in a staging directory, and their digest.
@@ -907,6 +955,8 @@ fn is_older(ours: Option<&str>, seen: Option<&str>) -> bool {
 
 /// How long a staging directory may sit before it counts as a crashed ingest's leftover.
 pub const STAGING_MAX_AGE: Duration = Duration::from_secs(3600);
+
+mod signatures;
 
 #[cfg(test)]
 mod tests;

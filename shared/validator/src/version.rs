@@ -9,14 +9,27 @@ use modelpipe_engine::checks::{CheckError, Checked, Compiled, Expectations, chec
 use modelpipe_engine::contract::Contract;
 use modelpipe_registry::rollout::Plan;
 use modelpipe_registry::{NewVersion, Source};
+use modelpipe_signing::SignerPolicy;
 
-/// A model's `contract.json`, its default rollout checked as a plan.
+/// A model's `contract.json`, its default rollout checked as a plan and its signer policy as a
+/// policy.
 pub fn read_contract(bytes: &[u8]) -> Result<Contract, String> {
     let contract = Contract::parse(bytes)?;
     if let Some(rollout) = &contract.rollout {
         Plan::requested(rollout).map_err(|e| format!("contract.json rollout: {e}"))?;
     }
+    signer_policy(&contract)?;
     Ok(contract)
+}
+
+/// The signer policy a contract names, if any.
+pub fn signer_policy(contract: &Contract) -> Result<Option<SignerPolicy>, String> {
+    let Some(signing) = &contract.signing else {
+        return Ok(None);
+    };
+    SignerPolicy::from_json(&signing.to_string())
+        .map(Some)
+        .map_err(|e| format!("contract.json signing: {e}"))
 }
 
 /// Checks the model file at `path` (blocking, CPU-bound), then writes what ingest prepares for
@@ -53,5 +66,6 @@ pub fn new_version(
         optimized,
         engine: Some(checked.choice.clone()),
         smoke_shapes: checked.engine.smoke_shapes().map(<[Vec<usize>]>::to_vec),
+        signer: None,
     }
 }

@@ -256,7 +256,8 @@ pub fn start(
                 ))
             })?
             .version;
-        registry.manifest(model, candidate)?;
+        // The candidate will answer callers: it must satisfy the model's signer policy now.
+        locked.admit(alias, &registry.manifest(model, candidate)?)?;
         if candidate == stable {
             return Err(RolloutError::BadRequest(format!(
                 "{model}:{alias} already points at v{candidate}"

@@ -1,0 +1,123 @@
+//! Which signer policy a model's alias moves are held to: the model's own (`contract.json`'s
+//! `signing`, copied here by the validator as `<model>/signing.json`), else the registry's
+//! default (`SIGNING_POLICY`). [`Locked::admit`] is the one check, made by every alias move
+//! ([`Locked::move_alias`]) and by a rollout's start; uploads that wait for their signature are
+//! expired here too.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::{
+    Locked, Manifest, MoveError, Registry, Rejection, Result, UploadRecord, UploadStatus, now,
+};
+use modelpipe_core::model_name::{AliasName, ModelName};
+use modelpipe_core::time::Timestamp;
+use modelpipe_signing::SignerPolicy;
+
+fn policy_key(model: &ModelName) -> String {
+    format!("{model}/signing.json")
+}
+
+impl Registry {
+    /// The policy of models whose contract names none.
+    pub fn with_signing_default(mut self, policy: Option<SignerPolicy>) -> Self {
+        self.signing_default = policy.map(Arc::new);
+        self
+    }
+
+    /// The policy of models whose contract names none (`SIGNING_POLICY`).
+    pub fn signer_policy_default(&self) -> Option<SignerPolicy> {
+        self.signing_default.as_deref().cloned()
+    }
+
+    /// The signer policy `model`'s versions are held to now, if any.
+    pub fn signer_policy(&self, model: &ModelName) -> Result<Option<SignerPolicy>> {
+        let own: Option<Option<SignerPolicy>> = self.read_json(&policy_key(model))?;
+        Ok(match own {
+            Some(Some(policy)) => Some(policy),
+            _ => self.signing_default.as_deref().cloned(),
+        })
+    }
+
+    /// Rejects every upload that has waited for its signature longer than `wait` (the
+    /// publisher's `expire-uploads`, on the rollout controller's schedule).
+    pub fn expire_uploads(&self, wait: Duration) -> Result<Vec<(ModelName, Rejection)>> {
+        let mut expired = Vec::new();
+        // Every model directory: a model's first upload may be the one waiting.
+        for model in self
+            .list("")?
+            .iter()
+            .filter_map(|n| n.parse::<ModelName>().ok())
+        {
+            if self.overdue_uploads(&model, wait)?.is_empty() {
+                continue;
+            }
+            let locked = self.lock(&model)?;
+            // Read again under the lock: the signature may have arrived meanwhile.
+            for record in self.overdue_uploads(&model, wait)? {
+                expired.push((model.clone(), locked.expire_upload(record, wait)?));
+            }
+        }
+        Ok(expired)
+    }
+
+    /// The uploads of `model` waiting for a signature since before `wait`.
+    fn overdue_uploads(&self, model: &ModelName, wait: Duration) -> Result<Vec<UploadRecord>> {
+        let mut overdue = Vec::new();
+        for record in self.upload_records(model)? {
+            let since = record
+                .updated_at
+                .parse::<Timestamp>()
+                .map(Timestamp::elapsed);
+            if record.status == UploadStatus::AwaitingSignature && since.is_ok_and(|s| s >= wait) {
+                overdue.push(record);
+            }
+        }
+        Ok(overdue)
+    }
+}
+
+impl Locked<'_> {
+    /// Records the model's own policy (`None`: its contract names none, the default applies).
+    pub fn write_signer_policy(&self, policy: Option<&SignerPolicy>) -> Result<()> {
+        self.write(&policy_key(self.model()), &crate::to_json(&policy))
+    }
+
+    /// Whether `manifest`'s version may be what `alias` serves, under the model's policy now.
+    pub(crate) fn admit(&self, alias: &AliasName, manifest: &Manifest) -> Result<(), MoveError> {
+        let Some(policy) = self.registry().signer_policy(self.model())? else {
+            return Ok(());
+        };
+        policy
+            .admits(manifest.signer.as_ref())
+            .map_err(|why| MoveError::Refused {
+                model: self.model().clone(),
+                alias: alias.clone(),
+                version: manifest.version,
+                why,
+            })
+    }
+
+    /// Rejects an upload that waited for its signature past `wait`: recorded like any
+    /// rejection, with the reason.
+    fn expire_upload(&self, record: UploadRecord, wait: Duration) -> Result<Rejection> {
+        let rejection = Rejection {
+            key: record.key.clone(),
+            sequencer: record.sequencer.clone(),
+            sha256: None,
+            reason: format!(
+                "no signature arrived within SIGNATURE_WAIT_MS ({} s), and the model's signer policy requires one: upload {}.sig, then the model again",
+                wait.as_secs(),
+                record.key
+            ),
+            at: now(),
+        };
+        self.append_rejection(&rejection)?;
+        self.write_upload_record(&UploadRecord {
+            status: UploadStatus::Rejected,
+            updated_at: now(),
+            ..record
+        })?;
+        Ok(rejection)
+    }
+}

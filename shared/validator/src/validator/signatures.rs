@@ -1,0 +1,228 @@
+//! The validator's signature stage and the two uploads beside a model that feed it: the model's
+//! signature (`<model key>.sig`, an OpenSSF model signing bundle) and its `contract.json`, whose
+//! `signing` section is the model's signer policy (else the registry's default, `SIGNING_POLICY`).
+//!
+//! A model whose policy requires a signature that has not arrived waits (upload record and tag
+//! `awaiting-signature`); the signature's own event resumes it, S3 delivering the two in either
+//! order; the publisher's `expire-uploads` rejects it after `SIGNATURE_WAIT_MS`. A signature
+//! beside the key that is a committed version's (the previous upload's) has not "arrived" for
+//! this one: the upload waits for its own. Any other signature is this upload's, and is verified.
+
+use tracing::info;
+
+use super::{FetchedOptions, Outcome, Staged, Stop, Upload, Validator, ValidatorError, ignored};
+use crate::object_store::{ObjectRef, ObjectStore, tag_value};
+use crate::validator::PublishTarget;
+use crate::version::{read_contract, signer_policy};
+use modelpipe_core::digest::sha256_bytes;
+use modelpipe_core::model_name::{ModelKey, ModelName, contract_key};
+use modelpipe_engine::contract::Contract;
+use modelpipe_registry::{RegistryError, SIGNATURE_FILE, Signer, UploadRecord, UploadStatus, now};
+use modelpipe_signing::{SIGNATURE_SUFFIX, SignatureError, SignerPolicy};
+
+/// A signature bundle is a few KB; anything near this is not one.
+const MAX_SIGNATURE_BYTES: u64 = 1024 * 1024;
+const MAX_CONTRACT_BYTES: u64 = 16 * 1024 * 1024;
+
+/// The model whose file `key` is the signature of (`<prefix><model>/<name>.onnx.sig`).
+pub(super) fn signed_model(key: &str, prefix: &str) -> Option<ModelName> {
+    let model_key = key.strip_suffix(SIGNATURE_SUFFIX)?;
+    ModelKey::parse(model_key, prefix).ok().map(|k| k.model)
+}
+
+/// The model whose contract `key` is (`<prefix><model>/contract.json`).
+pub(super) fn contract_of(key: &str, prefix: &str) -> Option<ModelName> {
+    let model = key
+        .strip_prefix(prefix)?
+        .strip_suffix("/contract.json")?
+        .parse()
+        .ok()?;
+    (contract_key(prefix, &model) == key).then_some(model)
+}
+
+impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
+    /// The model's `contract.json`, if the bucket has one: `Err` is why it is not valid.
+    pub(super) async fn fetch_contract(
+        &self,
+        upload: &Upload,
+    ) -> Result<Result<Option<Contract>, String>, Stop> {
+        let key = contract_key(&self.models_prefix, &upload.model);
+        let bytes = self
+            .store
+            .get_small(&upload.object.bucket, &key, MAX_CONTRACT_BYTES)
+            .await
+            .map_err(ValidatorError::from)?;
+        Ok(bytes.map(|b| read_contract(&b)).transpose())
+    }
+
+    /// The policy a model is held to when `contract` is its contract.
+    pub(super) fn contract_policy(&self, contract: Option<&Contract>) -> Option<SignerPolicy> {
+        contract.and_then(|c| signer_policy(c).ok().flatten())
+    }
+
+    /// The upload's signature, verified against the model's policy with the digest the stream
+    /// computed: none when there is none and none is required; a wait when one is required and
+    /// has not arrived; a rejection with the reason when it does not verify. A verified bundle is
+    /// staged beside the model, to be kept with the version.
+    pub(super) async fn check_signature(
+        &self,
+        upload: &Upload,
+        staged: &Staged,
+        options: &FetchedOptions,
+    ) -> Result<Option<Signer>, Stop> {
+        let policy = match self.contract_policy(options.contract.as_ref()) {
+            Some(policy) => Some(policy),
+            None => self.registry.signer_policy_default(),
+        };
+        let key = format!("{}{SIGNATURE_SUFFIX}", upload.object.key);
+        let bundle = self
+            .store
+            .get_small(&upload.object.bucket, &key, MAX_SIGNATURE_BYTES)
+            .await
+            .map_err(ValidatorError::from)?;
+        let sha256 = &staged.digest.sha256;
+        let reject = |reason: String| self.reject(upload, reason, Some(sha256.clone()));
+        let Some(bundle) = bundle else {
+            return match policy {
+                Some(policy) if policy.required => Err(self.await_signature(upload, &key).await),
+                _ => Ok(None),
+            };
+        };
+        let trust = match policy.unwrap_or_default().trust() {
+            Ok(trust) => trust,
+            Err(e) => return Err(reject(format!("the signer policy: {e}")).await),
+        };
+        let signer = match modelpipe_signing::verify(&bundle, sha256, &trust) {
+            Ok(signer) => signer,
+            // The signature of a version already committed, left beside the key: this upload's
+            // own has not arrived yet.
+            Err(SignatureError::OtherBytes { .. }) if self.signs_a_version(upload, &bundle)? => {
+                return Err(self.await_signature(upload, &key).await);
+            }
+            Err(e) => return Err(reject(format!("{key}: {e}")).await),
+        };
+        let path = staged.staging.dir().join(SIGNATURE_FILE);
+        std::fs::write(&path, &bundle).map_err(|source| {
+            ValidatorError::from(RegistryError::Io {
+                location: path.display().to_string(),
+                source,
+            })
+        })?;
+        info!(model = %upload.model, signer = %signer.identity, method = ?signer.method, "signature verified");
+        Ok(Some(signer))
+    }
+
+    /// Whether `bundle` is the signature a committed version of the model was verified with.
+    fn signs_a_version(&self, upload: &Upload, bundle: &[u8]) -> Result<bool, Stop> {
+        let bundle_sha256 = sha256_bytes(bundle);
+        for version in self.registry.versions(&upload.model)? {
+            let manifest = self.registry.manifest(&upload.model, version)?;
+            if manifest
+                .signer
+                .is_some_and(|s| s.bundle_sha256 == bundle_sha256)
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Records that the upload waits for its signature, and tags it so.
+    async fn await_signature(&self, upload: &Upload, signature_key: &str) -> Stop {
+        let (registry, owned) = (self.registry.clone(), upload.clone());
+        let recorded = tokio::task::spawn_blocking(move || -> Result<(), RegistryError> {
+            registry
+                .lock(&owned.model)?
+                .write_upload_record(&UploadRecord {
+                    key: owned.object.key,
+                    sequencer: owned.source.sequencer,
+                    status: UploadStatus::AwaitingSignature,
+                    version: None,
+                    alias: None,
+                    rollout: None,
+                    updated_at: now(),
+                })
+        })
+        .await;
+        match recorded {
+            Err(e) => return ValidatorError::Task(e.to_string()).into(),
+            Ok(Err(e)) => return e.into(),
+            Ok(Ok(())) => {}
+        }
+        info!(model = %upload.model, key = %upload.object.key, signature = %signature_key, "waiting for the signature");
+        let reason =
+            format!("waiting for {signature_key} (the model's signer policy requires one)");
+        self.tag(
+            &upload.object,
+            &[
+                ("modelpipe-status", "awaiting-signature".into()),
+                ("modelpipe-reason", tag_value(&reason)),
+            ],
+        )
+        .await;
+        Stop::Outcome(Outcome::AwaitingSignature {
+            model: upload.model.clone(),
+            key: upload.object.key.clone(),
+        })
+    }
+
+    /// A signature arrived: the model upload waiting for it is checked again, now with it.
+    pub(super) async fn signature_arrived(&self, signature: Upload) -> Result<Outcome, Stop> {
+        let key = &signature.object.key;
+        let model_key = key
+            .strip_suffix(SIGNATURE_SUFFIX)
+            .expect("parsed as a signature key");
+        let waiting = self
+            .registry
+            .upload_record(&signature.model, model_key)?
+            .filter(|r| r.status == UploadStatus::AwaitingSignature);
+        let Some(waiting) = waiting else {
+            return Err(ignored(
+                key,
+                format!(
+                    "a signature: it is read when {model_key} is uploaded (no upload waits for it)"
+                ),
+            ));
+        };
+        info!(model = %signature.model, key = %model_key, "signature arrived: checking the model with it");
+        let object = ObjectRef {
+            bucket: signature.object.bucket.clone(),
+            key: model_key.to_string(),
+            version_id: None,
+        };
+        let mut source = signature.source;
+        source.key = model_key.to_string();
+        source.version_id = None;
+        source.etag = None;
+        source.sequencer = waiting.sequencer;
+        Box::pin(self.model_stages(Upload {
+            model: signature.model,
+            object,
+            source,
+        }))
+        .await
+    }
+
+    /// The model's contract was uploaded: its signer policy holds the model's alias moves from
+    /// now on (a contract that is not valid is rejected with the reason, and changes nothing).
+    pub(super) async fn contract_changed(&self, upload: Upload) -> Result<Outcome, Stop> {
+        let contract = match self.fetch_contract(&upload).await? {
+            Ok(contract) => contract,
+            Err(reason) => return Err(self.reject(&upload, reason, None).await),
+        };
+        let policy = self.contract_policy(contract.as_ref());
+        let (registry, model) = (self.registry.clone(), upload.model.clone());
+        let signed_by_policy = policy.is_some();
+        tokio::task::spawn_blocking(move || -> Result<(), RegistryError> {
+            registry.lock(&model)?.write_signer_policy(policy.as_ref())
+        })
+        .await
+        .map_err(|e| ValidatorError::Task(e.to_string()))?
+        .map_err(ValidatorError::from)?;
+        info!(model = %upload.model, signed_by_policy, "contract read");
+        Ok(Outcome::ContractRead {
+            model: upload.model,
+            signed_by_policy,
+        })
+    }
+}
