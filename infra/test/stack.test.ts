@@ -46,16 +46,15 @@ test('the upload bucket is versioned, encrypted, private, SSL-only and retained'
   });
 });
 
-test('uploads under models/ ending .onnx notify the validator', () => {
+test('models, their signatures and their contracts under models/ notify the validator', () => {
+  const validator = { 'Fn::GetAtt': [logicalId(template, 'AWS::Lambda::Function', 'Validator'), 'Arn'] };
   template.hasResourceProperties('Custom::S3BucketNotifications', {
     NotificationConfiguration: {
-      LambdaFunctionConfigurations: [
-        {
-          Events: ['s3:ObjectCreated:*'],
-          LambdaFunctionArn: { 'Fn::GetAtt': [logicalId(template, 'AWS::Lambda::Function', 'Validator'), 'Arn'] },
-          Filter: { Key: { FilterRules: Match.arrayWith([{ Name: 'suffix', Value: '.onnx' }, { Name: 'prefix', Value: 'models/' }]) } },
-        },
-      ],
+      LambdaFunctionConfigurations: ['.onnx', '.onnx.sig', '/contract.json'].map((suffix) => ({
+        Events: ['s3:ObjectCreated:*'],
+        LambdaFunctionArn: validator,
+        Filter: { Key: { FilterRules: Match.arrayWith([{ Name: 'suffix', Value: suffix }, { Name: 'prefix', Value: 'models/' }]) } },
+      })),
     },
   });
 });
@@ -107,7 +106,7 @@ test('the publisher writes EFS and has no S3 access', () => {
   assert.deepEqual(granted.filter((a) => a.startsWith('s3:')), []);
 });
 
-test('an EventBridge schedule invokes the publisher with rollout-advance every minute', () => {
+test('an EventBridge schedule invokes the publisher with rollout-advance and expire-uploads every minute', () => {
   const publisher = logicalId(template, 'AWS::Lambda::Function', 'Publisher');
   template.hasResourceProperties('AWS::Events::Rule', {
     ScheduleExpression: 'rate(1 minute)',
@@ -116,6 +115,12 @@ test('an EventBridge schedule invokes the publisher with rollout-advance every m
       Match.objectLike({
         Arn: { 'Fn::GetAtt': [publisher, 'Arn'] },
         Input: JSON.stringify({ action: 'rollout-advance' }),
+        RetryPolicy: { MaximumRetryAttempts: 0 },
+      }),
+      // Uploads that waited for their signature past SIGNATURE_WAIT_MS, rejected on the same tick.
+      Match.objectLike({
+        Arn: { 'Fn::GetAtt': [publisher, 'Arn'] },
+        Input: JSON.stringify({ action: 'expire-uploads' }),
         RetryPolicy: { MaximumRetryAttempts: 0 },
       }),
     ],
