@@ -127,13 +127,13 @@ impl DevStack {
         tasks.push(tokio::spawn(validate_uploads(
             validator,
             created_rx,
+            options.rollout_tick,
             stopped.clone(),
         )));
 
         tasks.push(tokio::spawn(tick_rollouts(
             registry.clone(),
             options.rollout_tick,
-            config.signature_wait,
             stopped.clone(),
         )));
 
@@ -249,19 +249,31 @@ async fn serve_s3(
     }
 }
 
-/// Hands each created object to the validator, one at a time, in the order they were created.
+/// Hands each created object to the validator, one at a time, in the order they were created;
+/// every `tick` (the schedule in AWS), rejects the uploads whose signature never came.
 async fn validate_uploads(
     validator: Validator<S3Uploads, LocalPublisher>,
     mut created: mpsc::UnboundedReceiver<CreatedObject>,
+    tick: Duration,
     mut stopped: watch::Receiver<bool>,
 ) {
+    let mut ticks = tokio::time::interval(tick);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let object = tokio::select! {
             object = created.recv() => match object {
-                Some(object) => object,
+                Some(object) => Some(object),
                 None => break,
             },
+            _ = ticks.tick() => None,
             _ = stopped.wait_for(|s| *s) => break,
+        };
+        let Some(object) = object else {
+            match validator.expire_uploads().await {
+                Ok(outcomes) => outcomes.into_iter().for_each(log_outcome),
+                Err(e) => warn!(error = %e, "expiring uploads that wait for a signature failed"),
+            }
+            continue;
         };
         let event = object_created_event(&object);
         let event = match serde_json::from_value(event) {
@@ -272,41 +284,7 @@ async fn validate_uploads(
             }
         };
         match validator.handle_event(&event).await {
-            Ok(outcomes) => {
-                for outcome in outcomes {
-                    match outcome {
-                        Outcome::Published {
-                            model,
-                            version,
-                            alias,
-                        } => info!("{model}: v{version} published to {alias}"),
-                        Outcome::RollingOut {
-                            model,
-                            version,
-                            alias,
-                            rollout,
-                        } => {
-                            info!("{model}: v{version} rolling out to {alias} (rollout {rollout})")
-                        }
-                        Outcome::Registered { model, version } => {
-                            info!("{model}: v{version} registered (no alias moved)")
-                        }
-                        Outcome::Rejected { model, key, reason } => {
-                            error!("{model}: REJECTED {key}: {reason}")
-                        }
-                        Outcome::AwaitingSignature { model, key } => {
-                            warn!("{model}: {key} waits for its signature ({key}.sig)")
-                        }
-                        Outcome::ContractRead {
-                            model,
-                            signed_by_policy,
-                        } => info!("{model}: contract read (signer policy: {signed_by_policy})"),
-                        Outcome::Ignored { .. }
-                        | Outcome::Duplicate { .. }
-                        | Outcome::Stale { .. } => {}
-                    }
-                }
-            }
+            Ok(outcomes) => outcomes.into_iter().for_each(log_outcome),
             Err(e) => {
                 error!(key = %object.key, error = %e, "validation failed; upload the object again to retry")
             }
@@ -314,15 +292,42 @@ async fn validate_uploads(
     }
 }
 
+/// One validator outcome, as `modelctl dev` logs it.
+fn log_outcome(outcome: Outcome) {
+    match outcome {
+        Outcome::Published {
+            model,
+            version,
+            alias,
+        } => info!("{model}: v{version} published to {alias}"),
+        Outcome::RollingOut {
+            model,
+            version,
+            alias,
+            rollout,
+        } => {
+            info!("{model}: v{version} rolling out to {alias} (rollout {rollout})")
+        }
+        Outcome::Registered { model, version } => {
+            info!("{model}: v{version} registered (no alias moved)")
+        }
+        Outcome::Rejected { model, key, reason } => {
+            error!("{model}: REJECTED {key}: {reason}")
+        }
+        Outcome::AwaitingSignature { model, key } => {
+            warn!("{model}: {key} waits for its signature ({key}.sig)")
+        }
+        Outcome::ContractRead {
+            model,
+            signed_by_policy,
+        } => info!("{model}: contract read (signer policy: {signed_by_policy})"),
+        Outcome::Ignored { .. } | Outcome::Duplicate { .. } | Outcome::Stale { .. } => {}
+    }
+}
+
 /// The rollout controller: `rollout-advance` over every model, every `every` (EventBridge's
-/// schedule in AWS), and `expire-uploads` (uploads that waited for their signature past
-/// `signature_wait`). Decisions are logged; waits are not.
-async fn tick_rollouts(
-    registry: Registry,
-    every: Duration,
-    signature_wait: Duration,
-    mut stopped: watch::Receiver<bool>,
-) {
+/// schedule in AWS). Decisions are logged; waits are not.
+async fn tick_rollouts(registry: Registry, every: Duration, mut stopped: watch::Receiver<bool>) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -332,14 +337,6 @@ async fn tick_rollouts(
         }
         let registry = registry.clone();
         let advanced = tokio::task::spawn_blocking(move || {
-            match registry.expire_uploads(signature_wait) {
-                Ok(expired) => {
-                    for (model, rejection) in expired {
-                        error!("{model}: REJECTED {}: {}", rejection.key, rejection.reason);
-                    }
-                }
-                Err(e) => warn!(error = %e, "expiring uploads that wait for a signature failed"),
-            }
             rollout::apply(&registry, &RolloutRequest::Advance { model: None }, None)
         })
         .await;

@@ -238,7 +238,7 @@ export class ModelpipeStack extends Stack {
       timeout: Duration.minutes(2),
       filesystem: mount('read-write'),
       logGroup: logGroup('Publisher'),
-      environment: { MODEL_ROOT: modelRoot, RUST_LOG: 'info', ...signingEnv },
+      environment: { MODEL_ROOT: modelRoot, RUST_LOG: 'info', ...(props.signingPolicy ? { SIGNING_POLICY: signingEnv.SIGNING_POLICY } : {}) },
     });
 
     // The rollout controller: every running rollout's step judged on its evidence, on a timer.
@@ -252,14 +252,7 @@ export class ModelpipeStack extends Stack {
         retryAttempts: 0,
       }),
     );
-    // On the same schedule: uploads that waited for their signature past SIGNATURE_WAIT_MS are
-    // rejected with the reason.
-    rolloutTick.addTarget(
-      new targets.LambdaFunction(this.publisher, {
-        event: events.RuleTargetInput.fromObject({ action: 'expire-uploads' }),
-        retryAttempts: 0,
-      }),
-    );
+
 
     const failedUploads = new sqs.Queue(this, 'FailedUploads', {
       retentionPeriod: Duration.days(14),
@@ -294,6 +287,14 @@ export class ModelpipeStack extends Stack {
       }),
     );
     this.publisher.grantInvoke(this.validator);
+    // On the controller's schedule: uploads that waited for their signature past
+    // SIGNATURE_WAIT_MS are rejected with the reason, recorded and tagged.
+    rolloutTick.addTarget(
+      new targets.LambdaFunction(this.validator, {
+        event: events.RuleTargetInput.fromObject({ action: 'expire-uploads' }),
+        retryAttempts: 0,
+      }),
+    );
     // Models, their signatures and their contracts: the validator reads each kind.
     for (const suffix of ['.onnx', '.onnx.sig', '/contract.json']) {
       this.bucket.addEventNotification(

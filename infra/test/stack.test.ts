@@ -106,7 +106,7 @@ test('the publisher writes EFS and has no S3 access', () => {
   assert.deepEqual(granted.filter((a) => a.startsWith('s3:')), []);
 });
 
-test('an EventBridge schedule invokes the publisher with rollout-advance and expire-uploads every minute', () => {
+test('an EventBridge schedule invokes the publisher with rollout-advance and the validator with expire-uploads every minute', () => {
   const publisher = logicalId(template, 'AWS::Lambda::Function', 'Publisher');
   template.hasResourceProperties('AWS::Events::Rule', {
     ScheduleExpression: 'rate(1 minute)',
@@ -117,9 +117,10 @@ test('an EventBridge schedule invokes the publisher with rollout-advance and exp
         Input: JSON.stringify({ action: 'rollout-advance' }),
         RetryPolicy: { MaximumRetryAttempts: 0 },
       }),
-      // Uploads that waited for their signature past SIGNATURE_WAIT_MS, rejected on the same tick.
+      // Uploads that waited for their signature past SIGNATURE_WAIT_MS: the validator rejects
+      // and tags them, on the same tick.
       Match.objectLike({
-        Arn: { 'Fn::GetAtt': [publisher, 'Arn'] },
+        Arn: { 'Fn::GetAtt': [logicalId(template, 'AWS::Lambda::Function', 'Validator'), 'Arn'] },
         Input: JSON.stringify({ action: 'expire-uploads' }),
         RetryPolicy: { MaximumRetryAttempts: 0 },
       }),

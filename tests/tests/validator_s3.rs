@@ -1163,23 +1163,23 @@ mod signed {
             f.upload(MODEL, &v2, &[]).await,
             Outcome::AwaitingSignature { .. }
         ));
-        // Not before its time.
-        assert!(
-            f.registry
-                .expire_uploads(std::time::Duration::from_secs(3600))
-                .unwrap()
-                .is_empty()
+        // Not before its time (SIGNATURE_WAIT_MS, 15 minutes by default).
+        assert!(f.validator.expire_uploads().await.unwrap().is_empty());
+        let impatient = Validator::new(
+            f.registry.clone(),
+            S3Uploads::new(f.s3.clone()),
+            LocalPublisher(f.registry.clone()),
+            &Config {
+                signature_wait: std::time::Duration::ZERO,
+                ..Config::from_lookup(|_| None).unwrap()
+            },
         );
-        let expired = f
-            .registry
-            .expire_uploads(std::time::Duration::ZERO)
-            .unwrap();
-        assert_eq!(expired.len(), 1);
+        let expired = impatient.expire_uploads().await.unwrap();
         assert!(
-            expired[0].1.reason.contains("no signature arrived"),
-            "{:?}",
-            expired[0]
+            matches!(&expired[..], [Outcome::Rejected { reason, .. }] if reason.contains("no signature arrived")),
+            "{expired:?}"
         );
+        assert_eq!(f.tags(MODEL).await.get("modelpipe-status").unwrap(), "rejected");
         let record = f.registry.upload_record(&iris(), MODEL).unwrap().unwrap();
         assert_eq!(record.status, UploadStatus::Rejected);
         assert_eq!(f.live(), before);

@@ -1,9 +1,8 @@
 //! The publisher Lambda: `{"action": "publish" | "rollback" | "set-alias", ...}` in, the alias
 //! moved and `{"model", "alias", "version", "previous"}` out; `{"action": "status" | "history"}`
 //! answer what `modelctl status|history` show; `{"action": "rollout-…"}` starts, advances
-//! (the schedule's tick), pauses, resumes, aborts, promotes or reports guarded rollouts;
-//! `{"action": "expire-uploads"}` (also on the schedule) rejects uploads that waited for their
-//! signature past `SIGNATURE_WAIT_MS`. Every move is held to the model's signer policy.
+//! (the schedule's tick), pauses, resumes, aborts, promotes or reports guarded rollouts. Every
+//! move is held to the model's signer policy (`SIGNING_POLICY`, or the model's contract).
 //! Refusals are function errors.
 
 use lambda_runtime::{Diagnostic, Error, LambdaEvent, service_fn};
@@ -17,7 +16,7 @@ async fn main() -> Result<(), Error> {
     modelpipe_config::telemetry::init_lambda();
     let config = Config::from_env()?;
     let registry = config.open_registry()?;
-    let (registry, config) = (&registry, &config);
+    let registry = &registry;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         let refused = |e: PublishError| {
             tracing::warn!(error = %e, "refused");
@@ -39,20 +38,6 @@ async fn main() -> Result<(), Error> {
                     Err(Diagnostic { error_type: "RolloutError".into(), error_message: e.to_string() })
                 }
             };
-        } else if event.payload.get("action").and_then(Value::as_str) == Some("expire-uploads") {
-            let wait = config.signature_wait;
-            tokio::task::spawn_blocking(move || {
-                let expired = registry.expire_uploads(wait)?;
-                for (model, rejection) in &expired {
-                    tracing::warn!(model = %model, key = %rejection.key, reason = %rejection.reason, "rejected");
-                }
-                let expired: Vec<_> = expired
-                    .into_iter()
-                    .map(|(model, r)| serde_json::json!({"model": model, "key": r.key, "reason": r.reason}))
-                    .collect();
-                Ok(serde_json::json!({ "expired": expired }))
-            })
-            .await
         } else if PublisherQuery::is_query(&event.payload) {
             let query: PublisherQuery = serde_json::from_value(event.payload)
                 .map_err(|e| refused(PublishError::BadRequest(e.to_string())))?;

@@ -1,10 +1,13 @@
-//! The validator Lambda: S3 ObjectCreated events in, versions committed and published.
+//! The validator Lambda: S3 ObjectCreated events in (models, their signatures, their contracts),
+//! versions committed and published; `{"action": "expire-uploads"}` (the schedule) rejects
+//! uploads whose signature did not arrive within `SIGNATURE_WAIT_MS`.
 
 use aws_lambda_events::s3::S3Event;
 use lambda_runtime::{Diagnostic, Error, LambdaEvent, service_fn};
 use modelpipe_aws::{LambdaPublisher, S3Uploads, s3_client};
 use modelpipe_config::Config;
 use modelpipe_validator::validator::Validator;
+use serde_json::Value;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -28,15 +31,21 @@ async fn main() -> Result<(), Error> {
         &config,
     );
     let validator = &validator;
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<S3Event>| async move {
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
+        let failed = |e: &dyn std::fmt::Display| Diagnostic {
+            error_type: "ValidatorError".into(),
+            error_message: e.to_string(),
+        };
         // An error makes Lambda retry the event; rejections are outcomes, not errors.
-        validator
-            .handle_event(&event.payload)
-            .await
-            .map_err(|e| Diagnostic {
-                error_type: "ValidatorError".into(),
-                error_message: e.to_string(),
-            })
+        let outcomes =
+            if event.payload.get("action").and_then(Value::as_str) == Some("expire-uploads") {
+                validator.expire_uploads().await
+            } else {
+                let s3_event: S3Event =
+                    serde_json::from_value(event.payload).map_err(|e| failed(&e))?;
+                validator.handle_event(&s3_event).await
+            };
+        outcomes.map_err(|e| failed(&e))
     }))
     .await
 }

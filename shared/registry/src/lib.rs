@@ -29,6 +29,7 @@ pub mod records;
 pub mod rollout;
 mod s3_store;
 mod signing;
+pub use self::signing::Expired;
 pub mod store;
 
 use std::collections::BTreeMap;

@@ -123,6 +123,9 @@ pub struct HistoryEntry {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UploadRecord {
     pub key: String,
+    /// The bucket of an upload that waits for its signature (to tag it when it expires).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<String>,
     pub sequencer: Option<String>,
     pub status: UploadStatus,
     pub version: Option<u64>,

@@ -2,7 +2,7 @@
 //! `signing`, copied here by the validator as `<model>/signing.json`), else the registry's
 //! default (`SIGNING_POLICY`). [`Locked::admit`] is the one check, made by every alias move
 //! ([`Locked::move_alias`]) and by a rollout's start; uploads that wait for their signature are
-//! expired here too.
+//! expired here too (the validator's `expire-uploads`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +13,15 @@ use crate::{
 use modelpipe_core::model_name::{AliasName, ModelName};
 use modelpipe_core::time::Timestamp;
 use modelpipe_signing::SignerPolicy;
+
+/// An upload rejected because its signature never arrived.
+#[derive(Debug, Clone)]
+pub struct Expired {
+    pub model: ModelName,
+    /// The bucket it waits in, to tag it.
+    pub bucket: Option<String>,
+    pub rejection: Rejection,
+}
 
 fn policy_key(model: &ModelName) -> String {
     format!("{model}/signing.json")
@@ -41,7 +50,7 @@ impl Registry {
 
     /// Rejects every upload that has waited for its signature longer than `wait` (the
     /// publisher's `expire-uploads`, on the rollout controller's schedule).
-    pub fn expire_uploads(&self, wait: Duration) -> Result<Vec<(ModelName, Rejection)>> {
+    pub fn expire_uploads(&self, wait: Duration) -> Result<Vec<Expired>> {
         let mut expired = Vec::new();
         // Every model directory: a model's first upload may be the one waiting.
         for model in self
@@ -55,7 +64,13 @@ impl Registry {
             let locked = self.lock(&model)?;
             // Read again under the lock: the signature may have arrived meanwhile.
             for record in self.overdue_uploads(&model, wait)? {
-                expired.push((model.clone(), locked.expire_upload(record, wait)?));
+                let bucket = record.bucket.clone();
+                let rejection = locked.expire_upload(record, wait)?;
+                expired.push(Expired {
+                    model: model.clone(),
+                    bucket,
+                    rejection,
+                });
             }
         }
         Ok(expired)

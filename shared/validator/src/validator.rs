@@ -246,6 +246,8 @@ pub struct Validator<S, P> {
     models_prefix: String,
     max_model_bytes: u64,
     limits: Limits,
+    /// `SIGNATURE_WAIT_MS`: how long an upload waits for the signature its policy requires.
+    signature_wait: Duration,
 }
 
 /// Contracts larger than this are refused rather than read.
@@ -258,6 +260,7 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
             publisher,
             models_prefix: config.models_prefix.clone(),
             max_model_bytes: config.max_model_bytes,
+            signature_wait: config.signature_wait,
             limits: config.limits,
         }
     }
@@ -613,6 +616,7 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
             }
             let record = UploadRecord {
                 key: object.key,
+                bucket: None,
                 sequencer: source.sequencer,
                 status: if alias.is_some() { UploadStatus::Committed } else { UploadStatus::Registered },
                 version: Some(commit.version()),
@@ -797,6 +801,7 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
             locked.append_rejection(&rejection)?;
             locked.write_upload_record(&UploadRecord {
                 key: owned.object.key,
+                bucket: None,
                 sequencer: owned.source.sequencer,
                 status: UploadStatus::Rejected,
                 version: None,

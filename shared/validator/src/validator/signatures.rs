@@ -135,6 +135,7 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
                 .lock(&owned.model)?
                 .write_upload_record(&UploadRecord {
                     key: owned.object.key,
+                    bucket: Some(owned.object.bucket),
                     sequencer: owned.source.sequencer,
                     status: UploadStatus::AwaitingSignature,
                     version: None,
@@ -164,6 +165,39 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
             model: upload.model.clone(),
             key: upload.object.key.clone(),
         })
+    }
+
+    /// Rejects the uploads that have waited for their signature longer than `SIGNATURE_WAIT_MS`,
+    /// with the reason, recorded and tagged as any rejection (on the rollout controller's
+    /// schedule: `{"action": "expire-uploads"}` in Lambda, the tick in `modelctl dev`).
+    pub async fn expire_uploads(&self) -> Result<Vec<Outcome>, ValidatorError> {
+        let (registry, wait) = (self.registry.clone(), self.signature_wait);
+        let expired = tokio::task::spawn_blocking(move || registry.expire_uploads(wait))
+            .await
+            .map_err(|e| ValidatorError::Task(e.to_string()))??;
+        let mut outcomes = Vec::new();
+        for expired in expired {
+            let (model, rejection) = (expired.model, expired.rejection);
+            tracing::warn!(model = %model, key = %rejection.key, reason = %rejection.reason, "rejected");
+            if let Some(bucket) = expired.bucket {
+                let object = ObjectRef {
+                    bucket,
+                    key: rejection.key.clone(),
+                    version_id: None,
+                };
+                let tags = [
+                    ("modelpipe-status", "rejected".to_string()),
+                    ("modelpipe-reason", tag_value(&rejection.reason)),
+                ];
+                self.tag(&object, &tags).await;
+            }
+            outcomes.push(Outcome::Rejected {
+                model,
+                key: rejection.key,
+                reason: rejection.reason,
+            });
+        }
+        Ok(outcomes)
     }
 
     /// A signature arrived: the model upload waiting for it is checked again, now with it.
