@@ -26,8 +26,14 @@ pub struct Dev {
 impl Dev {
     /// Starts `modelctl dev` on `data` with `extra` arguments and waits for its inference API.
     pub async fn start(data: &Path, extra: &[&str]) -> Self {
+        Self::start_with_env(data, extra, &[]).await
+    }
+
+    /// [`Self::start`] with environment variables set for it.
+    pub async fn start_with_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let (s3_port, http_port) = (free_port(), free_port());
         let child = Command::new(binary("modelctl"))
+            .envs(env.iter().copied())
             .args(["dev", "--data", data.to_str().unwrap()])
             .args(["--s3-addr", &format!("127.0.0.1:{s3_port}")])
             .args(["--http-addr", &format!("127.0.0.1:{http_port}")])

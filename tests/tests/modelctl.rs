@@ -371,3 +371,78 @@ async fn ten_concurrent_uploads_through_dev_become_ten_versions_live_at_the_late
         "live is the upload with the latest sequencer"
     );
 }
+
+/// Only signed models go live under a bucket-wide `SIGNING_POLICY`, through `modelctl dev` and
+/// the stock `aws` CLI: a signed model goes live with its signer in the metadata, an unsigned
+/// one waits and is rejected (recorded and tagged) when no signature comes; `modelctl validate
+/// --signature` says the same offline.
+#[tokio::test]
+async fn dev_publishes_only_models_signed_by_the_policys_keys() {
+    let signers = modelpipe_tests::signing::Signers::new();
+    let policy = json!({"required": true, "keys": [signers.pem("p256.pub")]}).to_string();
+    let data = tempfile::tempdir().unwrap();
+    let env = [
+        ("SIGNING_POLICY", policy.as_str()),
+        ("SIGNATURE_WAIT_MS", "1500"),
+    ];
+    let tick = ["--reload-check-ms", "100", "--rollout-tick-ms", "200"];
+    let dev = Dev::start_with_env(data.path(), &tick, &env).await;
+    let files = tempfile::tempdir().unwrap();
+    let model = files.path().join("model.onnx");
+    std::fs::write(&model, LinearSoftmax::iris(1).to_bytes()).unwrap();
+    let signature = files.path().join("model.onnx.sig");
+    std::fs::write(&signature, signers.sign_with_key("p256", &model)).unwrap();
+
+    // As documented: the signature, then the model (the other order is tested in validator_s3).
+    dev.upload(&signature, "models/iris/model.onnx.sig", &[]);
+    dev.upload(&model, "models/iris/model.onnx", &[]);
+    assert_eq!(dev.outcome("models/iris/model.onnx").await.0, "published");
+    let (code, metadata) = dev.get("/v2/models/iris").await;
+    assert_eq!(code, 200);
+    let key = format!(
+        "sha256:{}",
+        modelpipe_core::digest::sha256_bytes(signers.pem("p256.pub").as_bytes())
+    );
+    assert_eq!(metadata["signer"]["method"], "key");
+    assert_eq!(metadata["signer"]["trusted"], key.as_str());
+
+    // Another model with no signature at all: rejected once SIGNATURE_WAIT_MS has passed.
+    dev.upload(&model, "models/unsigned/model.onnx", &[]);
+    assert_eq!(
+        dev.outcome("models/unsigned/model.onnx").await.0,
+        "awaiting-signature"
+    );
+    let (status, reason) = dev
+        .outcome_after("models/unsigned/model.onnx", "awaiting-signature")
+        .await;
+    assert_eq!(status, "rejected");
+    assert!(reason.unwrap().contains("no signature arrived"));
+
+    // Offline, with the same key and with one the policy does not list.
+    let validate = |signer: &str| {
+        let signer = files.path().join(signer);
+        std::fs::write(
+            &signer,
+            signers.pem(signer.file_name().unwrap().to_str().unwrap()),
+        )
+        .unwrap();
+        modelctl(&[
+            "validate",
+            model.to_str().unwrap(),
+            "--signature",
+            signature.to_str().unwrap(),
+            "--signer",
+            signer.to_str().unwrap(),
+        ])
+    };
+    let out = validate("p256.pub");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("signed by {key}")));
+    let out = validate("other.pub");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not list"));
+}

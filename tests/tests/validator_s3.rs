@@ -1038,14 +1038,31 @@ mod signed {
                 .join(format!("registry/iris/versions/{version}/{SIGNATURE_FILE}"));
             assert_eq!(std::fs::read(kept).unwrap(), bundle);
         }
-        let report = f
-            .registry
-            .fsck(
-                modelpipe_registry::fsck::Leftovers::Report,
-                std::time::Duration::ZERO,
-            )
-            .unwrap();
+        let fsck = || {
+            f.registry
+                .fsck(
+                    modelpipe_registry::fsck::Leftovers::Report,
+                    std::time::Duration::ZERO,
+                )
+                .unwrap()
+        };
+        let report = fsck();
         assert_eq!(report.errors(), 0, "{:?}", report.findings);
+        // A stored bundle changed afterwards no longer verifies: fsck says which.
+        let kept = f
+            .dir
+            .path()
+            .join(format!("registry/iris/versions/2/{SIGNATURE_FILE}"));
+        let mut bundle: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&kept).unwrap()).unwrap();
+        bundle["verificationMaterial"]["publicKey"]["hint"] = "00".into();
+        std::fs::write(&kept, serde_json::to_vec(&bundle).unwrap()).unwrap();
+        let report = fsck();
+        assert_eq!(report.errors(), 1, "{:?}", report.findings);
+        assert!(report.findings.iter().any(|f| {
+            f.message
+                .contains("versions/2/model.onnx.sig does not verify")
+        }));
     }
 
     #[tokio::test]
@@ -1179,7 +1196,10 @@ mod signed {
             matches!(&expired[..], [Outcome::Rejected { reason, .. }] if reason.contains("no signature arrived")),
             "{expired:?}"
         );
-        assert_eq!(f.tags(MODEL).await.get("modelpipe-status").unwrap(), "rejected");
+        assert_eq!(
+            f.tags(MODEL).await.get("modelpipe-status").unwrap(),
+            "rejected"
+        );
         let record = f.registry.upload_record(&iris(), MODEL).unwrap().unwrap();
         assert_eq!(record.status, UploadStatus::Rejected);
         assert_eq!(f.live(), before);
