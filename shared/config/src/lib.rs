@@ -261,6 +261,25 @@ mod tests {
     }
 
     #[test]
+    fn a_signing_policy_is_parsed_and_a_bad_one_names_its_entry() {
+        let config = Config::from_lookup(|_| None).unwrap();
+        assert_eq!(config.signing_policy, None);
+        assert_eq!(config.signature_wait, Duration::from_secs(900));
+        let with = |policy: &str| {
+            Config::from_lookup(|n| (n == "SIGNING_POLICY").then(|| policy.to_string()))
+        };
+        let required = with(r#"{"required": true}"#).unwrap();
+        assert!(required.signing_policy.unwrap().required);
+        let err = with(r#"{"required": true, "keys": ["not a key"]}"#).unwrap_err();
+        assert!(err.to_string().contains("SIGNING_POLICY"), "{err}");
+        assert!(err.to_string().contains("signing key 1"), "{err}");
+        assert!(
+            with(r#"{"requird": true}"#).is_err(),
+            "unknown fields are refused"
+        );
+    }
+
+    #[test]
     fn bad_values_name_the_variable() {
         let err =
             Config::from_lookup(|n| (n == "RELOAD_CHECK_MS").then(|| "soon".into())).unwrap_err();
