@@ -52,19 +52,7 @@ enum Command {
     Demo,
     /// Run the validator's checks on a model file, offline: the engine choice (tract and
     /// ONNX Runtime compared and timed), and what ingest compiles for tract (layout, artifact).
-    Validate {
-        file: PathBuf,
-        #[arg(long)]
-        contract: Option<PathBuf>,
-        /// Also write the compiled artifact (model.nnef.tar) the validator would store.
-        #[arg(long)]
-        artifact: Option<PathBuf>,
-        /// Use this engine instead of choosing one (as upload metadata engine= does).
-        #[arg(long)]
-        engine: Option<modelpipe_engine::EngineKind>,
-        #[command(flatten)]
-        signing: ops::SigningArgs,
-    },
+    Validate(ops::ValidateArgs),
     /// Build a read-only registry to bake into a container image (MODEL_ROOT=DIR), with the
     /// validator's checks on each file.
     Bake {
@@ -237,23 +225,9 @@ async fn main() -> ExitCode {
             rollout_tick_ms,
         } => dev(data, s3_addr, http_addr, reload_check_ms, rollout_tick_ms).await,
         Command::Demo => demo::run().await,
-        Command::Validate {
-            file,
-            contract,
-            artifact,
-            engine,
-            signing,
-        } => tokio::task::spawn_blocking(move || {
-            ops::validate(
-                &file,
-                contract.as_deref(),
-                artifact.as_deref(),
-                engine,
-                &signing,
-            )
-        })
-        .await
-        .unwrap_or_else(|e| Err(e.to_string())),
+        Command::Validate(args) => tokio::task::spawn_blocking(move || ops::validate(&args))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string())),
         Command::Bake {
             dir,
             models,

@@ -2,7 +2,7 @@
 //! with the publisher's own code, or through the deployed publisher — and the validator's checks
 //! offline.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use modelpipe_core::digest::Digest;
 use modelpipe_core::{AliasName, ModelName};
@@ -201,6 +201,22 @@ pub fn fsck(location: &Location, repair: bool, leftover_age: std::time::Duration
     }
 }
 
+/// `modelctl validate`'s arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ValidateArgs {
+    file: PathBuf,
+    #[arg(long)]
+    contract: Option<PathBuf>,
+    /// Also write the compiled artifact (model.nnef.tar) the validator would store.
+    #[arg(long)]
+    artifact: Option<PathBuf>,
+    /// Use this engine instead of choosing one (as upload metadata engine= does).
+    #[arg(long)]
+    engine: Option<modelpipe_engine::EngineKind>,
+    #[command(flatten)]
+    signing: SigningArgs,
+}
+
 /// `modelctl validate`'s signature options: the file's OpenSSF signature, checked offline as the
 /// validator checks an upload's.
 #[derive(Debug, Clone, clap::Args)]
@@ -260,13 +276,15 @@ impl SigningArgs {
     }
 }
 
-pub fn validate(
-    file: &Path,
-    contract: Option<&Path>,
-    artifact: Option<&Path>,
-    engine: Option<modelpipe_engine::EngineKind>,
-    signing: &SigningArgs,
-) -> CliResult {
+pub fn validate(args: &ValidateArgs) -> CliResult {
+    let ValidateArgs {
+        file,
+        contract,
+        artifact,
+        engine,
+        signing,
+    } = args;
+    let (engine, artifact) = (*engine, artifact.as_deref());
     let contract = match contract {
         Some(path) => Some(read_contract(
             &std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?,
