@@ -2,7 +2,8 @@
 //! file gets the validator's checks and preparation (`modelpipe_validator::version`:
 //! loads, runs, signature compatible with the version before it, `--contract` golden examples,
 //! the engine choice) before anything is written; then each is staged (`Registry::stage_copy`) and becomes the next version of its
-//! model with `live` on it (the publisher's publish), and the registry is sealed read-only
+//! model with `live` on it (the publisher's publish, held to the model's signer policy: a
+//! `FILE.sig` beside each file is verified as an upload's), and the registry is sealed read-only
 //! (`Registry::seal`): the inference function serves it without hot reload, and the publisher
 //! refuses to move its aliases.
 
@@ -16,7 +17,11 @@ use modelpipe_engine::checks::Expectations;
 use modelpipe_engine::contract::Contract;
 use modelpipe_registry::publish::{PublisherRequest, apply};
 use modelpipe_registry::{NewVersion, Registry, Source};
-use modelpipe_validator::version::{check_and_prepare, new_version, read_contract};
+use modelpipe_registry::{SIGNATURE_FILE, Signer};
+use modelpipe_signing::{SIGNATURE_SUFFIX, SignerPolicy};
+use modelpipe_validator::version::{
+    check_and_prepare, check_signature, new_version, read_contract, signer_policy,
+};
 
 use crate::target::CliResult;
 
@@ -59,11 +64,17 @@ pub fn bake(dir: &Path, models: &[ModelFile], contracts: &[ModelFile]) -> CliRes
         return Err("nothing to bake: give at least one MODEL=FILE".into());
     }
     let contract_of = read_contracts(contracts)?;
+    // As in the validator and publisher: a contract's `signing`, else SIGNING_POLICY.
+    let default = modelpipe_config::signing_policy(std::env::var("SIGNING_POLICY").ok())
+        .map_err(|e| e.to_string())?;
     let registry = Registry::open(dir).map_err(|e| e.to_string())?;
     // Check every file before writing anything: a bake is all or nothing.
-    let ready = check_all(&registry, models, &contract_of)?;
+    let ready = check_all(&registry, models, &contract_of, default.as_ref())?;
     // A registry that was baked before is read-only until unsealed.
-    let registry = Registry::unseal(dir).map_err(|e| e.to_string())?;
+    let registry = Registry::unseal(dir)
+        .map_err(|e| e.to_string())?
+        .with_signing_default(default);
+    record_policies(&registry, &contract_of)?;
     commit_all(&registry, ready)?;
     registry
         .seal(env!("CARGO_PKG_VERSION"))
@@ -110,6 +121,7 @@ fn check_all(
     registry: &Registry,
     models: &[ModelFile],
     contract_of: &BTreeMap<ModelName, Contract>,
+    default_policy: Option<&SignerPolicy>,
 ) -> CliResult<Vec<Ready>> {
     let mut previous = live_signatures(registry)?;
     let limits = crate::ops::limits_from_env()?;
@@ -123,6 +135,17 @@ fn check_all(
         }
         let prepared = tempfile::tempdir().map_err(|e| e.to_string())?;
         let digest = Digest::of_file(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let policy = match contract_of
+            .get(model)
+            .map(signer_policy)
+            .transpose()?
+            .flatten()
+        {
+            Some(policy) => Some(policy),
+            None => default_policy.cloned(),
+        };
+        let signer = signer_of(file, &digest.sha256, policy.as_ref(), prepared.path())
+            .map_err(|e| rejected(&e))?;
         let expect = Expectations {
             live: previous.get(model).map(|(v, s)| (*v, s)),
             contract: contract_of.get(model),
@@ -140,7 +163,8 @@ fn check_all(
             key: file.display().to_string(),
             ..Default::default()
         };
-        let version = new_version(&checked, digest, source, compiled);
+        let mut version = new_version(&checked, digest, source, compiled);
+        version.signer = signer;
         // The next file of this model is checked against this one, as its upload would be.
         let number = match next_version.get(model) {
             Some(&v) => v,
@@ -161,6 +185,41 @@ fn check_all(
         });
     }
     Ok(ready)
+}
+
+/// The signature beside `file` (`FILE.sig`, as `model_signing` names it) checked as the validator
+/// checks an upload's, and staged into `prepared` to be kept with the version.
+fn signer_of(
+    file: &Path,
+    sha256: &str,
+    policy: Option<&SignerPolicy>,
+    prepared: &Path,
+) -> CliResult<Option<Signer>> {
+    let path = PathBuf::from(format!("{}{SIGNATURE_SUFFIX}", file.display()));
+    let bundle = match std::fs::read(&path) {
+        Ok(bundle) => Some(bundle),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let signer = check_signature(bundle.as_deref(), sha256, policy)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if let (Some(bundle), Some(_)) = (&bundle, &signer) {
+        std::fs::write(prepared.join(SIGNATURE_FILE), bundle).map_err(|e| e.to_string())?;
+    }
+    Ok(signer)
+}
+
+/// Records each `--contract`'s signer policy in the registry, as the validator does on an
+/// upload: the baked registry's moves are held to it.
+fn record_policies(registry: &Registry, contract_of: &BTreeMap<ModelName, Contract>) -> CliResult {
+    for (model, contract) in contract_of {
+        let policy = signer_policy(contract)?;
+        registry
+            .lock(model)
+            .and_then(|locked| locked.write_signer_policy(policy.as_ref()))
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// Stages and commits each checked file and moves `live` to it.

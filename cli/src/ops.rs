@@ -19,7 +19,9 @@ use modelpipe_registry::rollout::actions::{
 };
 use modelpipe_registry::{Location, Registry};
 use modelpipe_signing::SignerPolicy;
-use modelpipe_validator::version::{check_and_prepare, read_contract, signer_policy};
+use modelpipe_validator::version::{
+    check_and_prepare, check_signature, read_contract, signer_policy,
+};
 
 use crate::target::{CliResult, Target};
 
@@ -260,19 +262,14 @@ impl SigningArgs {
     /// signature does not verify or a required one is missing.
     fn check(&self, sha256: &str, contract: Option<&Contract>) -> CliResult<Option<Signer>> {
         let policy = self.policy(contract)?;
-        let Some(path) = &self.signature else {
-            return match policy {
-                Some(p) if p.required => {
-                    Err("rejected: unsigned, and the signer policy requires a signature (--signature FILE)".into())
-                }
-                _ => Ok(None),
-            };
+        let bundle = match &self.signature {
+            Some(path) => {
+                Some(std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?)
+            }
+            None => None,
         };
-        let bundle = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let trust = policy.unwrap_or_default().trust()?;
-        modelpipe_signing::verify(&bundle, sha256, &trust)
-            .map(Some)
-            .map_err(|e| format!("rejected: {}: {e}", path.display()))
+        check_signature(bundle.as_deref(), sha256, policy.as_ref())
+            .map_err(|e| format!("rejected: {e}"))
     }
 }
 

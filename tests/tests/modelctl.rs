@@ -446,3 +446,50 @@ async fn dev_publishes_only_models_signed_by_the_policys_keys() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not list"));
 }
+
+/// `modelctl bake` holds each file to the signer policy as the validator holds an upload:
+/// `FILE.sig` beside it is verified and kept; an unsigned file fails the bake with the reason.
+#[test]
+fn bake_keeps_only_signed_models_under_a_signing_policy() {
+    let signers = modelpipe_tests::signing::Signers::new();
+    let dir = tempfile::tempdir().unwrap();
+    let contract = dir.path().join("contract.json");
+    let policy = json!({"signing": {"required": true, "keys": [signers.pem("p384.pub")]}});
+    std::fs::write(&contract, policy.to_string()).unwrap();
+    let model = dir.path().join("model.onnx");
+    std::fs::write(&model, LinearSoftmax::iris(1).to_bytes()).unwrap();
+    let baked = dir.path().join("baked");
+    let bake = || {
+        modelctl(&[
+            "bake",
+            baked.to_str().unwrap(),
+            &format!("iris={}", model.display()),
+            "--contract",
+            &format!("iris={}", contract.display()),
+        ])
+    };
+    let out = bake();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("requires a signature"), "{err}");
+    assert!(!baked.join("iris").exists(), "a failed bake writes nothing");
+
+    let bundle = signers.sign_with_key("p384", &model);
+    std::fs::write(dir.path().join("model.onnx.sig"), &bundle).unwrap();
+    let out = bake();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let registry = modelpipe_registry::Registry::open(&baked).unwrap();
+    let manifest = registry.manifest(&"iris".parse().unwrap(), 1).unwrap();
+    assert_eq!(
+        manifest.signer.unwrap().bundle_sha256,
+        modelpipe_core::digest::sha256_bytes(&bundle)
+    );
+    assert_eq!(
+        std::fs::read(baked.join("iris/versions/1/model.onnx.sig")).unwrap(),
+        bundle
+    );
+}
