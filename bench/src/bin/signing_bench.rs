@@ -88,38 +88,44 @@ fn main() {
         );
     }
 
-    // Moves: v1 ↔ v2 published in turn, with and without a policy the versions satisfy.
+    // Moves: v1 ↔ v2 published in turn on two registries, one with a policy the versions
+    // satisfy and one with none, interleaved so that both see the same machine.
     let model_name: ModelName = "iris".parse().unwrap();
-    let moves = |policy: Option<SignerPolicy>| {
-        let dir = tempfile::tempdir().unwrap();
-        let registry = Registry::open(dir.path())
-            .unwrap()
-            .with_signing_default(policy);
-        let small = modelpipe_testkit::onnx_build::LinearSoftmax::iris(1).to_bytes();
-        let other = modelpipe_testkit::onnx_build::LinearSoftmax::iris(2).to_bytes();
-        let versions = [
-            commit(&registry, &model_name, &small),
-            commit(&registry, &model_name, &other),
-        ];
-        let mut i = 0;
-        time(200, || {
-            i += 1;
+    let policy = SignerPolicy {
+        keys: vec![signers.pem("p256.pub"), signers.pem("p384.pub")],
+        ..Default::default()
+    };
+    let setups: Vec<_> = [None, Some(policy)]
+        .into_iter()
+        .map(|policy| {
+            let dir = tempfile::tempdir().unwrap();
+            let registry = Registry::open(dir.path())
+                .unwrap()
+                .with_signing_default(policy);
+            let versions: Vec<u64> = [1, 2]
+                .map(|seed| {
+                    let bytes = modelpipe_testkit::onnx_build::LinearSoftmax::iris(seed).to_bytes();
+                    commit(&registry, &model_name, &bytes)
+                })
+                .to_vec();
+            (dir, registry, versions)
+        })
+        .collect();
+    let mut samples = [Vec::new(), Vec::new()];
+    for i in 0..400 {
+        for (k, (_, registry, versions)) in setups.iter().enumerate() {
             let request = PublisherRequest::Publish {
                 model: model_name.clone(),
                 version: versions[i % 2],
                 alias: Default::default(),
                 reason: None,
             };
-            apply(&registry, &request, None).unwrap();
-        })
-    };
-    let (none, with) = (
-        moves(None),
-        moves(Some(SignerPolicy {
-            keys: vec![signers.pem("p256.pub"), signers.pem("p384.pub")],
-            ..Default::default()
-        })),
-    );
+            let started = Instant::now();
+            apply(registry, &request, None).unwrap();
+            samples[k].push(started.elapsed());
+        }
+    }
+    let [none, with] = samples.map(median);
     println!(
         "| a publish (hash check of the file, alias, history), no policy → a policy of two keys | {:.3} ms → {:.3} ms ({:.2}×) |",
         ms(none),
