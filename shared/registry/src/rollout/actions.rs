@@ -482,27 +482,43 @@ fn act(
             evaluation,
         });
     }
-    let written = if transition.moves_alias {
+    let promoted = transition.moves_alias.then(|| {
+        let evaluation = evaluation.clone();
         promote_candidate(
             locked,
             &current,
-            transition,
+            transition.clone(),
             by,
-            evaluation.clone(),
+            evaluation,
             request_id,
-        )?
-    } else {
-        locked.swap_rollout(
-            Some(seen),
-            transition.next,
-            did,
-            by,
-            evaluation.clone(),
-            request_id,
-        )??
+        )
+    });
+    let (next, did) = match promoted {
+        Some(Ok(written)) => return Ok(changed(written, did, by, evaluation)),
+        None => (transition.next, did),
+        // The candidate no longer satisfies the model's signer policy: the controller ends the
+        // rollout with the reason (an operator's promote is refused instead).
+        Some(Err(RolloutError::Move(MoveError::Refused { why, .. }))) if !from_operator => {
+            let ended = super::transition::transition(
+                &current,
+                seen,
+                Input::CandidateRefused(&why),
+                Timestamp::now(),
+            )
+            .expect("read under the lock at its generation");
+            (ended.next, ended.did)
+        }
+        Some(Err(e)) => return Err(e),
     };
+    let written =
+        locked.swap_rollout(Some(seen), next, did, by, evaluation.clone(), request_id)??;
+    Ok(changed(written, did, by, evaluation))
+}
+
+/// The report of a change written, logged.
+fn changed(written: Rollout, did: Did, by: Actor, evaluation: Option<Evaluation>) -> RolloutReport {
     info!(model = %written.model, alias = %written.alias, id = written.id, %did, by = ?by, reason = %written.reason, "rollout changed");
-    Ok(report(written, did, evaluation))
+    report(written, did, evaluation)
 }
 
 /// Moves the alias to the candidate, which writes the rollout as promoted (a crash in between

@@ -476,3 +476,47 @@ mod gate_decisions {
         );
     }
 }
+
+#[test]
+fn a_candidate_the_signer_policy_refuses_by_the_last_step_is_rolled_back_not_promoted() {
+    let (_dir, registry) = registry();
+    let rollout = start(&registry, 2, 10);
+    record(&registry, &rollout, "a", 10, 0);
+    let stepped = advance(&registry);
+    assert_eq!(stepped.did, "step");
+    // The model's contract now requires signatures; the candidate (v2) has none.
+    let required = modelpipe_signing::SignerPolicy {
+        required: true,
+        ..Default::default()
+    };
+    registry
+        .lock(&iris())
+        .unwrap()
+        .write_signer_policy(Some(&required))
+        .unwrap();
+    // An operator's promote is refused and changes nothing.
+    let refused = apply(&registry, &RolloutRequest::Promote(operator(None)), None).unwrap_err();
+    assert!(refused.to_string().contains("not signed"), "{refused}");
+    assert_eq!(
+        registry
+            .rollout(&iris(), &AliasName::live())
+            .unwrap()
+            .unwrap()
+            .state,
+        RolloutState::Running
+    );
+    // The controller's pass on the last step ends it instead, with the reason.
+    record(&registry, &stepped.rollout, "a", 10, 0);
+    let ended = advance(&registry);
+    assert_eq!(ended.did, "rolled_back");
+    assert!(
+        ended
+            .rollout
+            .reason
+            .contains("v2 may not go live: it is not signed"),
+        "{}",
+        ended.rollout.reason
+    );
+    assert_eq!((ended.rollout.weight, ended.rollout.shadow), (0, 0));
+    assert_eq!(live(&registry), 1);
+}

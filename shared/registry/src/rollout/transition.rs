@@ -96,6 +96,8 @@ pub enum Input<'a> {
     Judged(&'a Decision),
     /// Where the rollout's alias points now.
     AliasAt(Option<u64>),
+    /// The candidate may not go live (the model's signer policy refuses it), and why.
+    CandidateRefused(&'a str),
 }
 
 /// A rollout after an input.
@@ -157,8 +159,16 @@ pub fn transition(
             Did::RolledBack,
         ),
         Input::Judged(decision) if state == RolloutState::Running => judged(rollout, decision, now),
+        Input::CandidateRefused(why) if state.is_active() => to(
+            ended(
+                rollout,
+                RolloutState::RolledBack,
+                format!("rolled back: v{} may not go live: {why}", rollout.candidate),
+            ),
+            Did::RolledBack,
+        ),
         // The controller leaves a rollout it does not drive (paused, ended) as it is.
-        Input::Checked(_) | Input::Judged(_) => unchanged(),
+        Input::Checked(_) | Input::Judged(_) | Input::CandidateRefused(_) => unchanged(),
         Input::Operator(command, reason) => {
             let reason = |default: &str| reason.unwrap_or(default).to_string();
             operated(rollout, command, reason)?

@@ -55,6 +55,10 @@ fn inputs(decisions: &[Decision; 3]) -> Vec<(&'static str, Input<'_>)> {
         ("alias at candidate", Input::AliasAt(Some(2))),
         ("alias elsewhere", Input::AliasAt(Some(9))),
         ("alias gone", Input::AliasAt(None)),
+        (
+            "candidate refused",
+            Input::CandidateRefused("it is not signed"),
+        ),
     ]
 }
 
@@ -81,24 +85,27 @@ fn every_state_and_input_has_one_documented_outcome() {
         Decision::Fail("candidate error rate 100.00 %".into()),
     ];
     // Columns: the inputs in `inputs`' order. Operators' commands first, then the controller's
-    // (checked, judged), then the registry's (where the alias points).
+    // (checked, judged), then the registry's (where the alias points, a candidate refused).
     #[rustfmt::skip]
-    let table: [(RolloutState, [&str; 13]); 5] = [
+    let table: [(RolloutState, [&str; 14]); 5] = [
         (Preparing, ["Paused/paused", "refused", "RolledBack/aborted", "Promoted/promoted+alias",
             "Running/running", "RolledBack/rolled_back", "Preparing/none", "Preparing/none", "Preparing/none",
-            "Preparing/none", "Promoted/promoted", "RolledBack/superseded", "RolledBack/superseded"]),
+            "Preparing/none", "Promoted/promoted", "RolledBack/superseded", "RolledBack/superseded",
+            "RolledBack/rolled_back"]),
         (Running, ["Paused/paused", "refused", "RolledBack/aborted", "Promoted/promoted+alias",
             "Running/none", "Running/none", "Running/wait", "Running/step", "RolledBack/rolled_back",
-            "Running/none", "Promoted/promoted", "RolledBack/superseded", "RolledBack/superseded"]),
+            "Running/none", "Promoted/promoted", "RolledBack/superseded", "RolledBack/superseded",
+            "RolledBack/rolled_back"]),
         (Paused, ["refused", "Running/resumed", "RolledBack/aborted", "Promoted/promoted+alias",
             "Paused/none", "Paused/none", "Paused/none", "Paused/none", "Paused/none",
-            "Paused/none", "Promoted/promoted", "RolledBack/superseded", "RolledBack/superseded"]),
+            "Paused/none", "Promoted/promoted", "RolledBack/superseded", "RolledBack/superseded",
+            "RolledBack/rolled_back"]),
         (Promoted, ["refused", "refused", "refused", "refused",
             "Promoted/none", "Promoted/none", "Promoted/none", "Promoted/none", "Promoted/none",
-            "Promoted/none", "Promoted/none", "Promoted/none", "Promoted/none"]),
+            "Promoted/none", "Promoted/none", "Promoted/none", "Promoted/none", "Promoted/none"]),
         (RolledBack, ["refused", "refused", "refused", "refused",
             "RolledBack/none", "RolledBack/none", "RolledBack/none", "RolledBack/none", "RolledBack/none",
-            "RolledBack/none", "RolledBack/none", "RolledBack/none", "RolledBack/none"]),
+            "RolledBack/none", "RolledBack/none", "RolledBack/none", "RolledBack/none", "RolledBack/none"]),
     ];
     for (state, expected) in table {
         let rollout = rollout(state, 0);
