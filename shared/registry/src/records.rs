@@ -135,7 +135,7 @@ pub struct UploadRecord {
     /// Upload metadata `rollout=`: the alias moves by a guarded rollout, not at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RequestedRollout>,
-    pub updated_at: String,
+    pub updated_at: Timestamp,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

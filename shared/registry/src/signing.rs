@@ -78,17 +78,11 @@ impl Registry {
 
     /// The uploads of `model` waiting for a signature since before `wait`.
     fn overdue_uploads(&self, model: &ModelName, wait: Duration) -> Result<Vec<UploadRecord>> {
-        let mut overdue = Vec::new();
-        for record in self.upload_records(model)? {
-            let since = record
-                .updated_at
-                .parse::<Timestamp>()
-                .map(Timestamp::elapsed);
-            if record.status == UploadStatus::AwaitingSignature && since.is_ok_and(|s| s >= wait) {
-                overdue.push(record);
-            }
-        }
-        Ok(overdue)
+        let mut records = self.upload_records(model)?;
+        records.retain(|r| {
+            r.status == UploadStatus::AwaitingSignature && r.updated_at.elapsed() >= wait
+        });
+        Ok(records)
     }
 }
 
@@ -130,7 +124,7 @@ impl Locked<'_> {
         self.append_rejection(&rejection)?;
         self.write_upload_record(&UploadRecord {
             status: UploadStatus::Rejected,
-            updated_at: now(),
+            updated_at: Timestamp::now(),
             ..record
         })?;
         Ok(rejection)

@@ -26,6 +26,7 @@ use crate::version::{check_and_prepare, new_version};
 use modelpipe_config::Config;
 use modelpipe_core::digest::Digest;
 use modelpipe_core::model_name::{AliasName, ModelKey, ModelName, decode_event_key};
+use modelpipe_core::time::Timestamp;
 
 use self::signatures::{contract_of, signed_model};
 use modelpipe_engine::checks::{Checked, Compiled, Expectations};
@@ -622,7 +623,7 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
                 version: Some(commit.version()),
                 rollout: alias.as_ref().and(rollout),
                 alias,
-                updated_at: now(),
+                updated_at: Timestamp::now(),
             };
             locked.write_upload_record(&record)?;
             Ok(Some(record))
@@ -674,7 +675,7 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
                     model,
                     UploadRecord {
                         status: UploadStatus::Published,
-                        updated_at: now(),
+                        updated_at: Timestamp::now(),
                         ..record
                     },
                 )?;
@@ -732,7 +733,7 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
                     model,
                     UploadRecord {
                         status: UploadStatus::RollingOut,
-                        updated_at: now(),
+                        updated_at: Timestamp::now(),
                         ..record
                     },
                 )?;
@@ -749,7 +750,7 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
                     model,
                     UploadRecord {
                         status: UploadStatus::Registered,
-                        updated_at: now(),
+                        updated_at: Timestamp::now(),
                         ..record
                     },
                 )?;
@@ -807,7 +808,7 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
                 version: None,
                 alias: None,
                 rollout: None,
-                updated_at: now(),
+                updated_at: Timestamp::now(),
             })
         })
         .await

@@ -16,8 +16,9 @@ use crate::validator::PublishTarget;
 use crate::version::{read_contract, signer_policy};
 use modelpipe_core::digest::sha256_bytes;
 use modelpipe_core::model_name::{ModelKey, ModelName, contract_key};
+use modelpipe_core::time::Timestamp;
 use modelpipe_engine::contract::Contract;
-use modelpipe_registry::{RegistryError, SIGNATURE_FILE, Signer, UploadRecord, UploadStatus, now};
+use modelpipe_registry::{RegistryError, SIGNATURE_FILE, Signer, UploadRecord, UploadStatus};
 use modelpipe_signing::{SIGNATURE_SUFFIX, SignatureError, SignerPolicy};
 
 /// A signature bundle is a few KB; anything near this is not one.
@@ -141,7 +142,7 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
                     version: None,
                     alias: None,
                     rollout: None,
-                    updated_at: now(),
+                    updated_at: Timestamp::now(),
                 })
         })
         .await;
