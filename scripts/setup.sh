@@ -2,7 +2,8 @@
 # Installs what the tests need, skipping what is already installed and unchanged (so
 # scripts/test.sh calls it every run): moto (the AWS APIs), cargo-lambda (the Lambda runtime
 # API), tritonclient (the stock OIP client), onnxruntime (the reference answers, the baseline and
-# the library the ONNX Runtime engine opens), schemathesis and cfn-lint into .venv; the CDK app's
+# the library the ONNX Runtime engine opens), schemathesis, cfn-lint and model-signing (the
+# OpenSSF signing CLI the signed-model tests sign with) into .venv; the CDK app's
 # node modules into infra/node_modules; cargo-nextest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
