@@ -39,6 +39,7 @@ use modelpipe_registry::{
     Commit, Registry, RegistryError, Rejection, RequestedRollout, Signer, Source, Staging,
     UploadRecord, UploadStatus, now, sequencer_cmp,
 };
+use modelpipe_signing::SignerPolicy;
 
 /// Where the validator sends a publish: the publisher Lambda in AWS, a direct call locally.
 pub trait PublishTarget: Send + Sync {
@@ -436,6 +437,7 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
         let options = FetchedOptions {
             upload: options,
             checksum_sha256: fetched.checksum_sha256.clone(),
+            signer_policy: self.contract_policy(contract.as_ref()),
             contract,
         };
         Ok((upload, fetched, options))
@@ -590,7 +592,7 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
         let mut new = new_version(&checked, staged.digest, upload.source.clone(), compiled);
         new.signer = signer;
         drop(checked);
-        let policy = self.contract_policy(options.contract.as_ref());
+        let policy = options.signer_policy.clone();
         let (registry, owned, alias, rollout) = (
             self.registry.clone(),
             upload.clone(),
@@ -859,6 +861,8 @@ struct FetchedOptions {
     checksum_sha256: Option<String>,
     /// The model's `contract.json`, when the bucket has one.
     contract: Option<Contract>,
+    /// The signer policy the contract names, if any (else `SIGNING_POLICY`'s applies).
+    signer_policy: Option<SignerPolicy>,
 }
 
 /// What one record is about.

@@ -9,7 +9,7 @@ use modelpipe_engine::checks::{CheckError, Checked, Compiled, Expectations, chec
 use modelpipe_engine::contract::Contract;
 use modelpipe_registry::rollout::Plan;
 use modelpipe_registry::{NewVersion, Source};
-use modelpipe_signing::{Signer, SignerPolicy};
+use modelpipe_signing::{SignatureError, Signer, SignerPolicy};
 
 /// A model's `contract.json`, its default rollout checked as a plan and its signer policy as a
 /// policy.
@@ -32,27 +32,38 @@ pub fn signer_policy(contract: &Contract) -> Result<Option<SignerPolicy>, String
         .map_err(|e| format!("contract.json signing: {e}"))
 }
 
+/// Why a model's signature keeps it from going live.
+#[derive(Debug, thiserror::Error)]
+pub enum SignatureRefusal {
+    #[error("it is not signed, and the model's signer policy requires a signature")]
+    Unsigned,
+    #[error("the signer policy: {0}")]
+    Policy(String),
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
+}
+
 /// Who signed the model whose SHA-256 is `sha256`, given its signature `bundle` (none:
 /// unsigned) and the model's `policy`: the signer, none when unsigned and none is required, or
-/// why it may not go live (`modelctl bake` and `validate`, where both files are at hand; the
-/// validator's stage also waits for a signature still to come).
+/// why it may not go live. The validator's stage, `modelctl bake` and `validate` all ask this;
+/// the validator also waits for a signature still to come.
 pub fn check_signature(
     bundle: Option<&[u8]>,
     sha256: &str,
     policy: Option<&SignerPolicy>,
-) -> Result<Option<Signer>, String> {
+) -> Result<Option<Signer>, SignatureRefusal> {
     let Some(bundle) = bundle else {
         return match policy {
-            Some(p) if p.required => {
-                Err("it is not signed, and the model's signer policy requires a signature".into())
-            }
+            Some(p) if p.required => Err(SignatureRefusal::Unsigned),
             _ => Ok(None),
         };
     };
-    let trust = policy.cloned().unwrap_or_default().trust()?;
-    modelpipe_signing::verify(bundle, sha256, &trust)
-        .map(Some)
-        .map_err(|e| e.to_string())
+    let trust = policy
+        .cloned()
+        .unwrap_or_default()
+        .trust()
+        .map_err(SignatureRefusal::Policy)?;
+    Ok(Some(modelpipe_signing::verify(bundle, sha256, &trust)?))
 }
 
 /// Checks the model file at `path` (blocking, CPU-bound), then writes what ingest prepares for

@@ -13,7 +13,7 @@ use tracing::info;
 use super::{FetchedOptions, Outcome, Staged, Stop, Upload, Validator, ValidatorError, ignored};
 use crate::object_store::{ObjectRef, ObjectStore, tag_value};
 use crate::validator::PublishTarget;
-use crate::version::{read_contract, signer_policy};
+use crate::version::{SignatureRefusal, check_signature, read_contract, signer_policy};
 use modelpipe_core::digest::sha256_bytes;
 use modelpipe_core::model_name::{ModelKey, ModelName, contract_key};
 use modelpipe_core::time::Timestamp;
@@ -71,10 +71,10 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
         staged: &Staged,
         options: &FetchedOptions,
     ) -> Result<Option<Signer>, Stop> {
-        let policy = match self.contract_policy(options.contract.as_ref()) {
-            Some(policy) => Some(policy),
-            None => self.registry.signer_policy_default(),
-        };
+        let policy = options
+            .signer_policy
+            .clone()
+            .or_else(|| self.registry.signer_policy_default());
         let key = format!("{}{SIGNATURE_SUFFIX}", upload.object.key);
         let bundle = self
             .store
@@ -82,25 +82,26 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
             .await
             .map_err(ValidatorError::from)?;
         let sha256 = &staged.digest.sha256;
-        let reject = |reason: String| self.reject(upload, reason, Some(sha256.clone()));
-        let Some(bundle) = bundle else {
-            return match policy {
-                Some(policy) if policy.required => Err(self.await_signature(upload, &key).await),
-                _ => Ok(None),
-            };
-        };
-        let trust = match policy.unwrap_or_default().trust() {
-            Ok(trust) => trust,
-            Err(e) => return Err(reject(format!("the signer policy: {e}")).await),
-        };
-        let signer = match modelpipe_signing::verify(&bundle, sha256, &trust) {
-            Ok(signer) => signer,
-            // The signature of a version already committed, left beside the key: this upload's
-            // own has not arrived yet.
-            Err(SignatureError::OtherBytes { .. }) if self.signs_a_version(upload, &bundle)? => {
+        let (signer, bundle) = match (
+            check_signature(bundle.as_deref(), sha256, policy.as_ref()),
+            bundle,
+        ) {
+            (Ok(Some(signer)), Some(bundle)) => (signer, bundle),
+            (Ok(_), _) => return Ok(None),
+            (Err(SignatureRefusal::Unsigned), _) => {
                 return Err(self.await_signature(upload, &key).await);
             }
-            Err(e) => return Err(reject(format!("{key}: {e}")).await),
+            // The signature of a version already committed, left beside the key: this upload's
+            // own has not arrived yet.
+            (Err(SignatureRefusal::Signature(SignatureError::OtherBytes { .. })), Some(bundle))
+                if self.signs_a_version(upload, &bundle)? =>
+            {
+                return Err(self.await_signature(upload, &key).await);
+            }
+            (Err(e), _) => {
+                let reason = format!("{key}: {e}");
+                return Err(self.reject(upload, reason, Some(sha256.clone())).await);
+            }
         };
         let path = staged.staging.dir().join(SIGNATURE_FILE);
         std::fs::write(&path, &bundle).map_err(|source| {
