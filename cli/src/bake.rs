@@ -65,16 +65,24 @@ pub fn bake(dir: &Path, models: &[ModelFile], contracts: &[ModelFile]) -> CliRes
     }
     let contract_of = read_contracts(contracts)?;
     // As in the validator and publisher: a contract's `signing`, else SIGNING_POLICY.
+    let mut policy_of = BTreeMap::new();
+    for (model, contract) in &contract_of {
+        policy_of.insert(model.clone(), signer_policy(contract)?);
+    }
     let default = modelpipe_config::signing_policy(std::env::var("SIGNING_POLICY").ok())
         .map_err(|e| e.to_string())?;
     let registry = Registry::open(dir).map_err(|e| e.to_string())?;
     // Check every file before writing anything: a bake is all or nothing.
-    let ready = check_all(&registry, models, &contract_of, default.as_ref())?;
+    let policy = |model: &ModelName| {
+        let own = policy_of.get(model).cloned().flatten();
+        own.or_else(|| default.clone())
+    };
+    let ready = check_all(&registry, models, &contract_of, &policy)?;
     // A registry that was baked before is read-only until unsealed.
     let registry = Registry::unseal(dir)
         .map_err(|e| e.to_string())?
-        .with_signing_default(default);
-    record_policies(&registry, &contract_of)?;
+        .with_signing_default(default.clone());
+    record_policies(&registry, &policy_of)?;
     commit_all(&registry, ready)?;
     registry
         .seal(env!("CARGO_PKG_VERSION"))
@@ -121,7 +129,7 @@ fn check_all(
     registry: &Registry,
     models: &[ModelFile],
     contract_of: &BTreeMap<ModelName, Contract>,
-    default_policy: Option<&SignerPolicy>,
+    policy_of: &dyn Fn(&ModelName) -> Option<SignerPolicy>,
 ) -> CliResult<Vec<Ready>> {
     let mut previous = live_signatures(registry)?;
     let limits = crate::ops::limits_from_env()?;
@@ -135,17 +143,13 @@ fn check_all(
         }
         let prepared = tempfile::tempdir().map_err(|e| e.to_string())?;
         let digest = Digest::of_file(file).map_err(|e| format!("{}: {e}", file.display()))?;
-        let policy = match contract_of
-            .get(model)
-            .map(signer_policy)
-            .transpose()?
-            .flatten()
-        {
-            Some(policy) => Some(policy),
-            None => default_policy.cloned(),
-        };
-        let signer = signer_of(file, &digest.sha256, policy.as_ref(), prepared.path())
-            .map_err(|e| rejected(&e))?;
+        let signer = signer_of(
+            file,
+            &digest.sha256,
+            policy_of(model).as_ref(),
+            prepared.path(),
+        )
+        .map_err(|e| rejected(&e))?;
         let expect = Expectations {
             live: previous.get(model).map(|(v, s)| (*v, s)),
             contract: contract_of.get(model),
@@ -211,9 +215,11 @@ fn signer_of(
 
 /// Records each `--contract`'s signer policy in the registry, as the validator does on an
 /// upload: the baked registry's moves are held to it.
-fn record_policies(registry: &Registry, contract_of: &BTreeMap<ModelName, Contract>) -> CliResult {
-    for (model, contract) in contract_of {
-        let policy = signer_policy(contract)?;
+fn record_policies(
+    registry: &Registry,
+    policy_of: &BTreeMap<ModelName, Option<SignerPolicy>>,
+) -> CliResult {
+    for (model, policy) in policy_of {
         registry
             .lock(model)
             .and_then(|locked| locked.write_signer_policy(policy.as_ref()))
