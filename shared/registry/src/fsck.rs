@@ -235,6 +235,7 @@ impl Registry {
             }
         };
         let history = self.history(model)?;
+        let policy = self.signer_policy(model)?;
         for (alias, record) in &aliases {
             match versions.iter().find(|m| m.version == record.version) {
                 None => found(
@@ -252,7 +253,7 @@ impl Registry {
                     ),
                 ),
                 Some(manifest) => {
-                    if let Some(policy) = self.signer_policy(model)?
+                    if let Some(policy) = &policy
                         && let Err(why) = policy.admits(manifest.signer.as_ref())
                     {
                         found(
