@@ -6,14 +6,15 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use modelpipe_aws::S3Uploads;
-use modelpipe_config::Config;
+use modelpipe_aws::{S3Capture, S3Uploads};
+use modelpipe_config::{Config, MonitoringConfig};
 use modelpipe_registry::Registry;
+use modelpipe_registry::drift::DriftRequest;
 use modelpipe_registry::rollout::actions::{self as rollout, RolloutRequest};
 use modelpipe_serve::{Inference, SwapPolicy, router};
 use modelpipe_validator::s3_event::{CreatedObject, object_created_event};
@@ -48,6 +49,8 @@ pub struct DevStack {
     pub registry: Registry,
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    stop_s3: watch::Sender<bool>,
+    s3_task: tokio::task::JoinHandle<()>,
 }
 
 pub fn registry_dir(data: &Path) -> PathBuf {
@@ -110,13 +113,10 @@ impl DevStack {
         let http_listener = TcpListener::bind(options.http_addr).await?;
         let (s3_addr, http_addr) = (s3_listener.local_addr()?, http_listener.local_addr()?);
         let (stop, stopped) = watch::channel(false);
+        // The S3 endpoint stops last: inference writes what it holds there when it stops.
+        let (stop_s3, s3_stopped) = watch::channel(false);
+        let s3_task = tokio::spawn(serve_s3(s3_listener, service, s3_stopped));
         let mut tasks = Vec::new();
-
-        tasks.push(tokio::spawn(serve_s3(
-            s3_listener,
-            service,
-            stopped.clone(),
-        )));
 
         let validator = Validator::new(
             registry.clone(),
@@ -133,32 +133,12 @@ impl DevStack {
 
         tasks.push(tokio::spawn(tick_rollouts(
             registry.clone(),
+            config.monitoring.clone(),
             options.rollout_tick,
             stopped.clone(),
         )));
 
-        prometheus();
-        let inference = Arc::new(Inference::new(
-            registry.clone(),
-            &config,
-            SwapPolicy::Background,
-        ));
-        inference.preload().await;
-        let mut http_stopped = stopped.clone();
-        tasks.push(tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = http_stopped.wait_for(|s| *s).await;
-            };
-            let app = router(inference).merge(
-                axum::Router::new().route("/metrics", axum::routing::get(prometheus_metrics)),
-            );
-            if let Err(e) = axum::serve(http_listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                error!(error = %e, "inference server failed");
-            }
-        }));
+        tasks.extend(serve_inference(&registry, &config, s3_addr, http_listener, &stopped).await);
         Ok(Self {
             _data_lock: data_lock,
             s3_addr,
@@ -166,6 +146,8 @@ impl DevStack {
             registry,
             stop,
             tasks,
+            stop_s3,
+            s3_task,
         })
     }
 
@@ -174,7 +156,50 @@ impl DevStack {
         for task in self.tasks {
             let _ = task.await;
         }
+        let _ = self.stop_s3.send(true);
+        let _ = self.s3_task.await;
     }
+}
+
+/// The inference server (with `/metrics`) and its after-answer work; captured records go to
+/// the dev bucket (or `CAPTURE_BUCKET`) on the embedded endpoint.
+async fn serve_inference(
+    registry: &Registry,
+    config: &Config,
+    s3_addr: SocketAddr,
+    listener: TcpListener,
+    stopped: &watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    prometheus();
+    let bucket = config
+        .monitoring
+        .bucket
+        .clone()
+        .unwrap_or_else(|| BUCKET.into());
+    let sink = S3Capture::new(s3_client(s3_addr).await, bucket);
+    let inference = Arc::new(
+        Inference::new(registry.clone(), config, SwapPolicy::Background)
+            .with_capture_sink(Arc::new(sink)),
+    );
+    inference.preload().await;
+    let after = tokio::spawn(after_answers(inference.clone(), stopped.clone()));
+    let mut http_stopped = stopped.clone();
+    let server = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = http_stopped.wait_for(|s| *s).await;
+        };
+        let app = router(inference.clone())
+            .merge(axum::Router::new().route("/metrics", axum::routing::get(prometheus_metrics)));
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            error!(error = %e, "inference server failed");
+        }
+        // Every request is answered: what they left is written before the S3 endpoint stops.
+        inference.flush().await;
+    });
+    vec![after, server]
 }
 
 /// The process's Prometheus recorder, installed by the first stack started in it.
@@ -325,9 +350,32 @@ fn log_outcome(outcome: Outcome) {
     }
 }
 
-/// The rollout controller: `rollout-advance` over every model, every `every` (EventBridge's
-/// schedule in AWS). Decisions are logged; waits are not.
-async fn tick_rollouts(registry: Registry, every: Duration, mut stopped: watch::Receiver<bool>) {
+/// How often `modelctl dev` does what Lambda does after each answer.
+const AFTER_ANSWER_TICK: Duration = Duration::from_millis(200);
+
+/// What Lambda does after each answer (the after-answer extension), on a timer here:
+/// captured requests recorded and written when due (adoption runs in the background already).
+async fn after_answers(inference: Arc<Inference>, mut stopped: watch::Receiver<bool>) {
+    let mut ticks = tokio::time::interval(AFTER_ANSWER_TICK);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stopped.wait_for(|s| *s) => break,
+        }
+        inference.capture().process(inference.registry()).await;
+    }
+}
+
+/// The publisher's schedule (EventBridge's in AWS), every `every`: the rollout controller
+/// (`rollout-advance` over every model; decisions are logged, waits are not), then the drift
+/// reports (`drift`; flagged features are logged).
+async fn tick_rollouts(
+    registry: Registry,
+    monitoring: MonitoringConfig,
+    every: Duration,
+    mut stopped: watch::Receiver<bool>,
+) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -335,9 +383,9 @@ async fn tick_rollouts(registry: Registry, every: Duration, mut stopped: watch::
             _ = ticks.tick() => {}
             _ = stopped.wait_for(|s| *s) => break,
         }
-        let registry = registry.clone();
+        let controller = registry.clone();
         let advanced = tokio::task::spawn_blocking(move || {
-            rollout::apply(&registry, &RolloutRequest::Advance { model: None }, None)
+            rollout::apply(&controller, &RolloutRequest::Advance { model: None }, None)
         })
         .await;
         match advanced {
@@ -354,6 +402,27 @@ async fn tick_rollouts(registry: Registry, every: Duration, mut stopped: watch::
             }
             Ok(Err(e)) => warn!(error = %e, "rollout controller failed"),
             Err(e) => warn!(error = %e, "rollout controller panicked"),
+        }
+        let (registry, monitoring) = (registry.clone(), monitoring.clone());
+        let reported = tokio::task::spawn_blocking(move || {
+            let settings = |own| monitoring.drift_settings(own);
+            DriftRequest::default().apply(&registry, &settings, SystemTime::now())
+        })
+        .await;
+        match reported {
+            Ok(Ok(reports)) => {
+                for report in reports.iter().filter(|r| r.max_flagged_distance() > 0.0) {
+                    let flagged: Vec<&str> = report.flagged().map(|f| f.feature.as_str()).collect();
+                    info!(
+                        "{} v{}: drift in {}",
+                        report.model,
+                        report.version,
+                        flagged.join(", ")
+                    );
+                }
+            }
+            Ok(Err(e)) => warn!(error = %e, "drift reports failed"),
+            Err(e) => warn!(error = %e, "drift reports panicked"),
         }
     }
 }

@@ -3,6 +3,7 @@
 mod bake;
 mod demo;
 mod dev;
+mod drift;
 mod efs_check;
 mod local_s3;
 mod ops;
@@ -108,6 +109,19 @@ enum Command {
         #[command(flatten)]
         registry: RegistryArg,
     },
+    /// A version's live traffic against its baseline, feature by feature: a table, and a
+    /// picture of both distributions (SVG).
+    Drift {
+        model: ModelName,
+        /// The version (default: the live one).
+        #[arg(long)]
+        version: Option<u64>,
+        /// Where the picture goes [drift-MODEL-vN.svg].
+        #[arg(long)]
+        picture: Option<PathBuf>,
+        #[command(flatten)]
+        registry: RegistryArg,
+    },
     /// Guarded rollouts: a candidate served to a growing share of traffic, promoted or rolled
     /// back on evidence (`modelctl rollout --help`).
     Rollout {
@@ -193,7 +207,13 @@ Try:
         key = dev::ACCESS_KEY,
         registry = dev::registry_dir(&data).display(),
     );
-    let _ = tokio::signal::ctrl_c().await;
+    // Ctrl-C or SIGTERM: a clean stop, what inference holds (captured records) written first.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
     println!("stopping…");
     stack.stop().await;
     println!("stopped");
@@ -266,6 +286,15 @@ async fn main() -> ExitCode {
             registry,
         } => match registry.open().await {
             Ok(target) => ops::rollback(&target, model, alias, to).await.map(drop),
+            Err(e) => Err(e),
+        },
+        Command::Drift {
+            model,
+            version,
+            picture,
+            registry,
+        } => match registry.open().await {
+            Ok(target) => drift::run(&target, model, version, picture).await,
             Err(e) => Err(e),
         },
         Command::Rollout { command, registry } => match registry.open().await {

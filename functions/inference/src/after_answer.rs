@@ -2,9 +2,10 @@
 //! the runtime posts it, and freezes the environment only once the runtime *and every
 //! registered extension* have asked for their next event. An internal extension (a task in
 //! this process, registered for INVOKE) waits until the runtime has posted the invocation's
-//! answer ([`Answered`], the outermost runtime layer, says so) and then adopts what the request
-//! path left pending ([`Inference::adopt`]): loads, hash-checks and warms a new version and
-//! swaps it in, so no caller waits for a load and the next invocation is served by it.
+//! answer ([`Answered`], the outermost runtime layer, says so) and then does what the request
+//! path left for after it ([`Inference::after_answer`]): adopts a new version (loads,
+//! hash-checks, warms and swaps it in, so no caller waits for a load and the next invocation is
+//! served by it), and records and writes the requests sampled for capture.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -39,7 +40,7 @@ pub async fn register(
                 // One message per invocation: this one's answer has been posted.
                 answers.lock().await.recv().await;
                 let started_us = unix_micros();
-                for adopted in inference.adopt().await {
+                for adopted in inference.after_answer().await {
                     log(&adopted, &invoke.request_id, started_us);
                 }
                 Ok(())

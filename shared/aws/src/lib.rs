@@ -1,5 +1,6 @@
-//! The AWS side of the validator's traits: [`S3Uploads`] (aws-sdk-s3) and [`LambdaPublisher`]
-//! (aws-sdk-lambda). Both honour the SDK's standard environment, `AWS_ENDPOINT_URL` included.
+//! The AWS side of the validator's and serving's traits: [`S3Uploads`] (aws-sdk-s3),
+//! [`LambdaPublisher`] (aws-sdk-lambda) and [`S3Capture`] (captured records to a bucket). All
+//! honour the SDK's standard environment, `AWS_ENDPOINT_URL` included.
 
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::types::{ChecksumMode, Tag, Tagging};
@@ -8,6 +9,7 @@ use modelpipe_registry::is_s3_not_found as is_not_found;
 use modelpipe_registry::publish::{PublisherRequest, PublisherResponse};
 use modelpipe_registry::rollout::actions::{RolloutAnswer, RolloutRequest};
 pub use modelpipe_registry::s3_client;
+use modelpipe_serve::capture::CaptureSink;
 use modelpipe_validator::object_store::{Object, ObjectRef, ObjectStore, StoreError};
 use modelpipe_validator::validator::PublishTarget;
 
@@ -90,9 +92,11 @@ impl ObjectStore for S3Uploads {
             Err(e) => return Err(failed(e)),
         };
         if response.content_length().is_some_and(|n| n as u64 > limit) {
-            return Err(StoreError::Failed(format!(
-                "s3://{bucket}/{key} is larger than {limit} bytes"
-            )));
+            return Err(StoreError::TooLarge {
+                bucket: bucket.to_string(),
+                key: key.to_string(),
+                limit,
+            });
         }
         let bytes = response
             .body
@@ -215,5 +219,43 @@ impl PublishTarget for LambdaPublisher {
             .first()
             .map(|r| r.rollout.id)
             .ok_or_else(|| format!("{} started no rollout", self.function))
+    }
+}
+
+/// Captured records' objects, written to one bucket (`CAPTURE_BUCKET`).
+#[derive(Debug, Clone)]
+pub struct S3Capture {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+}
+
+impl S3Capture {
+    pub fn new(client: aws_sdk_s3::Client, bucket: impl Into<String>) -> Self {
+        Self {
+            client,
+            bucket: bucket.into(),
+        }
+    }
+}
+
+impl CaptureSink for S3Capture {
+    fn put(
+        &self,
+        key: String,
+        gzipped: Vec<u8>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move {
+            self.client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(&key)
+                .content_type("application/jsonl")
+                .content_encoding("gzip")
+                .body(gzipped.into())
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| failed(e).to_string())
+        })
     }
 }

@@ -1,6 +1,7 @@
 //! What a process sets up when it starts: the environment variables of the contract, read once
 //! with their defaults ([`Config`]), and its logging ([`telemetry`]).
 
+mod monitoring;
 pub mod telemetry;
 
 use std::time::Duration;
@@ -9,6 +10,8 @@ use modelpipe_core::limits::{Limits, MAX_MODEL_NODES, MODEL_LOAD_BUDGET};
 use modelpipe_core::model_name::ModelName;
 use modelpipe_registry::{FileCacheConfig, Location, Registry, RegistryError};
 use modelpipe_signing::SignerPolicy;
+
+pub use self::monitoring::MonitoringConfig;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -51,6 +54,8 @@ pub struct Config {
     /// `SIGNATURE_WAIT_MS` [900000]: how long an upload waits for the signature its policy
     /// requires before the publisher's `expire-uploads` rejects it.
     pub signature_wait: Duration,
+    /// Data capture and drift (`CAPTURE_*`, `DRIFT_*`).
+    pub monitoring: MonitoringConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +148,7 @@ impl Config {
                 get("SIGNATURE_WAIT_MS"),
                 900_000,
             )?),
+            monitoring: MonitoringConfig::from_lookup(&get)?,
         })
     }
 }

@@ -35,6 +35,10 @@ pub struct Contract {
     /// validator, which holds uploads and alias moves to it.
     #[serde(default)]
     pub signing: Option<Value>,
+    /// The model's capture share and drift threshold (`modelpipe_registry::drift::Monitoring`),
+    /// checked and recorded by the validator.
+    #[serde(default)]
+    pub monitoring: Option<Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -104,24 +108,7 @@ impl Contract {
 impl Example {
     /// The example's inputs decoded for `signature`, in its order.
     fn inputs_for(&self, signature: &Signature) -> Result<Vec<Tensor>, String> {
-        signature
-            .inputs
-            .iter()
-            .map(|spec| {
-                let given = self
-                    .inputs
-                    .iter()
-                    .find(|i| i.name == spec.name)
-                    .ok_or_else(|| format!("gives no input '{}'", spec.name))?;
-                let input = InputTensor {
-                    name: &given.name,
-                    datatype: &given.datatype,
-                    shape: &given.shape,
-                    data: TensorData::Json(&given.data),
-                };
-                decode_input(&input, spec)
-            })
-            .collect()
+        decode_inputs(&self.inputs, signature)
     }
 
     fn check(&self, engine: &Engine) -> Result<(), String> {
@@ -150,6 +137,30 @@ impl Example {
         }
         Ok(())
     }
+}
+
+/// Named JSON inputs (an example's, a baseline request's) decoded for `signature`, in its order.
+pub(crate) fn decode_inputs(
+    given: &[ExampleInput],
+    signature: &Signature,
+) -> Result<Vec<Tensor>, String> {
+    signature
+        .inputs
+        .iter()
+        .map(|spec| {
+            let given = given
+                .iter()
+                .find(|i| i.name == spec.name)
+                .ok_or_else(|| format!("gives no input '{}'", spec.name))?;
+            let input = InputTensor {
+                name: &given.name,
+                datatype: &given.datatype,
+                shape: &given.shape,
+                data: TensorData::Json(&given.data),
+            };
+            decode_input(&input, spec)
+        })
+        .collect()
 }
 
 fn compare(name: &str, actual: &Value, expected: &Value, tolerance: f64) -> Result<(), String> {

@@ -13,6 +13,7 @@
 mod artifact;
 pub mod checks;
 pub mod contract;
+pub mod features;
 pub mod graph;
 mod layout;
 pub mod onnxruntime;

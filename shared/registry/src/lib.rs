@@ -10,6 +10,7 @@
 //! <root>/<model>/rejections.jsonl             every refused upload, append-only
 //! <root>/<model>/uploads/<key hash>.json      the latest event handled per S3 key
 //! <root>/<model>/rollouts/…                   guarded rollouts (see [`rollout`])
+//! <root>/<model>/monitoring.json, drift/…     capture settings, drift profiles (see [`drift`])
 //! <root>/<model>/staging/                     uploads being checked (directory registries)
 //! ```
 //!
@@ -21,6 +22,7 @@
 mod atomic;
 mod baked;
 mod dir_store;
+pub mod drift;
 pub mod fsck;
 mod lock;
 mod moves;
@@ -60,6 +62,8 @@ pub enum RegistryError {
     Corrupt { location: String, message: String },
     #[error("model {model} has no version {version}")]
     NoSuchVersion { model: ModelName, version: u64 },
+    #[error("model {model} has no live version")]
+    NotLive { model: ModelName },
     #[error("model {model} v{version}: {file} no longer matches its manifest ({detail})")]
     Tampered {
         model: ModelName,
@@ -254,6 +258,15 @@ impl Registry {
 
     fn list(&self, dir: &str) -> Result<Vec<String>> {
         self.store.list(dir).map_err(self.io_error(dir))
+    }
+
+    /// Writes a file only its writer writes, so without the model's lock (an inference
+    /// environment's evidence and profiles, a version's drift report); refused when baked.
+    pub(crate) fn write_unlocked(&self, key: &str, bytes: &[u8]) -> Result<()> {
+        if self.baked {
+            return Err(RegistryError::ReadOnly(self.location.to_string()));
+        }
+        self.store.write(key, bytes).map_err(self.io_error(key))
     }
 
     /// Models with at least one committed version, sorted.

@@ -26,7 +26,7 @@ pub use self::evidence::{ArmStats, Histogram, InstanceEvidence, ShadowStats, Ste
 pub use self::gates::{Decision, Evaluation};
 pub use self::plan::{Gates, Plan, Step};
 pub use self::transition::Did;
-use crate::{Locked, Registry, RegistryError, Result};
+use crate::{Locked, Registry, Result};
 use modelpipe_core::model_name::{AliasName, ModelName};
 use modelpipe_core::time::Timestamp;
 
@@ -223,17 +223,12 @@ impl Registry {
         step: usize,
         evidence: &InstanceEvidence,
     ) -> Result<()> {
-        if self.baked {
-            return Err(RegistryError::ReadOnly(self.location.to_string()));
-        }
         let key = format!(
             "{}/{}.json",
             step_dir(model, alias, id, step),
             evidence.instance
         );
-        self.store
-            .write(&key, &crate::to_json(evidence))
-            .map_err(self.io_error(&key))
+        self.write_unlocked(&key, &crate::to_json(evidence))
     }
 }
 

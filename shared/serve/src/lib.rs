@@ -4,6 +4,7 @@
 //! in Lambda and by a plain TCP listener locally.
 
 pub mod cache;
+pub mod capture;
 pub mod live;
 pub mod loaded;
 pub mod metrics;
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 use tract_onnx::prelude::Tensor;
 
 pub use self::cache::{ModelCache, Residency, Resident};
+use self::capture::{Capture, CaptureSink};
 pub use self::live::{Adopted, LiveError, LiveModel, LoadFailure, SwapPolicy};
 pub use self::loaded::{LoadError, LoadedModel};
 pub use self::router::router;
@@ -44,6 +46,8 @@ pub struct Inference {
     shadow_slot: Arc<ShadowSlot>,
     /// The function's memory, which decides the order of an adoption's load and free.
     memory: Option<u64>,
+    /// Sampled requests and this environment's drift profiles, written after answers.
+    capture: Capture,
 }
 
 /// A shadow run about to start: the candidate, and the slot it holds until it ends.
@@ -64,6 +68,7 @@ pub struct LiveStatus {
 
 impl Inference {
     pub fn new(registry: Registry, config: &Config, policy: SwapPolicy) -> Self {
+        let environment = environment_name();
         Self {
             reload_check: (!registry.is_baked()).then_some(config.reload_check),
             cache: Arc::new(ModelCache::new(
@@ -75,10 +80,24 @@ impl Inference {
             max_request_bytes: config.max_request_bytes,
             preload: config.preload_models.clone(),
             live: Mutex::default(),
-            evidence: Arc::new(EvidenceRecorder::new(config.reload_check)),
+            evidence: Arc::new(EvidenceRecorder::new(
+                config.reload_check,
+                environment.clone(),
+            )),
             shadow_slot: Arc::default(),
             memory: config.function_memory_bytes,
+            capture: Capture::new(config.monitoring.clone(), environment),
         }
+    }
+
+    /// Where captured records are written (`CAPTURE_BUCKET`'s S3 client in Lambda and dev).
+    pub fn with_capture_sink(mut self, sink: Arc<dyn CaptureSink>) -> Self {
+        self.capture = self.capture.with_sink(sink);
+        self
+    }
+
+    pub fn capture(&self) -> &Capture {
+        &self.capture
     }
 
     pub fn registry(&self) -> &Registry {
@@ -265,6 +284,22 @@ impl Inference {
         adopted
     }
 
+    /// Everything requests leave for after their answer: versions to adopt ([`Self::adopt`]),
+    /// then captured requests to record and write ([`Capture::process`]).
+    pub async fn after_answer(&self) -> Vec<Adopted> {
+        let adopted = self.adopt().await;
+        self.capture.process(self.registry()).await;
+        adopted
+    }
+
+    /// Writes what this environment holds — rollout evidence, captured records, drift
+    /// profiles — now: its shutdown.
+    pub async fn flush(&self) {
+        let (evidence, registry) = (self.evidence.clone(), self.registry().clone());
+        let _ = tokio::task::spawn_blocking(move || evidence.flush(&registry)).await;
+        self.capture.flush(self.registry()).await;
+    }
+
     /// Writes this instance's rollout evidence now (blocking).
     pub fn flush_evidence(&self) {
         self.evidence.flush(self.registry());
@@ -313,5 +348,18 @@ impl Inference {
                 }
             }
         }
+    }
+}
+
+/// This execution environment's name in the files and objects it writes: Lambda's log stream
+/// name (unique per environment), else the process id and a random number.
+fn environment_name() -> String {
+    match std::env::var("AWS_LAMBDA_LOG_STREAM_NAME") {
+        Ok(stream) if !stream.is_empty() => capture::environment_name(&stream),
+        _ => format!(
+            "{}-{:016x}",
+            std::process::id(),
+            u64::from_le_bytes(modelpipe_registry::rollout::split::random_key())
+        ),
     }
 }

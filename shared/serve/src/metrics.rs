@@ -11,6 +11,11 @@
 //! | `modelpipe_shadow_runs_total` | counter | model, alias, version (the candidate's) |
 //! | `modelpipe_shadow_skipped_total` | counter | model, alias, version |
 //! | `modelpipe_shadow_agreement` | histogram (0–1, per run) | model, alias, version |
+//! | `modelpipe_capture_sampled_total` | counter (requests taken for capture) | model, version |
+//! | `modelpipe_capture_dropped_total` | counter (sampled, over the buffer's budget) | model, version |
+//! | `modelpipe_capture_records_written_total` | counter (records in objects written) | model, version |
+//!
+//! The publisher sets `modelpipe_feature_drift` (see `modelpipe_registry::drift`).
 
 use std::time::Duration;
 
@@ -25,6 +30,9 @@ pub const MODEL_LOAD_SECONDS: &str = "modelpipe_model_load_seconds";
 pub const SHADOW_RUNS: &str = "modelpipe_shadow_runs_total";
 pub const SHADOW_SKIPPED: &str = "modelpipe_shadow_skipped_total";
 pub const SHADOW_AGREEMENT: &str = "modelpipe_shadow_agreement";
+pub const CAPTURE_SAMPLED: &str = "modelpipe_capture_sampled_total";
+pub const CAPTURE_DROPPED: &str = "modelpipe_capture_dropped_total";
+pub const CAPTURE_WRITTEN: &str = "modelpipe_capture_records_written_total";
 
 /// Which arm answered: `stable` (also every live request when no rollout runs), `candidate`,
 /// or `pinned` (a request to `/versions/{v}`).
@@ -77,6 +85,21 @@ pub fn describe() {
         Unit::Count,
         "shadowed requests not run: the previous shadow run was still going"
     );
+    describe_counter!(
+        CAPTURE_SAMPLED,
+        Unit::Count,
+        "live requests taken for data capture"
+    );
+    describe_counter!(
+        CAPTURE_DROPPED,
+        Unit::Count,
+        "sampled requests dropped: the environment's capture buffer was full"
+    );
+    describe_counter!(
+        CAPTURE_WRITTEN,
+        Unit::Count,
+        "captured records written to the capture bucket"
+    );
     describe_histogram!(
         SHADOW_AGREEMENT,
         "share of a shadow run's answer rows that agreed with stable's"
@@ -128,4 +151,26 @@ pub fn shadow_run(model: &ModelName, alias: &AliasName, version: u64, agreement:
 pub fn shadow_skipped(model: &ModelName, alias: &AliasName, version: u64) {
     counter!(SHADOW_SKIPPED, "model" => model.as_str().to_string(), "alias" => alias.as_str().to_string(), "version" => version.to_string())
         .increment(1);
+}
+
+fn version_labels(model: &ModelName, version: u64) -> [(&'static str, String); 2] {
+    [
+        ("model", model.as_str().to_string()),
+        ("version", version.to_string()),
+    ]
+}
+
+/// A live request taken for capture.
+pub fn capture_sampled(model: &ModelName, version: u64) {
+    counter!(CAPTURE_SAMPLED, &version_labels(model, version)).increment(1);
+}
+
+/// A sampled request dropped: the capture buffer was full.
+pub fn capture_dropped(model: &ModelName, version: u64) {
+    counter!(CAPTURE_DROPPED, &version_labels(model, version)).increment(1);
+}
+
+/// `records` captured records written in one object.
+pub fn capture_written(model: &ModelName, version: u64, records: u64) {
+    counter!(CAPTURE_WRITTEN, &version_labels(model, version)).increment(records);
 }

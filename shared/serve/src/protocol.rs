@@ -170,6 +170,20 @@ pub struct WantedOutput {
 }
 
 impl ParsedRequest {
+    /// The request's body as it came.
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    /// `application/octet-stream` when some input came as binary data, else `application/json`.
+    pub fn content_type(&self) -> &'static str {
+        if self.binary.iter().any(Option::is_some) {
+            "application/octet-stream"
+        } else {
+            "application/json"
+        }
+    }
+
     /// The request's inputs, each with where its values are.
     pub fn inputs(&self) -> impl Iterator<Item = InputTensor<'_>> {
         self.request

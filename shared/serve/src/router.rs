@@ -3,7 +3,7 @@
 //! cannot be loaded; bad input never yields a 500.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::Json;
 use axum::body::Body;
@@ -11,17 +11,20 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use bytes::Bytes;
 use serde_json::{Value, json};
 
+use super::capture;
 use super::metrics::{self, ServedBy};
 use super::protocol::{self, HEADER_CONTENT_LENGTH, Output, ParsedRequest};
 use super::split::{Route, routing_key};
 use super::{Inference, LiveError, LoadError, LoadedModel};
 use modelpipe_core::model_name::{AliasName, ModelName};
-use modelpipe_core::signature::Signature;
+use modelpipe_core::signature::{Signature, TensorSpec};
 use modelpipe_engine::tensors::decode_input;
 use modelpipe_registry::RegistryError;
 use modelpipe_registry::rollout::split::Arm;
+use tract_onnx::prelude::Tensor;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -364,10 +367,22 @@ async fn infer(
         Served::Live(None) => (None, ServedBy::Stable),
         Served::Pinned => (None, ServedBy::Pinned),
     };
-    let answer = answer(inference, &loaded, parsed, route.as_ref()).await;
+    let model = &loaded.manifest.model;
+    // Pinned requests are not live traffic: neither captured nor in drift.
+    let capture = (by != ServedBy::Pinned)
+        .then(|| Captured::of(inference, model, &parsed))
+        .flatten();
+    let answer = answer(
+        inference,
+        &loaded,
+        parsed,
+        route.as_ref(),
+        capture.is_some(),
+    )
+    .await;
     let alias = AliasName::default();
     metrics::request(
-        &loaded.manifest.model,
+        model,
         (by != ServedBy::Pinned).then_some(&alias),
         by,
         loaded.version(),
@@ -375,11 +390,19 @@ async fn infer(
         answer.is_err(),
     );
     let mut response = match answer {
-        Ok((response, run)) => {
+        Ok(answered) => {
             if let Some(route) = &route {
-                inference.record(route, run, false);
+                inference.record(route, answered.run, false);
             }
-            response
+            if let (Some(capture), Some(tensors)) = (capture, answered.tensors) {
+                inference.capture().offer(capture.sample(
+                    &loaded,
+                    route.as_ref(),
+                    started.elapsed(),
+                    tensors,
+                ));
+            }
+            answered.response
         }
         Err(error) => {
             if let Some(route) = &route {
@@ -396,13 +419,73 @@ async fn infer(
     Ok(response)
 }
 
-/// The answer of `loaded` to `parsed`, and how long its model run took.
+/// A request being captured: what of it the record needs once it is answered.
+struct Captured {
+    request_id: Option<String>,
+    input: capture::Body,
+    at: SystemTime,
+}
+
+impl Captured {
+    /// `Some` when `model`'s capture share samples this request.
+    fn of(inference: &Inference, model: &ModelName, parsed: &ParsedRequest) -> Option<Self> {
+        let share = inference.capture().share(inference.registry(), model);
+        capture::sampled(model, parsed.body(), share).then(|| Self {
+            request_id: parsed.request.id.clone(),
+            input: capture::Body {
+                content_type: parsed.content_type(),
+                bytes: parsed.body().clone(),
+            },
+            at: SystemTime::now(),
+        })
+    }
+
+    fn sample(
+        self,
+        loaded: &LoadedModel,
+        route: Option<&Route>,
+        latency: Duration,
+        tensors: AnswerTensors,
+    ) -> capture::Sample {
+        capture::Sample {
+            model: loaded.manifest.model.clone(),
+            version: loaded.version(),
+            alias: Some(AliasName::default().to_string()),
+            arm: route.map(|r| r.arm.as_str()),
+            rollout: route.map(|r| r.split.rollout.id),
+            at: self.at,
+            latency,
+            request_id: self.request_id,
+            input: self.input,
+            output: tensors.body,
+            inputs: tensors.inputs,
+            outputs: tensors.outputs,
+        }
+    }
+}
+
+/// A captured request's tensors and answer body.
+struct AnswerTensors {
+    inputs: Vec<(String, Tensor)>,
+    outputs: Vec<(String, Tensor)>,
+    body: capture::Body,
+}
+
+/// An answer, how long its model run took, and (when captured) what it ran on.
+struct Answered {
+    response: Response,
+    run: Duration,
+    tensors: Option<AnswerTensors>,
+}
+
+/// The answer of `loaded` to `parsed`; `captured`: keep its tensors and body for capture.
 async fn answer(
     inference: &Inference,
     loaded: &Arc<LoadedModel>,
     parsed: ParsedRequest,
     route: Option<&Route>,
-) -> ApiResult<(Response, std::time::Duration)> {
+    captured: bool,
+) -> ApiResult<Answered> {
     let signature = loaded.engine.signature();
     for input in parsed.inputs() {
         if !signature.inputs.iter().any(|spec| spec.name == input.name) {
@@ -430,6 +513,7 @@ async fn answer(
     let plans = loaded.engine.resident_plans();
     let shadow = route.and_then(|r| inference.shadow(r));
     let shadow_inputs = shadow.as_ref().map(|_| tensors.clone());
+    let captured_inputs = captured.then(|| tensors.clone());
     let run_started = Instant::now();
     let outputs = if loaded.runs_quickly(&tensors) {
         loaded.engine.run(tensors)
@@ -467,26 +551,37 @@ async fn answer(
         &selected,
     )
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    let content_type = match body.json_length {
+        Some(_) => "application/octet-stream",
+        None => "application/json",
+    };
+    let bytes = Bytes::from(body.bytes);
+    let tensors = captured_inputs.map(|inputs| AnswerTensors {
+        inputs: named(&signature.inputs, inputs),
+        outputs: named(&signature.outputs, outputs.clone()),
+        body: capture::Body {
+            content_type,
+            bytes: bytes.clone(),
+        },
+    });
     // The caller's answer is ready: the candidate may have the rest of the shadow's work.
     if let (Some(shadow), Some(inputs), Some(route)) = (shadow, shadow_inputs, route) {
         inference.run_shadow(shadow, route.clone(), inputs, outputs);
     }
-    let mut response = Response::new(Body::from(body.bytes));
+    let mut response = Response::new(Body::from(bytes));
     let headers = response.headers_mut();
-    match body.json_length {
-        Some(length) => {
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            );
-            headers.insert(HEADER_CONTENT_LENGTH, HeaderValue::from(length));
-        }
-        None => {
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-        }
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if let Some(length) = body.json_length {
+        headers.insert(HEADER_CONTENT_LENGTH, HeaderValue::from(length));
     }
-    Ok((response, run))
+    Ok(Answered {
+        response,
+        run,
+        tensors,
+    })
+}
+
+/// Tensors paired with their names in the signature's order.
+fn named(specs: &[TensorSpec], tensors: Vec<Tensor>) -> Vec<(String, Tensor)> {
+    specs.iter().map(|s| s.name.clone()).zip(tensors).collect()
 }

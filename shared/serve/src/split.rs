@@ -75,12 +75,8 @@ pub struct EvidenceRecorder {
 }
 
 impl EvidenceRecorder {
-    pub fn new(every: Duration) -> Self {
-        let instance = format!(
-            "{}-{:016x}",
-            std::process::id(),
-            u64::from_le_bytes(split::random_key())
-        );
+    /// `instance` names this environment's evidence files.
+    pub fn new(every: Duration, instance: String) -> Self {
         Self {
             instance,
             steps: Mutex::default(),

@@ -33,6 +33,13 @@ pub enum StoreError {
     NotFound { bucket: String, key: String },
     #[error("S3 request failed: {0}")]
     Failed(String),
+    /// A small object (a contract, a baseline) over its limit: the upload's fault, not S3's.
+    #[error("s3://{bucket}/{key} is larger than {limit} bytes")]
+    TooLarge {
+        bucket: String,
+        key: String,
+        limit: u64,
+    },
 }
 
 pub trait ObjectStore: Send + Sync {

@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lambda_events::s3::{S3Event, S3EventRecord};
@@ -28,10 +29,12 @@ use modelpipe_core::digest::Digest;
 use modelpipe_core::model_name::{AliasName, ModelKey, ModelName, decode_event_key};
 use modelpipe_core::time::Timestamp;
 
-use self::signatures::{contract_of, signed_model};
+use self::baseline::BaselineUpload;
+use self::signatures::{contract_monitoring, contract_of, signed_model};
 use modelpipe_engine::checks::{Checked, Compiled, Expectations};
 use modelpipe_engine::contract::Contract;
 use modelpipe_engine::{EngineKind, Limits};
+use modelpipe_registry::drift::{Baseline, Monitoring};
 use modelpipe_registry::publish::{PublisherRequest, PublisherResponse};
 use modelpipe_registry::rollout::Plan;
 use modelpipe_registry::rollout::actions::RolloutRequest;
@@ -434,11 +437,17 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
             Ok(contract) => contract,
             Err(reason) => return Err(self.reject(&upload, reason, None).await),
         };
+        let baseline = match self.fetch_baseline(&upload).await? {
+            Ok(baseline) => baseline,
+            Err(reason) => return Err(self.reject(&upload, reason, None).await),
+        };
         let options = FetchedOptions {
             upload: options,
             checksum_sha256: fetched.checksum_sha256.clone(),
             signer_policy: self.contract_policy(contract.as_ref()),
+            monitoring: contract_monitoring(contract.as_ref()),
             contract,
+            baseline,
         };
         Ok((upload, fetched, options))
     }
@@ -551,6 +560,7 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
             options.upload.engine,
             self.limits,
         );
+        let dataset = options.baseline.clone();
         let checked = tokio::task::spawn_blocking(move || {
             let expect = Expectations {
                 live: live.as_ref().map(|(v, s)| (*v, s)),
@@ -559,19 +569,23 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
                 engine,
                 limits,
             };
-            check_and_prepare(&path, &dir, expect)
+            let (checked, compiled) =
+                check_and_prepare(&path, &dir, expect).map_err(|e| e.to_string())?;
+            let baseline = dataset.map(|d| d.profile(&checked.engine)).transpose()?;
+            Ok::<_, String>((checked, compiled, baseline))
         })
         .await
         .map_err(|e| ValidatorError::Task(e.to_string()))?;
-        let (checked, compiled) = match checked {
+        let (checked, compiled, baseline) = match checked {
             Ok(checked) => checked,
-            Err(e) => return Err(reject(e.to_string()).await),
+            Err(reason) => return Err(reject(reason).await),
         };
         log_checked(model, started.elapsed(), &checked, compiled.as_ref());
         Ok(Checks {
             checked,
             compiled,
             default_rollout,
+            baseline,
         })
     }
 
@@ -585,6 +599,7 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
             checked,
             compiled,
             default_rollout,
+            baseline,
         }: Checks,
         signer: Option<Signer>,
         options: &FetchedOptions,
@@ -592,7 +607,7 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
         let mut new = new_version(&checked, staged.digest, upload.source.clone(), compiled);
         new.signer = signer;
         drop(checked);
-        let policy = options.signer_policy.clone();
+        let (policy, monitoring) = (options.signer_policy.clone(), options.monitoring);
         let (registry, owned, alias, rollout) = (
             self.registry.clone(),
             upload.clone(),
@@ -611,11 +626,17 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
             }
             // The contract's policy, as of this upload, holds the model's alias moves.
             locked.write_signer_policy(policy.as_ref())?;
+            registry.write_monitoring(&model, &monitoring)?;
             let commit = locked.commit(staging, new)?;
             if let Commit::Created(version) = commit {
                 info!(model = %model, version, "version committed");
             } else {
                 info!(model = %model, version = commit.version(), "identical bytes: no new version");
+            }
+            // Before the publish: traffic never reaches a version whose uploaded baseline is
+            // still to be written (a crash here leaves it to be taken from traffic).
+            if let Some(baseline) = &baseline {
+                registry.write_baseline(&model, commit.version(), baseline)?;
             }
             let record = UploadRecord {
                 key: object.key,
@@ -854,6 +875,8 @@ struct Checks {
     checked: Checked,
     compiled: Option<Compiled>,
     default_rollout: Option<RequestedRollout>,
+    /// The profile of the baseline dataset uploaded with the model, run on it.
+    baseline: Option<Baseline>,
 }
 
 struct FetchedOptions {
@@ -863,6 +886,10 @@ struct FetchedOptions {
     contract: Option<Contract>,
     /// The signer policy the contract names, if any (else `SIGNING_POLICY`'s applies).
     signer_policy: Option<SignerPolicy>,
+    /// The capture and drift settings the contract names.
+    monitoring: Monitoring,
+    /// The model's `baseline.jsonl`, when the bucket has one.
+    baseline: Option<Arc<BaselineUpload>>,
 }
 
 /// What one record is about.
@@ -966,6 +993,7 @@ fn is_older(ours: Option<&str>, seen: Option<&str>) -> bool {
 /// How long a staging directory may sit before it counts as a crashed ingest's leftover.
 pub const STAGING_MAX_AGE: Duration = Duration::from_secs(3600);
 
+mod baseline;
 mod signatures;
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use std::path::Path;
 use modelpipe_core::digest::Digest;
 use modelpipe_engine::checks::{CheckError, Checked, Compiled, Expectations, check_model};
 use modelpipe_engine::contract::Contract;
+use modelpipe_registry::drift::Monitoring;
 use modelpipe_registry::rollout::Plan;
 use modelpipe_registry::{NewVersion, Source};
 use modelpipe_signing::{SignatureError, Signer, SignerPolicy};
@@ -19,7 +20,21 @@ pub fn read_contract(bytes: &[u8]) -> Result<Contract, String> {
         Plan::requested(rollout).map_err(|e| format!("contract.json rollout: {e}"))?;
     }
     signer_policy(&contract)?;
+    monitoring(&contract)?;
     Ok(contract)
+}
+
+/// The capture and drift settings a contract names (unset: the deployment's defaults).
+pub fn monitoring(contract: &Contract) -> Result<Monitoring, String> {
+    let Some(value) = &contract.monitoring else {
+        return Ok(Monitoring::default());
+    };
+    let monitoring: Monitoring = serde_json::from_value(value.clone())
+        .map_err(|e| format!("contract.json monitoring: {e}"))?;
+    monitoring
+        .check()
+        .map_err(|e| format!("contract.json {e}"))?;
+    Ok(monitoring)
 }
 
 /// The signer policy a contract names, if any.

@@ -1,6 +1,8 @@
 //! The validator's signature stage and the two uploads beside a model that feed it: the model's
 //! signature (`<model key>.sig`, an OpenSSF model signing bundle) and its `contract.json`, whose
-//! `signing` section is the model's signer policy (else the registry's default, `SIGNING_POLICY`).
+//! `signing` section is the model's signer policy (else the registry's default, `SIGNING_POLICY`)
+//! and whose `monitoring` section its capture share and drift threshold, both recorded in the
+//! registry when the contract arrives and again with each upload.
 //!
 //! A model whose policy requires a signature that has not arrived waits (upload record and tag
 //! `awaiting-signature`); the signature's own event resumes it, S3 delivering the two in either
@@ -11,13 +13,14 @@
 use tracing::info;
 
 use super::{FetchedOptions, Outcome, Staged, Stop, Upload, Validator, ValidatorError, ignored};
-use crate::object_store::{ObjectRef, ObjectStore, tag_value};
+use crate::object_store::{ObjectRef, ObjectStore, StoreError, tag_value};
 use crate::validator::PublishTarget;
-use crate::version::{SignatureRefusal, check_signature, read_contract, signer_policy};
+use crate::version::{SignatureRefusal, check_signature, monitoring, read_contract, signer_policy};
 use modelpipe_core::digest::sha256_bytes;
 use modelpipe_core::model_name::{ModelKey, ModelName, contract_key};
 use modelpipe_core::time::Timestamp;
 use modelpipe_engine::contract::Contract;
+use modelpipe_registry::drift::Monitoring;
 use modelpipe_registry::{RegistryError, SIGNATURE_FILE, Signer, UploadRecord, UploadStatus};
 use modelpipe_signing::{SIGNATURE_SUFFIX, SignatureError, SignerPolicy};
 
@@ -29,6 +32,13 @@ const MAX_CONTRACT_BYTES: u64 = 16 * 1024 * 1024;
 pub(super) fn signed_model(key: &str, prefix: &str) -> Option<ModelName> {
     let model_key = key.strip_suffix(SIGNATURE_SUFFIX)?;
     ModelKey::parse(model_key, prefix).ok().map(|k| k.model)
+}
+
+/// The capture and drift settings a contract names (checked when it was read), else none.
+pub(super) fn contract_monitoring(contract: Option<&Contract>) -> Monitoring {
+    contract
+        .and_then(|c| monitoring(c).ok())
+        .unwrap_or_default()
 }
 
 /// The model whose contract `key` is (`<prefix><model>/contract.json`).
@@ -48,11 +58,15 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
         upload: &Upload,
     ) -> Result<Result<Option<Contract>, String>, Stop> {
         let key = contract_key(&self.models_prefix, &upload.model);
-        let bytes = self
+        let bytes = match self
             .store
             .get_small(&upload.object.bucket, &key, MAX_CONTRACT_BYTES)
             .await
-            .map_err(ValidatorError::from)?;
+        {
+            Ok(bytes) => bytes,
+            Err(e @ StoreError::TooLarge { .. }) => return Ok(Err(e.to_string())),
+            Err(e) => return Err(ValidatorError::from(e).into()),
+        };
         Ok(bytes.map(|b| read_contract(&b)).transpose())
     }
 
@@ -247,10 +261,14 @@ impl<S: ObjectStore, P: PublishTarget> Validator<S, P> {
             Err(reason) => return Err(self.reject(&upload, reason, None).await),
         };
         let policy = self.contract_policy(contract.as_ref());
+        let monitoring = contract_monitoring(contract.as_ref());
         let (registry, model) = (self.registry.clone(), upload.model.clone());
         let signed_by_policy = policy.is_some();
         tokio::task::spawn_blocking(move || -> Result<(), RegistryError> {
-            registry.lock(&model)?.write_signer_policy(policy.as_ref())
+            registry
+                .lock(&model)?
+                .write_signer_policy(policy.as_ref())?;
+            registry.write_monitoring(&model, &monitoring)
         })
         .await
         .map_err(|e| ValidatorError::Task(e.to_string()))?

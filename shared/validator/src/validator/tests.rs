@@ -61,9 +61,11 @@ impl ObjectStore for MemoryBucket {
     ) -> Result<Option<Vec<u8>>, StoreError> {
         let objects = self.objects.lock().unwrap();
         match objects.get(key) {
-            Some((bytes, _)) if bytes.len() as u64 > limit => {
-                Err(StoreError::Failed(format!("{key} is over {limit} bytes")))
-            }
+            Some((bytes, _)) if bytes.len() as u64 > limit => Err(StoreError::TooLarge {
+                bucket: "bucket".into(),
+                key: key.to_string(),
+                limit,
+            }),
             found => Ok(found.map(|(bytes, _)| bytes.clone())),
         }
     }
