@@ -23,7 +23,8 @@ pub enum RolloutCommand {
         #[arg(long, default_value = "canary")]
         plan: String,
         /// A plan setting: steps=5,25,50 · shadow=PERCENT · bake=5m · min-requests=N ·
-        /// max-error-increase=0.01 · max-p99-ratio=1.5 · min-agreement=0.99.
+        /// max-error-increase=0.01 · max-p99-ratio=1.5 · min-agreement=0.99 · max-drift=0.2
+        /// (fails a candidate whose inputs drifted further from its baseline).
         #[arg(long = "set", value_name = "KEY=VALUE", value_parser = setting)]
         settings: Vec<(String, String)>,
     },
@@ -155,6 +156,22 @@ pub fn print_report(report: &RolloutReport) {
                 share(shadow.agreement),
                 diff(shadow.abs_diff_p50),
                 diff(shadow.abs_diff_p99),
+            );
+        }
+        if let Some(drift) = &e.drift {
+            let over: Vec<String> = drift
+                .over
+                .iter()
+                .map(|(f, d)| format!("{f} {d:.3}"))
+                .collect();
+            println!(
+                "  drift: {} candidate rows; over max-drift: {}",
+                drift.rows,
+                if over.is_empty() {
+                    "none".into()
+                } else {
+                    over.join(", ")
+                }
             );
         }
     }

@@ -11,8 +11,10 @@
 //! A window is `DRIFT_WINDOW_MS` of wall-clock time (`w = unix ms / window`); a report merges
 //! the current and the previous window, so it always covers at least one whole window. A
 //! version's baseline is, in order: the profile of the `baseline.jsonl` uploaded with it (the
-//! validator's), else the first captured traffic of the version it replaced, else its own first
-//! traffic, in each case once it holds `baseline_rows` rows; it is written once and kept.
+//! validator's), else the first captured traffic of the version it replaced (the one `live`
+//! served before it, or a rollout's stable for its candidate; that version's own baseline if too
+//! little of its traffic was profiled), else its own first traffic — traffic once it holds
+//! `baseline_rows` rows. It is written once and kept.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -235,14 +237,23 @@ impl Registry {
         self.write_unlocked(&key, &crate::to_json(baseline))
     }
 
-    /// The version `alias` served before it first served `version`, per its history.
+    /// The version `version` replaced: the one `live` served before it first served it (per
+    /// its history), else, for a rollout's candidate, the rollout's stable.
     fn replaced(&self, model: &ModelName, version: u64) -> Result<Option<u64>> {
         let live = AliasName::default();
-        Ok(self
+        let moved = self
             .history(model)?
             .iter()
             .find(|e| e.alias == live && e.to == version && e.action != AliasAction::Rollback)
-            .and_then(|e| e.from))
+            .and_then(|e| e.from);
+        if moved.is_some() {
+            return Ok(moved);
+        }
+        Ok(self
+            .rollouts(model)?
+            .iter()
+            .find(|r| r.candidate == version)
+            .map(|r| r.stable))
     }
 
     /// `version`'s baseline: the stored one, else one taken from traffic now that there is
@@ -256,19 +267,31 @@ impl Registry {
         if let Some(baseline) = self.baseline(model, version)? {
             return Ok(Some(baseline));
         }
-        let candidates = self.replaced(model, version)?.into_iter().chain([version]);
-        for source in candidates {
-            if let Some(profile) = self.first_traffic(model, source, rows)? {
-                let baseline = Baseline {
-                    source: BaselineSource::Traffic { version: source },
-                    created_at: Timestamp::now(),
-                    profile,
-                };
-                self.write_baseline(model, version, &baseline)?;
-                return Ok(Some(baseline));
-            }
-        }
-        Ok(None)
+        let replaced = self.replaced(model, version)?;
+        let taken = match replaced {
+            Some(before) => match self.first_traffic(model, before, rows)? {
+                Some(profile) => Some((BaselineSource::Traffic { version: before }, profile)),
+                // Too little of its traffic was profiled: what it was itself compared with.
+                None => self.baseline(model, before)?.map(|b| (b.source, b.profile)),
+            },
+            None => None,
+        };
+        let taken = match taken {
+            Some(taken) => Some(taken),
+            None => self
+                .first_traffic(model, version, rows)?
+                .map(|profile| (BaselineSource::Traffic { version }, profile)),
+        };
+        let Some((source, profile)) = taken else {
+            return Ok(None);
+        };
+        let baseline = Baseline {
+            source,
+            created_at: Timestamp::now(),
+            profile,
+        };
+        self.write_baseline(model, version, &baseline)?;
+        Ok(Some(baseline))
     }
 
     /// `version`'s traffic in the window `now` falls in and the one before, compared with its
@@ -419,3 +442,6 @@ pub struct DriftSettings {
     /// `DRIFT_BASELINE_ROWS` [1000]: rows of traffic a baseline taken from traffic needs.
     pub baseline_rows: u64,
 }
+
+#[cfg(test)]
+mod tests;

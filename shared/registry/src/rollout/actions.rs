@@ -331,12 +331,44 @@ fn evaluate(registry: &Registry, rollout: &Rollout) -> RolloutResult<(Decision, 
     let baked = rollout
         .step_started_at
         .map_or(Duration::ZERO, Timestamp::elapsed);
-    let evaluation = gates::summarise(rollout.step, &evidence, instances, baked);
+    let mut evaluation = gates::summarise(rollout.step, &evidence, instances, baked);
+    if let Some(limit) = rollout.plan.gates.max_drift {
+        evaluation.drift = candidate_drift(registry, rollout, limit)?;
+    }
     let step = &rollout.plan.steps[rollout.step];
     Ok((
         gates::decide(step, &rollout.plan.gates, &evaluation),
         evaluation,
     ))
+}
+
+/// The candidate's features further than `limit` from its baseline, per the publisher's latest
+/// drift report, if that report was made since the step began and had a baseline to compare.
+fn candidate_drift(
+    registry: &Registry,
+    rollout: &Rollout,
+    limit: f64,
+) -> RolloutResult<Option<gates::DriftSummary>> {
+    let Some(report) = registry.drift_report_stored(&rollout.model, rollout.candidate)? else {
+        return Ok(None);
+    };
+    let current = rollout
+        .step_started_at
+        .is_none_or(|began| report.computed_at >= began);
+    if !current || report.baseline.is_none() || report.live_rows == 0 {
+        return Ok(None);
+    }
+    let mut over: Vec<(String, f64)> = report
+        .features
+        .iter()
+        .filter(|f| f.distance > limit.max(f.noise))
+        .map(|f| (f.feature.clone(), f.distance))
+        .collect();
+    over.sort_by(|a, b| b.1.total_cmp(&a.1));
+    Ok(Some(gates::DriftSummary {
+        rows: report.live_rows,
+        over,
+    }))
 }
 
 /// The controller's move on one rollout: judged on evidence read without the lock, carried out

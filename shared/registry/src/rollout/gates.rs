@@ -34,6 +34,17 @@ pub struct Evaluation {
     pub candidate: ArmSummary,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<ShadowSummary>,
+    /// The candidate's drift, when the plan gates on it and a report since the step began exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<DriftSummary>,
+}
+
+/// The candidate's traffic against its baseline, from the publisher's drift report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DriftSummary {
+    pub rows: u64,
+    /// Features further than the gate's `max_drift` (and than sampling noise), with their L∞.
+    pub over: Vec<(String, f64)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -106,6 +117,7 @@ pub fn summarise(
             abs_diff_p50: shadow.abs_diff.quantile(0.5),
             abs_diff_p99: shadow.abs_diff.quantile(0.99),
         }),
+        drift: None,
     }
 }
 
@@ -149,6 +161,14 @@ pub fn decide(step: &Step, gates: &Gates, evaluation: &Evaluation) -> Decision {
             gates.min_agreement * 100.0
         ));
     }
+    if let (Some(limit), Some(drift)) = (gates.max_drift, &evaluation.drift)
+        && let Some((feature, distance)) = drift.over.first()
+    {
+        return Decision::Fail(format!(
+            "candidate inputs drifted: {feature} is {distance:.3} from its baseline (at most {limit} allowed) over {} rows",
+            drift.rows
+        ));
+    }
     if evaluation.baked_ms < step.min_bake_ms {
         return Decision::Wait(format!(
             "baking: {:.1} s of {:.1} s",
@@ -165,6 +185,11 @@ pub fn decide(step: &Step, gates: &Gates, evaluation: &Evaluation) -> Decision {
                 "{arm} has answered {requests} of the {needed} requests the step needs"
             ));
         }
+    }
+    if gates.max_drift.is_some() && evaluation.drift.is_none() {
+        return Decision::Wait(
+            "max-drift: no drift report of the candidate since the step began (is capture on? the model's monitoring.capture_share or CAPTURE_SHARE)".into(),
+        );
     }
     if step.shadow > 0 {
         let rows = shadow.map_or(0, |s| s.rows);

@@ -53,6 +53,11 @@ pub struct Gates {
     /// In shadow, the candidate fails when fewer of its answers agree with stable's (the same
     /// top-1 class; a regression within 1e-4 + 1e-3·|stable|) than this share.
     pub min_agreement: f64,
+    /// When set, the candidate fails when a feature of the traffic it answered drifted further
+    /// than this (L∞) from its baseline — beyond sampling noise — in the publisher's latest drift
+    /// report; a step does not pass before such a report exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_drift: Option<f64>,
 }
 
 impl Default for Gates {
@@ -62,6 +67,7 @@ impl Default for Gates {
             max_p99_ratio: 1.5,
             p99_slack_ms: 5.0,
             min_agreement: 0.99,
+            max_drift: None,
         }
     }
 }
@@ -104,10 +110,10 @@ impl PlanOptions {
 
     /// The named plan with these settings instead of its defaults: `steps` (percentages,
     /// comma-separated), `shadow` (percent), `bake` (a duration: `90s`, `5m`), `min-requests`,
-    /// `max-error-increase`, `max-p99-ratio`, `min-agreement` (upload metadata spells them
+    /// `max-error-increase`, `max-p99-ratio`, `min-agreement`, `max-drift` (upload metadata spells them
     /// `rollout-steps` and so on). An unknown setting is refused.
     pub fn with_settings(name: &str, settings: &BTreeMap<String, String>) -> Result<Self, String> {
-        const KNOWN: [&str; 7] = [
+        const KNOWN: [&str; 8] = [
             "steps",
             "shadow",
             "bake",
@@ -115,6 +121,7 @@ impl PlanOptions {
             "max-error-increase",
             "max-p99-ratio",
             "min-agreement",
+            "max-drift",
         ];
         if let Some(unknown) = settings.keys().find(|k| !KNOWN.contains(&k.as_str())) {
             return Err(format!(
@@ -157,6 +164,9 @@ impl PlanOptions {
         if let Some(text) = get("min-agreement") {
             options.gates.min_agreement = number("min-agreement", text)?;
         }
+        if let Some(text) = get("max-drift") {
+            options.gates.max_drift = Some(number("max-drift", text)?);
+        }
         Ok(options)
     }
 
@@ -198,6 +208,11 @@ impl PlanOptions {
                 "min agreement {} is not a share (0 to 1)",
                 self.gates.min_agreement
             ));
+        }
+        if let Some(limit) = self.gates.max_drift
+            && !(0.0..=1.0).contains(&limit)
+        {
+            return Err(format!("max drift {limit} is not an L∞ distance (0 to 1)"));
         }
         Ok(Plan {
             name: self.name.clone(),

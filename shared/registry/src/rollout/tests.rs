@@ -344,6 +344,7 @@ fn plans_are_built_from_names_and_settings_and_bad_ones_say_why() {
         ("steps", "5,100", "under 100"),
         ("bake", "soon", "rollout bake="),
         ("min-agreement", "2", "not a share"),
+        ("max-drift", "1.5", "not an L∞ distance"),
         ("colour", "blue", "unknown rollout setting"),
     ] {
         let settings = BTreeMap::from([(key.to_string(), value.to_string())]);
@@ -353,6 +354,11 @@ fn plans_are_built_from_names_and_settings_and_bad_ones_say_why() {
         assert!(error.contains(says), "{key}={value}: {error}");
     }
     assert!(plan::PlanOptions::named("blue-green").is_err());
+    let gated = BTreeMap::from([("max-drift".to_string(), "0.2".to_string())]);
+    let plan = plan::PlanOptions::with_settings("canary", &gated)
+        .and_then(|o| o.build())
+        .unwrap();
+    assert_eq!(plan.gates.max_drift, Some(0.2));
 }
 
 #[test]
@@ -380,7 +386,7 @@ fn payloads_parse_as_the_contract_writes_them() {
 }
 
 mod gate_decisions {
-    use super::super::gates::{Decision, decide, summarise};
+    use super::super::gates::{Decision, DriftSummary, decide, summarise};
     use super::super::plan::{Gates, Step};
     use super::*;
     use std::time::Duration;
@@ -455,6 +461,40 @@ mod gate_decisions {
             ..Default::default()
         };
         assert_eq!(judge(&step(0), &few, 1000), Decision::Pass);
+    }
+
+    #[test]
+    fn a_max_drift_gate_waits_for_a_report_and_fails_a_drifted_candidate() {
+        let good = StepEvidence {
+            stable: arm(10, 0, 100.0),
+            candidate: arm(10, 0, 100.0),
+            ..Default::default()
+        };
+        let gates = Gates {
+            max_drift: Some(0.2),
+            ..Gates::default()
+        };
+        let mut evaluation = summarise(0, &good, 1, Duration::from_millis(1000));
+        assert!(
+            matches!(decide(&step(0), &gates, &evaluation), Decision::Wait(w) if w.contains("no drift report"))
+        );
+        evaluation.drift = Some(DriftSummary {
+            rows: 500,
+            over: vec![],
+        });
+        assert_eq!(decide(&step(0), &gates, &evaluation), Decision::Pass);
+        evaluation.drift = Some(DriftSummary {
+            rows: 500,
+            over: vec![("x[2]".into(), 0.31)],
+        });
+        assert!(
+            matches!(decide(&step(0), &gates, &evaluation), Decision::Fail(f) if f.contains("x[2] is 0.310"))
+        );
+        // Without the gate, drift is not judged.
+        assert_eq!(
+            decide(&step(0), &Gates::default(), &evaluation),
+            Decision::Pass
+        );
     }
 
     #[test]

@@ -1,0 +1,204 @@
+use std::time::Duration;
+
+use super::*;
+use crate::Commit;
+use crate::publish::{PublisherRequest, apply};
+use crate::tests::stage_bytes;
+
+fn iris() -> ModelName {
+    "iris".parse().unwrap()
+}
+
+const WINDOW: Duration = Duration::from_secs(3600);
+
+fn settings(baseline_rows: u64) -> DriftSettings {
+    DriftSettings {
+        threshold: 0.1,
+        window: WINDOW,
+        baseline_rows,
+    }
+}
+
+/// A registry with versions 1..=n, `live` moved to each in turn.
+fn registry_with_live(n: u64) -> (tempfile::TempDir, Registry) {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::open(dir.path()).unwrap();
+    for i in 1..=n {
+        let (staging, new) = stage_bytes(&registry, &iris(), format!("model {i}").as_bytes());
+        assert_eq!(
+            registry.commit(&iris(), staging, new).unwrap(),
+            Commit::Created(i)
+        );
+        let publish = PublisherRequest::Publish {
+            model: iris(),
+            version: i,
+            alias: AliasName::live(),
+            reason: None,
+        };
+        apply(&registry, &publish, None).unwrap();
+    }
+    (dir, registry)
+}
+
+/// `rows` values of feature `x` around `centre`, spread evenly over one unit.
+fn profile(rows: u64, centre: f64) -> Profile {
+    let mut profile = Profile::default();
+    for i in 0..rows {
+        profile.rows += 1;
+        profile
+            .feature("x")
+            .add_number(centre + i as f64 / rows as f64 - 0.5);
+        profile.feature("y").add_number(i as f64 / rows as f64);
+    }
+    profile
+}
+
+fn write(registry: &Registry, version: u64, window: u64, environment: &str, profile: Profile) {
+    let file = WindowProfile {
+        environment: environment.into(),
+        updated_at: Timestamp::now(),
+        profile,
+    };
+    registry
+        .write_window_profile(&iris(), version, window, &file)
+        .unwrap();
+}
+
+fn now_window() -> u64 {
+    window_of(SystemTime::now(), WINDOW)
+}
+
+#[test]
+fn environments_and_the_last_two_windows_are_merged_and_older_ones_left_out() {
+    let (_dir, registry) = registry_with_live(1);
+    let now = now_window();
+    write(&registry, 1, now, "a", profile(300, 0.0));
+    write(&registry, 1, now, "b", profile(200, 0.0));
+    write(&registry, 1, now - 1, "a", profile(100, 0.0));
+    write(&registry, 1, now - 2, "a", profile(5000, 0.0));
+    let report = registry
+        .drift_report(&iris(), 1, &settings(10_000), SystemTime::now())
+        .unwrap();
+    assert_eq!((report.live_rows, report.environments), (600, 2));
+    assert!(
+        report.baseline.is_none(),
+        "5,600 rows: not the 10,000 asked for"
+    );
+    assert!(report.features.is_empty());
+}
+
+#[test]
+fn an_uploaded_baseline_is_used_and_a_shifted_feature_flagged() {
+    let (_dir, registry) = registry_with_live(1);
+    let uploaded = Baseline {
+        source: BaselineSource::Upload {
+            key: "models/iris/baseline.jsonl".into(),
+            sha256: "ab".into(),
+        },
+        created_at: Timestamp::now(),
+        profile: profile(2000, 0.0),
+    };
+    registry.write_baseline(&iris(), 1, &uploaded).unwrap();
+    write(&registry, 1, now_window(), "a", profile(1000, 0.5));
+    let report = registry
+        .drift_report(&iris(), 1, &settings(100), SystemTime::now())
+        .unwrap();
+    assert_eq!(report.baseline.as_ref().unwrap().source, uploaded.source);
+    let flagged: Vec<&str> = report.flagged().map(|f| f.feature.as_str()).collect();
+    assert_eq!(flagged, ["x"]);
+    assert!(
+        (report.max_flagged_distance() - 0.5).abs() < 0.03,
+        "{report:?}"
+    );
+}
+
+#[test]
+fn without_an_upload_the_baseline_is_the_replaced_versions_first_traffic_then_kept() {
+    let (_dir, registry) = registry_with_live(2);
+    let now = now_window();
+    // v1's first traffic (two windows ago), then later traffic that moved.
+    write(&registry, 1, now - 5, "a", profile(600, 0.0));
+    write(&registry, 1, now - 4, "a", profile(600, 0.0));
+    write(&registry, 1, now, "a", profile(600, 3.0));
+    write(&registry, 2, now, "b", profile(400, 0.0));
+    let report = registry
+        .drift_report(&iris(), 2, &settings(1000), SystemTime::now())
+        .unwrap();
+    let baseline = report.baseline.unwrap();
+    assert_eq!(baseline.source, BaselineSource::Traffic { version: 1 });
+    assert_eq!(baseline.rows, 1200, "whole windows until 1,000 rows");
+    assert!(report.features.iter().all(|f| !f.flagged));
+    // Kept: more traffic of v1 later does not change v2's baseline.
+    write(&registry, 1, now - 3, "a", profile(5000, 9.0));
+    let again = registry
+        .resolve_baseline(&iris(), 2, 1000)
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.profile.rows, 1200);
+}
+
+#[test]
+fn a_first_version_takes_its_own_first_traffic_once_it_has_enough() {
+    let (_dir, registry) = registry_with_live(1);
+    let now = now_window();
+    write(&registry, 1, now, "a", profile(500, 0.0));
+    assert!(
+        registry
+            .resolve_baseline(&iris(), 1, 1000)
+            .unwrap()
+            .is_none()
+    );
+    write(&registry, 1, now, "b", profile(500, 0.0));
+    let baseline = registry
+        .resolve_baseline(&iris(), 1, 1000)
+        .unwrap()
+        .unwrap();
+    assert_eq!(baseline.source, BaselineSource::Traffic { version: 1 });
+}
+
+#[test]
+fn the_schedules_request_reports_every_version_with_recent_traffic() {
+    let (_dir, registry) = registry_with_live(3);
+    let now = now_window();
+    write(&registry, 1, now - 3, "a", profile(100, 0.0));
+    write(&registry, 2, now - 1, "a", profile(100, 0.0));
+    write(&registry, 3, now, "a", profile(100, 0.0));
+    let reports = DriftRequest::default()
+        .apply(&registry, &|_| settings(50), SystemTime::now())
+        .unwrap();
+    let versions: Vec<u64> = reports.iter().map(|r| r.version).collect();
+    assert_eq!(versions, [2, 3]);
+    assert!(registry.drift_report_stored(&iris(), 3).unwrap().is_some());
+    let one = DriftRequest {
+        model: Some(iris()),
+        version: None,
+    }
+    .apply(&registry, &|_| settings(50), SystemTime::now())
+    .unwrap();
+    assert_eq!(one[0].version, 3, "the live version");
+}
+
+#[test]
+fn monitoring_settings_round_trip_and_refuse_shares_outside_zero_to_one() {
+    let (_dir, registry) = registry_with_live(1);
+    assert_eq!(registry.monitoring(&iris()).unwrap(), Monitoring::default());
+    let own = Monitoring {
+        capture_share: Some(0.25),
+        drift_threshold: None,
+    };
+    registry.write_monitoring(&iris(), &own).unwrap();
+    assert_eq!(registry.monitoring(&iris()).unwrap(), own);
+    let defaults = Monitoring {
+        capture_share: Some(0.0),
+        drift_threshold: Some(0.1),
+    };
+    assert_eq!(own.or(defaults).drift_threshold, Some(0.1));
+    assert!(
+        Monitoring {
+            capture_share: Some(1.5),
+            drift_threshold: None
+        }
+        .check()
+        .is_err()
+    );
+}
