@@ -12,6 +12,9 @@
 //   uploaders        JSON {"group": ["model", ...]}: a role per group that may upload only those models
 //   apiAuth          iam | jwt | none [iam]: who may call the inference API; jwt needs jwtIssuer
 //                    and jwtAudience (comma list); none opens it to anyone and must be asked for
+//   captureShare     share of live requests captured (0 to 1) [0]; driftThreshold [0.1];
+//                    driftWindowMs [3600000]; driftAlarms (comma list of models) [the uploaders'
+//                    and preloaded models] (docs/capture.md)
 // No account or region is set here, so `cdk synth` works offline; `cdk deploy` uses your profile's.
 
 import * as fs from 'node:fs';
@@ -29,6 +32,13 @@ const number = (key: string): number | undefined => {
   if (value === undefined) return undefined;
   const n = Number(value);
   if (!Number.isInteger(n) || n < 0) throw new Error(`context ${key}=${value} is not a whole number`);
+  return n;
+};
+const share = (key: string): number | undefined => {
+  const value = context(key);
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (!(n >= 0 && n <= 1)) throw new Error(`context ${key}=${value} is not a share (0 to 1)`);
   return n;
 };
 const registry = context('registry') ?? 'efs';
@@ -61,6 +71,12 @@ new ModelpipeStack(app, 'Modelpipe', {
   signatureWaitMs: number('signatureWaitMs'),
   uploaders: json('uploaders', context('uploaders')),
   apiAuth: apiAuth(),
+  monitoring: {
+    captureShare: share('captureShare'),
+    driftThreshold: share('driftThreshold'),
+    driftWindowMs: number('driftWindowMs'),
+    alarmModels: context('driftAlarms')?.split(',').map((m) => m.trim()).filter(Boolean),
+  },
   inference: {
     memoryMb: number('inferenceMemory'),
     preloadModels: context('preloadModels')?.split(',').map((m) => m.trim()).filter(Boolean),

@@ -6,6 +6,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Annotations, CfnOutput, Duration, RemovalPolicy, Size, Stack, StackProps } from 'aws-cdk-lib';
 import * as apigw from 'aws-cdk-lib/aws-apigatewayv2';
+import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
 import { HttpIamAuthorizer, HttpJwtAuthorizer } from 'aws-cdk-lib/aws-apigatewayv2-authorizers';
 import { HttpLambdaIntegration } from 'aws-cdk-lib/aws-apigatewayv2-integrations';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
@@ -74,6 +75,21 @@ export interface InferenceOptions {
   readonly image?: InferenceImage;
 }
 
+/** Data capture and drift (docs/capture.md). */
+export interface MonitoringOptions {
+  /** CAPTURE_SHARE [0]: the share of live requests captured for models whose contract names none. */
+  readonly captureShare?: number;
+  /** DRIFT_THRESHOLD [0.1]: the L∞ distance past which a feature has drifted. */
+  readonly driftThreshold?: number;
+  /** DRIFT_WINDOW_MS [3600000]: drift profiles' window; a report covers the last two. */
+  readonly driftWindowMs?: number;
+  /**
+   * Models to alarm on: a CloudWatch alarm each on `modelpipe_model_drift` (the largest drift
+   * among flagged features of its versions) [the uploaders' and preloaded models].
+   */
+  readonly alarmModels?: string[];
+}
+
 export interface ModelpipeStackProps extends StackProps {
   /**
    * Folder holding `validator/`, `publisher/` and `inference/`, each with the `bootstrap`
@@ -107,6 +123,8 @@ export interface ModelpipeStackProps extends StackProps {
   readonly uploaders?: Record<string, string[]>;
   /** Who may call the inference API [{ kind: 'iam' }]. */
   readonly apiAuth?: ApiAuth;
+  /** Data capture and drift [nothing captured; drift alarms on the known models]. */
+  readonly monitoring?: MonitoringOptions;
 }
 
 const MOUNT_PATH = '/mnt/models';
@@ -117,6 +135,10 @@ const MOUNT_PATH = '/mnt/models';
  */
 const S3_REGISTRY_TMP = Size.gibibytes(4);
 const MODELS_PREFIX = 'models/';
+/** Where inference writes captured records in the upload bucket (CAPTURE_PREFIX). */
+const CAPTURE_PREFIX = 'capture/';
+/** The CloudWatch namespace of every function's EMF metrics (METRICS_NAMESPACE's default). */
+const METRICS_NAMESPACE = 'modelpipe';
 
 function functionCode(artifacts: string, name: string): lambda.Code {
   const folder = path.join(artifacts, name);
@@ -143,11 +165,18 @@ export class ModelpipeStack extends Stack {
   readonly api: apigw.HttpApi;
   /** The uploader role of each group of models (`uploaders`). */
   readonly uploaderRoles: Record<string, iam.Role>;
+  /** The drift alarm of each model in `monitoring.alarmModels`. */
+  readonly driftAlarms: Record<string, cloudwatch.Alarm>;
 
   constructor(scope: Construct, id: string, props: ModelpipeStackProps) {
     super(scope, id, props);
     const storage = props.registry ?? 'efs';
     const options = props.inference ?? {};
+    const monitoring = props.monitoring ?? {};
+    const driftEnv: Record<string, string> = {
+      DRIFT_THRESHOLD: String(monitoring.driftThreshold ?? 0.1),
+      DRIFT_WINDOW_MS: String(monitoring.driftWindowMs ?? 3600000),
+    };
     const signingEnv: Record<string, string> = {
       SIGNATURE_WAIT_MS: String(props.signatureWaitMs ?? 900000),
       ...(props.signingPolicy ? { SIGNING_POLICY: JSON.stringify(props.signingPolicy) } : {}),
@@ -238,7 +267,12 @@ export class ModelpipeStack extends Stack {
       timeout: Duration.minutes(2),
       filesystem: mount('read-write'),
       logGroup: logGroup('Publisher'),
-      environment: { MODEL_ROOT: modelRoot, RUST_LOG: 'info', ...(props.signingPolicy ? { SIGNING_POLICY: signingEnv.SIGNING_POLICY } : {}) },
+      environment: {
+        MODEL_ROOT: modelRoot,
+        RUST_LOG: 'info',
+        ...driftEnv,
+        ...(props.signingPolicy ? { SIGNING_POLICY: signingEnv.SIGNING_POLICY } : {}),
+      },
     });
 
     // The rollout controller: every running rollout's step judged on its evidence, on a timer.
@@ -249,6 +283,14 @@ export class ModelpipeStack extends Stack {
     rolloutTick.addTarget(
       new targets.LambdaFunction(this.publisher, {
         event: events.RuleTargetInput.fromObject({ action: 'rollout-advance' }),
+        retryAttempts: 0,
+      }),
+    );
+    // On the same schedule: each version's captured traffic against its baseline, as
+    // modelpipe_feature_drift and modelpipe_model_drift (the alarms below).
+    rolloutTick.addTarget(
+      new targets.LambdaFunction(this.publisher, {
+        event: events.RuleTargetInput.fromObject({ action: 'drift' }),
         retryAttempts: 0,
       }),
     );
@@ -311,6 +353,10 @@ export class ModelpipeStack extends Stack {
       MODEL_ROOT: baked ? '/opt/models' : modelRoot,
       RELOAD_CHECK_MS: String(options.reloadCheckMs ?? 1000),
       ADOPT_SPREAD_MS: String(options.adoptSpreadMs ?? 10000),
+      CAPTURE_BUCKET: this.bucket.bucketName,
+      CAPTURE_PREFIX,
+      CAPTURE_SHARE: String(monitoring.captureShare ?? 0),
+      DRIFT_WINDOW_MS: driftEnv.DRIFT_WINDOW_MS,
       RUST_LOG: 'info',
     };
     if (options.preloadModels?.length) inferenceEnv.PRELOAD_MODELS = options.preloadModels.join(',');
@@ -349,6 +395,18 @@ export class ModelpipeStack extends Stack {
       version: this.inference.currentVersion,
       provisionedConcurrentExecutions: options.provisionedConcurrency,
     });
+
+    // Captured records: written after answers, never read back by inference.
+    this.inference.addToRolePolicy(
+      new iam.PolicyStatement({
+        actions: ['s3:PutObject'],
+        resources: [this.bucket.arnForObjects(`${CAPTURE_PREFIX}*`)],
+      }),
+    );
+    const alarmModels =
+      monitoring.alarmModels ??
+      [...new Set([...Object.values(props.uploaders ?? {}).flat(), ...(options.preloadModels ?? [])])];
+    this.driftAlarms = this.addDriftAlarms(alarmModels);
 
     if (registryBucket) {
       registryBucket.grantReadWrite(this.validator, 'registry/*');
@@ -392,6 +450,33 @@ export class ModelpipeStack extends Stack {
     new CfnOutput(this, 'PublisherFunction', { value: this.publisher.functionName, description: 'modelctl --publisher-function <this>' });
     new CfnOutput(this, 'InferenceFunction', { value: this.inference.functionName });
     new CfnOutput(this, 'FailedUploadsQueue', { value: failedUploads.queueUrl, description: 'S3 events the validator could not handle after retries' });
+  }
+
+  /**
+   * An alarm per model when any feature of a version it serves drifted past the threshold (and
+   * past sampling noise) in the publisher's last report: `modelpipe_model_drift` > 0.
+   */
+  private addDriftAlarms(models: string[]): Record<string, cloudwatch.Alarm> {
+    const alarms: Record<string, cloudwatch.Alarm> = {};
+    for (const model of models) {
+      if (!MODEL_NAME.test(model)) throw new Error(`drift alarm: ${model} is not a model name`);
+      const id = model.replace(/[^A-Za-z0-9]/g, '');
+      alarms[model] = new cloudwatch.Alarm(this, `Drift${id}`, {
+        alarmDescription: `modelpipe: ${model}'s live inputs drifted from its baseline (modelctl drift ${model})`,
+        metric: new cloudwatch.Metric({
+          namespace: METRICS_NAMESPACE,
+          metricName: 'modelpipe_model_drift',
+          dimensionsMap: { model },
+          statistic: cloudwatch.Stats.MAXIMUM,
+          period: Duration.minutes(5),
+        }),
+        threshold: 0,
+        comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+        evaluationPeriods: 1,
+        treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+      });
+    }
+    return alarms;
   }
 
   /** A role per group of models that may write only under those models' prefixes. */

@@ -44,7 +44,11 @@ test('an S3-hosted registry needs no VPC or EFS, and inference may only read it'
   }
   const inference = actions(template, 'Inference');
   assert.ok(inference.includes('s3:GetObject*'), `${inference}`);
-  assert.deepEqual(inference.filter((a) => a.startsWith('s3:Put') || a.startsWith('s3:Delete')), []);
+  // It writes captured records to the upload bucket, never the registry.
+  assert.deepEqual(inference.filter((a) => a.startsWith('s3:Put') || a.startsWith('s3:Delete')), ['s3:PutObject']);
+  for (const s of statements(template, 'Inference').filter((s) => s.Action === 's3:PutObject')) {
+    assert.doesNotMatch(JSON.stringify(s.Resource), /RegistryBucket/);
+  }
   assert.ok(actions(template, 'Publisher').some((a) => a.startsWith('s3:Put')));
   // The publisher's S3 access is the registry bucket's, not the upload bucket's.
   for (const s of statements(template, 'Publisher').filter((s) => JSON.stringify(s.Action).includes('s3:'))) {

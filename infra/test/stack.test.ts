@@ -106,7 +106,7 @@ test('the publisher writes EFS and has no S3 access', () => {
   assert.deepEqual(granted.filter((a) => a.startsWith('s3:')), []);
 });
 
-test('an EventBridge schedule invokes the publisher with rollout-advance and the validator with expire-uploads every minute', () => {
+test('an EventBridge schedule invokes the publisher with rollout-advance and drift and the validator with expire-uploads every minute', () => {
   const publisher = logicalId(template, 'AWS::Lambda::Function', 'Publisher');
   template.hasResourceProperties('AWS::Events::Rule', {
     ScheduleExpression: 'rate(1 minute)',
@@ -116,6 +116,11 @@ test('an EventBridge schedule invokes the publisher with rollout-advance and the
         Arn: { 'Fn::GetAtt': [publisher, 'Arn'] },
         Input: JSON.stringify({ action: 'rollout-advance' }),
         RetryPolicy: { MaximumRetryAttempts: 0 },
+      }),
+      // Each version's captured traffic against its baseline (capture.test.ts).
+      Match.objectLike({
+        Arn: { 'Fn::GetAtt': [publisher, 'Arn'] },
+        Input: JSON.stringify({ action: 'drift' }),
       }),
       // Uploads that waited for their signature past SIGNATURE_WAIT_MS: the validator rejects
       // and tags them, on the same tick.
@@ -133,11 +138,12 @@ test('an EventBridge schedule invokes the publisher with rollout-advance and the
   });
 });
 
-test('inference mounts EFS read-only and has no S3 access', () => {
+test('inference mounts EFS read-only and has no S3 access but writing captured records', () => {
   const granted = actions(template, 'Inference');
   assert.ok(granted.includes('elasticfilesystem:ClientMount'));
   assert.ok(!granted.includes('elasticfilesystem:ClientWrite'), `${granted}`);
-  assert.deepEqual(granted.filter((a) => a.startsWith('s3:') || a.startsWith('lambda:')), []);
+  // s3:PutObject under capture/ only (capture.test.ts checks the resource).
+  assert.deepEqual(granted.filter((a) => a.startsWith('s3:') || a.startsWith('lambda:')), ['s3:PutObject']);
 });
 
 test('the HTTP API integrates the inference alias live, which points at a published version', () => {
@@ -161,6 +167,10 @@ test('inference memory and model settings come from props', () => {
     MODEL_ROOT: '/mnt/models',
     RELOAD_CHECK_MS: '1000',
     ADOPT_SPREAD_MS: '10000',
+    CAPTURE_BUCKET: { Ref: logicalId(template, 'AWS::S3::Bucket', 'Uploads') },
+    CAPTURE_PREFIX: 'capture/',
+    CAPTURE_SHARE: '0',
+    DRIFT_WINDOW_MS: '3600000',
     RUST_LOG: 'info',
   });
   const tuned = functionProps(
@@ -174,6 +184,10 @@ test('inference memory and model settings come from props', () => {
     MODEL_ROOT: '/mnt/models',
     RELOAD_CHECK_MS: '250',
     ADOPT_SPREAD_MS: '60000',
+    CAPTURE_BUCKET: { Ref: logicalId(template, 'AWS::S3::Bucket', 'Uploads') },
+    CAPTURE_PREFIX: 'capture/',
+    CAPTURE_SHARE: '0',
+    DRIFT_WINDOW_MS: '3600000',
     PRELOAD_MODELS: 'iris,mnist',
     MODEL_CACHE_BYTES: '1000000000',
     RUST_LOG: 'info',
