@@ -68,6 +68,14 @@ impl Dev {
         self.child.wait().expect("wait for modelctl dev")
     }
 
+    /// Stops it with SIGTERM (as Lambda stops an environment) and waits for it to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().expect("wait for modelctl dev")
+    }
+
     /// Runs the stock `aws` CLI against the S3 endpoint.
     pub fn aws(&self, args: &[&str]) -> Output {
         aws(&self.endpoint, args)

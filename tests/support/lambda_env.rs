@@ -362,6 +362,29 @@ impl Environment {
     pub async fn until_free(&self, timeout: Duration) {
         self.wait_frozen(timeout).await;
     }
+
+    /// Shuts the environment down as Lambda does one with an extension: SIGTERM to the thawed
+    /// process, then SIGKILL if it has not exited within `grace`. Its exit status, or `None`
+    /// when it had to be killed.
+    pub async fn shut_down(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
+        let pid = self.child.id() as i32;
+        // SAFETY: plain signals to our own child. SIGTERM is pending when SIGCONT thaws it.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+            libc::kill(pid, libc::SIGCONT);
+        }
+        self.shared.state.lock().expect("state").frozen = false;
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        None
+    }
 }
 
 impl Drop for Environment {

@@ -178,6 +178,10 @@ pub struct Capture {
     profiles: Mutex<HashMap<(ModelName, u64, u64), (Profile, bool)>>,
     next_profile_write: Mutex<Instant>,
     seq: AtomicU64,
+    /// Since start: samples taken, records' bytes (uncompressed), records written.
+    sampled: AtomicU64,
+    record_bytes: AtomicU64,
+    written: AtomicU64,
 }
 
 /// What a [`Capture::process`] did.
@@ -200,6 +204,9 @@ impl Capture {
             profiles: Mutex::default(),
             next_profile_write: Mutex::new(Instant::now()),
             seq: AtomicU64::new(0),
+            sampled: AtomicU64::new(0),
+            record_bytes: AtomicU64::new(0),
+            written: AtomicU64::new(0),
         }
     }
 
@@ -244,12 +251,33 @@ impl Capture {
             return;
         }
         crate::metrics::capture_sampled(&sample.model, sample.version);
+        self.sampled.fetch_add(1, Ordering::Relaxed);
         self.pending.lock().expect("pending").push(sample);
+    }
+
+    /// Bytes of samples and records held now (the budget's count).
+    pub fn held_bytes(&self) -> u64 {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Samples taken since start.
+    pub fn sampled_total(&self) -> u64 {
+        self.sampled.load(Ordering::Relaxed)
+    }
+
+    /// Records written since start.
+    pub fn written_total(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of the records made since start, uncompressed.
+    pub fn record_bytes_total(&self) -> u64 {
+        self.record_bytes.load(Ordering::Relaxed)
     }
 
     /// Whether anything is held.
     pub fn is_idle(&self) -> bool {
-        self.held.load(Ordering::Relaxed) == 0
+        self.held_bytes() == 0
             && !self
                 .profiles
                 .lock()
@@ -306,9 +334,14 @@ impl Capture {
                 .or_insert_with(|| Batch {
                     lines: Vec::new(),
                     records: 0,
-                    since: Instant::now(),
+                    // A record's age counts from its request, not from this work after it.
+                    since: Instant::now()
+                        .checked_sub(sample.at.elapsed().unwrap_or_default())
+                        .unwrap_or_else(Instant::now),
                 });
             self.held.fetch_add(line.len() as u64, Ordering::Relaxed);
+            self.record_bytes
+                .fetch_add(line.len() as u64, Ordering::Relaxed);
             self.held.fetch_sub(size, Ordering::Relaxed);
             batch.lines.extend_from_slice(&line);
             batch.records += 1;
@@ -352,6 +385,7 @@ impl Capture {
                     self.held
                         .fetch_sub(batch.lines.len() as u64, Ordering::Relaxed);
                     crate::metrics::capture_written(&model, version, batch.records);
+                    self.written.fetch_add(batch.records, Ordering::Relaxed);
                     written += 1;
                 }
                 Err(e) => {

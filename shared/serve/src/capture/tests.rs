@@ -161,3 +161,42 @@ fn samples_past_the_budget_are_dropped_not_waited_for() {
     assert!(held > 0 && held < 100, "{held} held of 100");
     assert!(capture.held.load(Ordering::Relaxed) <= 4096);
 }
+
+/// Refuses every write while `down`.
+#[derive(Default)]
+struct Flaky {
+    down: std::sync::atomic::AtomicBool,
+    kept: Kept,
+}
+
+impl CaptureSink for Flaky {
+    fn put(
+        &self,
+        key: String,
+        gzipped: Vec<u8>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+        if self.down.load(Ordering::Relaxed) {
+            return Box::pin(async { Err("503 Slow Down".to_string()) });
+        }
+        self.kept.put(key, gzipped)
+    }
+}
+
+#[tokio::test]
+async fn records_a_failed_write_left_are_written_by_the_next_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::open(dir.path()).unwrap();
+    let sink = Arc::new(Flaky::default());
+    sink.down.store(true, Ordering::Relaxed);
+    let capture = Capture::new(MonitoringConfig::default(), "env-1".into()).with_sink(sink.clone());
+    for i in 0..10 {
+        capture.offer(sample(&format!(r#"{{"id":"{i}"}}"#)));
+    }
+    assert_eq!(capture.flush(&registry).await.objects, 0);
+    assert!(capture.held_bytes() > 0, "kept, within the budget");
+    sink.down.store(false, Ordering::Relaxed);
+    assert_eq!(capture.flush(&registry).await.objects, 1);
+    assert_eq!((capture.written_total(), capture.held_bytes()), (10, 0));
+    let objects = sink.kept.0.lock().unwrap();
+    assert_eq!(gunzip(&objects[0].1).lines().count(), 10);
+}

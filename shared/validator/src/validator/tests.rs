@@ -483,3 +483,81 @@ async fn a_contracts_default_rollout_applies_unless_the_upload_names_its_own_or_
         "{reason}"
     );
 }
+
+#[tokio::test]
+async fn an_uploaded_baseline_is_run_on_the_new_version_and_a_bad_line_rejects_it() {
+    let f = fixture();
+    let request = |x: f32| {
+        serde_json::json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 4],
+            "data": [x, 3.5, 1.4, 0.2, x + 1.0, 3.0, 1.3, 0.1]}]})
+        .to_string()
+    };
+    let dataset = format!("{}\n\n{}\n", request(5.0), request(6.0));
+    f.bucket()
+        .put("models/iris/baseline.jsonl", dataset.as_bytes(), &[]);
+    let monitoring = serde_json::json!({"monitoring": {"capture_share": 0.25}});
+    f.bucket().put(
+        "models/iris/contract.json",
+        monitoring.to_string().as_bytes(),
+        &[],
+    );
+    let outcome = f
+        .upload(
+            "models/iris/m.onnx",
+            &LinearSoftmax::iris(1).to_bytes(),
+            &[],
+            "01",
+        )
+        .await;
+    assert!(
+        matches!(outcome, Outcome::Published { version: 1, .. }),
+        "{outcome:?}"
+    );
+    let baseline = f.registry().baseline(&iris(), 1).unwrap().unwrap();
+    assert_eq!(
+        baseline.profile.rows, 4,
+        "two requests of two rows; the blank line skipped"
+    );
+    assert_eq!(baseline.profile.features["input[0]"].count, 4);
+    assert_eq!(
+        baseline.profile.features["output.probabilities[2]"].count, 4,
+        "outputs run"
+    );
+    assert!(matches!(
+        baseline.source,
+        modelpipe_registry::drift::BaselineSource::Upload { ref key, .. } if key == "models/iris/baseline.jsonl"
+    ));
+    assert_eq!(
+        f.registry().monitoring(&iris()).unwrap().capture_share,
+        Some(0.25),
+        "the contract's settings recorded"
+    );
+
+    // A line the model cannot take rejects the upload, naming the line; live is untouched.
+    let bad = format!(
+        "{}\n{}\n",
+        request(5.0),
+        r#"{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 3], "data": [1, 2, 3]}]}"#
+    );
+    f.bucket()
+        .put("models/iris/baseline.jsonl", bad.as_bytes(), &[]);
+    let outcome = f
+        .upload(
+            "models/iris/m.onnx",
+            &LinearSoftmax::iris(2).to_bytes(),
+            &[],
+            "02",
+        )
+        .await;
+    let Outcome::Rejected { reason, .. } = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert!(
+        reason.starts_with("models/iris/baseline.jsonl: line 2: input 'input' has shape [1,3]"),
+        "{reason}"
+    );
+    assert_eq!(
+        (f.live(), f.registry().versions(&iris()).unwrap().len()),
+        (Some(1), 1)
+    );
+}
