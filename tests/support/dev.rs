@@ -122,6 +122,17 @@ impl Dev {
         (response.status().as_u16(), response.json().await.unwrap())
     }
 
+    /// `GET /metrics`: the Prometheus text.
+    pub async fn metrics(&self) -> String {
+        let response = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap();
+        response.text().await.unwrap()
+    }
+
     /// `POST` of a JSON body on the inference API: status and JSON body.
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         let response = self

@@ -150,15 +150,7 @@ async fn captured_records_are_sagemakers_shape_one_per_sampled_request_none_lost
         "{} of 160 sampled at 50 %",
         sampled.len()
     );
-    let metrics = dev
-        .http
-        .get(format!("{}/metrics", dev.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = dev.metrics().await;
     let counted = format!(
         "modelpipe_capture_sampled_total{{model=\"iris\",version=\"1\"}} {}",
         sampled.len()

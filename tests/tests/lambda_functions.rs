@@ -596,6 +596,12 @@ async fn modelctl_operates_through_the_deployed_publisher() {
         moves[3].contains("staging") && moves[3].contains("SetAlias"),
         "{out}"
     );
+
+    // The publisher's drift action: the live version, no baseline yet (no dataset uploaded,
+    // no traffic captured).
+    let (ok, out, err) = remote(&["drift", "iris"]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("iris v1: no baseline yet"), "{out}");
 }
 
 #[tokio::test]

@@ -407,15 +407,7 @@ async fn a_candidate_that_fails_is_rolled_back_and_only_its_share_of_callers_see
     );
 
     // The metrics say the same, per arm and version.
-    let text = dev
-        .http
-        .get(format!("{}/metrics", dev.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = dev.metrics().await;
     let errors = metric(
         &text,
         "modelpipe_errors_total",
@@ -514,15 +506,7 @@ async fn a_shadowed_candidate_that_answers_differently_is_rolled_back_and_no_cal
     );
     assert_eq!(live_version(&registry), 1);
 
-    let text = dev
-        .http
-        .get(format!("{}/metrics", dev.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = dev.metrics().await;
     assert!(
         metric(&text, "modelpipe_shadow_runs_total", &[("version", "2")]) >= 20.0,
         "{text}"

@@ -119,6 +119,7 @@ async fn run(name: &str, model_bytes: &[u8], shape: &[usize], seconds: f64, roun
     for phase in &phases {
         for body in bodies.iter().take(50) {
             request(&phase.app, body).await;
+            phase.inference.after_answer().await;
         }
     }
     let mut next = 0;

@@ -390,19 +390,32 @@ impl Capture {
                 }
                 Err(e) => {
                     tracing::warn!(%key, error = %e, "could not write captured records; kept for the next write");
-                    self.batches
-                        .lock()
-                        .expect("batches")
+                    let mut batches = self.batches.lock().expect("batches");
+                    let kept = batches
                         .entry((model, version, hour))
-                        .or_insert(batch);
+                        .or_insert_with(|| Batch {
+                            lines: Vec::new(),
+                            records: 0,
+                            since: batch.since,
+                        });
+                    // Records made meanwhile go after these, the older ones.
+                    let newer = std::mem::replace(&mut kept.lines, batch.lines);
+                    kept.lines.extend_from_slice(&newer);
+                    kept.records += batch.records;
+                    kept.since = kept.since.min(batch.since);
                 }
             }
         }
         written
     }
 
-    /// Writes the profiles that changed, at most every `flush_age` unless `all`.
+    /// Writes the profiles that changed, at most every `flush_age` unless `all`. A baked
+    /// registry cannot take them: drift needs a writable one (records are still written).
     async fn write_profiles(&self, registry: &Registry, all: bool) {
+        if registry.is_baked() {
+            self.profiles.lock().expect("profiles").clear();
+            return;
+        }
         {
             let mut next = self.next_profile_write.lock().expect("profile clock");
             if !all && Instant::now() < *next {

@@ -487,26 +487,7 @@ async fn answer(
     captured: bool,
 ) -> ApiResult<Answered> {
     let signature = loaded.engine.signature();
-    for input in parsed.inputs() {
-        if !signature.inputs.iter().any(|spec| spec.name == input.name) {
-            return Err(ApiError::bad_request(format!(
-                "model has no input '{}'",
-                input.name
-            )));
-        }
-    }
-    let tensors = signature
-        .inputs
-        .iter()
-        .map(|spec| {
-            let input = parsed
-                .inputs()
-                .find(|i| i.name == spec.name)
-                .ok_or_else(|| format!("missing input '{}'", spec.name))?;
-            decode_input(&input, spec)
-        })
-        .collect::<Result<Vec<_>, String>>()
-        .map_err(ApiError::bad_request)?;
+    let tensors = input_tensors(&parsed, signature).map_err(ApiError::bad_request)?;
     let wanted = parsed
         .wanted_outputs(signature)
         .map_err(ApiError::bad_request)?;
@@ -579,6 +560,28 @@ async fn answer(
         run,
         tensors,
     })
+}
+
+/// The request's inputs decoded in the signature's order; an input the model does not have,
+/// or one it lacks, is the request's error.
+fn input_tensors(parsed: &ParsedRequest, signature: &Signature) -> Result<Vec<Tensor>, String> {
+    if let Some(extra) = parsed
+        .inputs()
+        .find(|input| !signature.inputs.iter().any(|spec| spec.name == input.name))
+    {
+        return Err(format!("model has no input '{}'", extra.name));
+    }
+    signature
+        .inputs
+        .iter()
+        .map(|spec| {
+            let input = parsed
+                .inputs()
+                .find(|i| i.name == spec.name)
+                .ok_or_else(|| format!("missing input '{}'", spec.name))?;
+            decode_input(&input, spec)
+        })
+        .collect()
 }
 
 /// Tensors paired with their names in the signature's order.
