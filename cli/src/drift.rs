@@ -53,7 +53,7 @@ pub async fn run(
 }
 
 /// The report as a table, with a line on the baseline and the live traffic above it.
-pub fn table(report: &DriftReport) -> String {
+fn table(report: &DriftReport) -> String {
     let mut out = format!("{} v{}: ", report.model, report.version);
     match &report.baseline {
         None => {

@@ -8,7 +8,7 @@
 //! The crate also holds what decides whether a model may serve: [`checks`] (load, smoke run,
 //! signature, golden examples, the engine choice), [`contract`] (the golden examples' file) and
 //! [`tensors`] (Open Inference Protocol tensor data to and from engine tensors, for requests and
-//! golden examples alike).
+//! golden examples alike) and [`features`] (a request's tensors as drift statistics' features).
 
 mod artifact;
 pub mod checks;

@@ -1,7 +1,8 @@
 //! The inference side: models from the registry served over the Open Inference Protocol v2.
-//! [`cache`] holds the versions in memory, [`live`] follows each model's alias, [`Inference`]
-//! ties them to the configuration, and [`router`] is the one HTTP router, served by lambda_http
-//! in Lambda and by a plain TCP listener locally.
+//! [`cache`] holds the versions in memory, [`live`] follows each model's alias, [`capture`]
+//! samples live requests and profiles them for drift after the answer, [`Inference`] ties them
+//! to the configuration, and [`router`] is the one HTTP router, served by lambda_http in Lambda
+//! and by a plain TCP listener locally.
 
 pub mod cache;
 pub mod capture;
