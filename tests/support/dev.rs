@@ -200,3 +200,16 @@ pub fn tag(endpoint: &str, key: &str, name: &str) -> Option<String> {
         .find(|t| t["Key"] == name)
         .and_then(|t| t["Value"].as_str().map(str::to_string))
 }
+
+/// The sum of Prometheus `name{…}` samples in `text` whose labels include `labels`.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|line| line.starts_with(&format!("{name}{{")))
+        .filter(|line| {
+            labels
+                .iter()
+                .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
+        })
+        .map(|line| line.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}

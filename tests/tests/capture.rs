@@ -15,7 +15,7 @@ use base64::Engine as _;
 use modelpipe_registry::Registry;
 use modelpipe_registry::rollout::split::bucket;
 use modelpipe_testkit::onnx_build::{LinearSoftmax, Weights};
-use modelpipe_tests::dev::{Dev, WAIT};
+use modelpipe_tests::dev::{Dev, WAIT, metric};
 use modelpipe_tests::lambda_env::Environment;
 use modelpipe_tests::serving::{commit, publish};
 use modelpipe_tests::{
@@ -255,7 +255,12 @@ fn drifted_inputs(table: &str) -> Vec<String> {
 async fn the_same_distribution_is_not_flagged_and_a_shifted_feature_is_alone() {
     let data = tempfile::tempdir().unwrap();
     let files = tempfile::tempdir().unwrap();
-    let dev = Dev::start_with_env(data.path(), &[], &[("CAPTURE_FLUSH_MS", "200")]).await;
+    let dev = Dev::start_with_env(
+        data.path(),
+        &["--rollout-tick-ms", "200"],
+        &[("CAPTURE_FLUSH_MS", "200")],
+    )
+    .await;
     // One baseline dataset for both models: 300 requests of 4 rows.
     let mut draws = Weights::new(11);
     let baseline: Vec<u8> = (0..300)
@@ -304,6 +309,27 @@ async fn the_same_distribution_is_not_flagged_and_a_shifted_feature_is_alone() {
             "a picture of each feature"
         );
     }
+    // The publisher's schedule (dev's tick) exports the same: the alarm's metric and each
+    // feature's distance.
+    let text = wait_for("the drift gauges", WAIT, || async {
+        let text = dev.metrics().await;
+        (metric(&text, "modelpipe_model_drift", &[("model", "shifted")]) > 0.0).then_some(text)
+    })
+    .await;
+    assert!(
+        text.lines()
+            .any(|l| l == r#"modelpipe_model_drift{model="steady"} 0"#),
+        "steady reported, nothing flagged: {text}"
+    );
+    let shifted = |feature: &str| {
+        metric(
+            &text,
+            "modelpipe_feature_drift",
+            &[("model", "shifted"), ("version", "1"), ("feature", feature)],
+        )
+    };
+    assert!(shifted("input[2]") > 0.2, "{text}");
+    assert!(shifted("input[0]") < 0.1, "{text}");
 }
 
 /// Every captured record under `capture/iris/1/` of `bucket`: (key, the records' request ids).

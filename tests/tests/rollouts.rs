@@ -14,7 +14,7 @@ use modelpipe_registry::Registry;
 use modelpipe_registry::rollout::split::{Arm, arm};
 use modelpipe_registry::rollout::{Rollout, RolloutState};
 use modelpipe_testkit::onnx_build::LinearSoftmax;
-use modelpipe_tests::dev::{Dev, WAIT, upload};
+use modelpipe_tests::dev::{Dev, WAIT, metric, upload};
 use modelpipe_tests::{binary, wait_for};
 use serde_json::{Value, json};
 
@@ -428,19 +428,6 @@ async fn a_candidate_that_fails_is_rolled_back_and_only_its_share_of_callers_see
         ),
         0.0
     );
-}
-
-/// The value of Prometheus sample `name` whose labels include `labels` (0 if none).
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|line| line.starts_with(&format!("{name}{{")))
-        .filter(|line| {
-            labels
-                .iter()
-                .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
-        })
-        .map(|line| line.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .sum()
 }
 
 #[tokio::test]
