@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use tract_onnx::prelude::Tensor;
 
 use modelpipe_config::MonitoringConfig;
-use modelpipe_core::model_name::ModelName;
+use modelpipe_core::model_name::{AliasName, ModelName};
 use modelpipe_core::time::Timestamp;
 use modelpipe_drift::Profile;
 use modelpipe_registry::Registry;
@@ -54,8 +54,8 @@ pub struct Body {
 pub struct Sample {
     pub model: ModelName,
     pub version: u64,
-    /// `None` for `/versions/{v}` (pinned) requests, which are not captured today.
-    pub alias: Option<String>,
+    /// The alias the request went through (pinned `/versions/{v}` requests are not captured).
+    pub alias: AliasName,
     pub arm: Option<&'static str>,
     pub rollout: Option<u64>,
     pub at: SystemTime,
@@ -111,7 +111,7 @@ pub fn record(sample: &Sample, environment: &str, max_body_bytes: usize) -> Valu
         "modelpipe": {
             "model": sample.model.as_str(),
             "version": sample.version,
-            "alias": sample.alias,
+            "alias": sample.alias.as_str(),
             "arm": sample.arm,
             "rollout": sample.rollout,
             "latency_us": sample.latency.as_micros() as u64,

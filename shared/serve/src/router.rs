@@ -450,7 +450,7 @@ impl Captured {
         capture::Sample {
             model: loaded.manifest.model.clone(),
             version: loaded.version(),
-            alias: Some(AliasName::default().to_string()),
+            alias: AliasName::default(),
             arm: route.map(|r| r.arm.as_str()),
             rollout: route.map(|r| r.split.rollout.id),
             at: self.at,

@@ -27,7 +27,7 @@ fn sample(body: &str) -> Sample {
     Sample {
         model: model(),
         version: 3,
-        alias: Some("live".into()),
+        alias: AliasName::live(),
         arm: Some("candidate"),
         rollout: Some(7),
         at: SystemTime::now(),
