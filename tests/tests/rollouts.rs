@@ -391,8 +391,14 @@ async fn a_candidate_that_fails_is_rolled_back_and_only_its_share_of_callers_see
     assert_eq!(live_version(&registry), 1, "stable was never touched");
 
     // Every caller is back on v1, with no split; the controller's later ticks change nothing.
+    // Polled with a caller of the stable arm: until the instance sees the rollback, a candidate
+    // caller's requests would still fail (and count as the candidate's errors).
+    let stable_caller = (0..)
+        .map(|i| format!("user-{i}"))
+        .find(|key| arm(&rollout.salt, 1000, key.as_bytes()) == Arm::Stable)
+        .unwrap();
     wait_for("the split to end", WAIT, || async {
-        let answer = infer_rows(&dev, "user-0", 2).await;
+        let answer = infer_rows(&dev, &stable_caller, 2).await;
         (answer.status == 200 && answer.arm.is_none()).then_some(())
     })
     .await;
