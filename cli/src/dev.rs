@@ -131,7 +131,7 @@ impl DevStack {
             stopped.clone(),
         )));
 
-        tasks.push(tokio::spawn(tick_rollouts(
+        tasks.push(tokio::spawn(run_schedule(
             registry.clone(),
             config.monitoring.clone(),
             options.rollout_tick,
@@ -370,7 +370,7 @@ async fn after_answers(inference: Arc<Inference>, mut stopped: watch::Receiver<b
 /// The publisher's schedule (EventBridge's in AWS), every `every`: the rollout controller
 /// (`rollout-advance` over every model; decisions are logged, waits are not), then the drift
 /// reports (`drift`; flagged features are logged).
-async fn tick_rollouts(
+async fn run_schedule(
     registry: Registry,
     monitoring: MonitoringConfig,
     every: Duration,
@@ -411,14 +411,16 @@ async fn tick_rollouts(
         .await;
         match reported {
             Ok(Ok(reports)) => {
-                for report in reports.iter().filter(|r| r.max_flagged_distance() > 0.0) {
-                    let flagged: Vec<&str> = report.flagged().map(|f| f.feature.as_str()).collect();
-                    info!(
-                        "{} v{}: drift in {}",
-                        report.model,
-                        report.version,
-                        flagged.join(", ")
-                    );
+                for report in &reports {
+                    let flagged = report.flagged_names();
+                    if !flagged.is_empty() {
+                        info!(
+                            "{} v{}: drift in {}",
+                            report.model,
+                            report.version,
+                            flagged.join(", ")
+                        );
+                    }
                 }
             }
             Ok(Err(e)) => warn!(error = %e, "drift reports failed"),

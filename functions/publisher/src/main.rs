@@ -74,9 +74,11 @@ fn handle(
         let reports = request
             .apply(registry, &settings, SystemTime::now())
             .map_err(|e| refused("DriftError", &e))?;
-        for report in reports.iter().filter(|r| r.max_flagged_distance() > 0.0) {
-            let flagged: Vec<&str> = report.flagged().map(|f| f.feature.as_str()).collect();
-            tracing::warn!(model = %report.model, version = report.version, ?flagged, "drift");
+        for report in &reports {
+            let flagged = report.flagged_names();
+            if !flagged.is_empty() {
+                tracing::warn!(model = %report.model, version = report.version, ?flagged, "drift");
+            }
         }
         serde_json::to_value(reports)
     } else if PublisherQuery::is_query(&payload) {

@@ -125,6 +125,11 @@ impl DriftReport {
     pub fn flagged(&self) -> impl Iterator<Item = &FeatureDrift> {
         self.features.iter().filter(|f| f.flagged)
     }
+
+    /// The flagged features' names, for a log line.
+    pub fn flagged_names(&self) -> Vec<&str> {
+        self.flagged().map(|f| f.feature.as_str()).collect()
+    }
 }
 
 /// The window `at` falls in.
@@ -196,17 +201,11 @@ impl Registry {
         version: u64,
         window: u64,
     ) -> Result<(Profile, usize)> {
-        let dir = format!("{}/{window}", windows_dir(model, version));
-        let files = self.store.list_files(&dir).map_err(self.io_error(&dir))?;
         let mut total = Profile::default();
-        let mut environments = 0;
-        for file in files.iter().filter(|f| f.ends_with(".json")) {
-            // A file that does not parse (another release's format) counts for nothing.
-            if let Ok(Some(one)) = self.read_json::<WindowProfile>(&format!("{dir}/{file}")) {
-                total.merge(&one.profile);
-                environments += 1;
-            }
-        }
+        let environments = self.each_environment_file(
+            &format!("{}/{window}", windows_dir(model, version)),
+            |one: WindowProfile| total.merge(&one.profile),
+        )?;
         Ok((total, environments))
     }
 
@@ -369,8 +368,17 @@ impl DriftRequest {
         now: SystemTime,
     ) -> Result<Vec<DriftReport>> {
         let mut reports = Vec::new();
+        let mut read: Option<(ModelName, DriftSettings)> = None;
         for (model, version) in self.versions(registry, settings, now)? {
-            let own = settings(registry.monitoring(&model)?);
+            // Versions come model by model: each model's settings are read once.
+            let own = match &read {
+                Some((of, own)) if *of == model => *own,
+                _ => {
+                    let own = settings(registry.monitoring(&model)?);
+                    read = Some((model.clone(), own));
+                    own
+                }
+            };
             let report = registry.drift_report(&model, version, &own, now)?;
             registry.write_drift_report(&report)?;
             record_metrics(&report);

@@ -260,6 +260,25 @@ impl Registry {
         self.store.list(dir).map_err(self.io_error(dir))
     }
 
+    /// Every `*.json` file under `dir` (one per inference environment: rollout evidence, drift
+    /// profiles) handed to `add`; how many parsed. A file that does not parse (another
+    /// release's format) counts for nothing.
+    fn each_environment_file<T: DeserializeOwned>(
+        &self,
+        dir: &str,
+        mut add: impl FnMut(T),
+    ) -> Result<usize> {
+        let files = self.store.list_files(dir).map_err(self.io_error(dir))?;
+        let mut parsed = 0;
+        for file in files.iter().filter(|f| f.ends_with(".json")) {
+            if let Ok(Some(one)) = self.read_json::<T>(&format!("{dir}/{file}")) {
+                add(one);
+                parsed += 1;
+            }
+        }
+        Ok(parsed)
+    }
+
     /// Writes a file only its writer writes, so without the model's lock (an inference
     /// environment's evidence and profiles, a version's drift report); refused when baked.
     pub(crate) fn write_unlocked(&self, key: &str, bytes: &[u8]) -> Result<()> {

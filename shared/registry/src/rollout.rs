@@ -198,18 +198,11 @@ impl Registry {
         id: u64,
         step: usize,
     ) -> Result<(StepEvidence, usize)> {
-        let dir = step_dir(model, alias, id, step);
-        let files = self.store.list_files(&dir).map_err(self.io_error(&dir))?;
         let mut total = StepEvidence::default();
-        let mut instances = 0;
-        for file in files.iter().filter(|f| f.ends_with(".json")) {
-            // An instance file that does not parse (another version's format) counts for nothing.
-            if let Ok(Some(instance)) = self.read_json::<InstanceEvidence>(&format!("{dir}/{file}"))
-            {
-                total.merge(&instance.evidence);
-                instances += 1;
-            }
-        }
+        let instances = self.each_environment_file(
+            &step_dir(model, alias, id, step),
+            |instance: InstanceEvidence| total.merge(&instance.evidence),
+        )?;
         Ok((total, instances))
     }
 
