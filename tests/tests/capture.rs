@@ -15,7 +15,7 @@ use base64::Engine as _;
 use modelpipe_registry::Registry;
 use modelpipe_registry::rollout::split::bucket;
 use modelpipe_testkit::onnx_build::{LinearSoftmax, Weights};
-use modelpipe_tests::dev::{Dev, WAIT, metric};
+use modelpipe_tests::dev::{Dev, WAIT};
 use modelpipe_tests::lambda_env::Environment;
 use modelpipe_tests::serving::{commit, publish};
 use modelpipe_tests::{
@@ -310,26 +310,56 @@ async fn the_same_distribution_is_not_flagged_and_a_shifted_feature_is_alone() {
         );
     }
     // The publisher's schedule (dev's tick) exports the same: the alarm's metric and each
-    // feature's distance.
-    let text = wait_for("the drift gauges", WAIT, || async {
-        let text = dev.metrics().await;
-        (metric(&text, "modelpipe_model_drift", &[("model", "shifted")]) > 0.0).then_some(text)
+    // feature's distance. The reports of all 600 rows (`modelctl drift` wrote them, and every
+    // tick since writes the same) say what the gauges must reach; an earlier tick saw fewer
+    // rows, and a scrape may fall between two models of one tick.
+    let registry = Registry::open(data.path().join("registry")).unwrap();
+    let reports = wait_for("both models' reports of 600 rows", WAIT, || async {
+        let reports: Vec<_> = ["shifted", "steady"]
+            .iter()
+            .filter_map(|m| {
+                registry
+                    .drift_report_stored(&m.parse().unwrap(), 1)
+                    .unwrap()
+            })
+            .filter(|report| report.live_rows == 600)
+            .collect();
+        (reports.len() == 2).then_some(reports)
     })
     .await;
-    assert!(
+    let gauge = |text: &str, model: &str, feature: Option<&str>| -> Option<f64> {
+        let line = match feature {
+            None => format!("modelpipe_model_drift{{model=\"{model}\"}} "),
+            Some(f) => format!(
+                "modelpipe_feature_drift{{model=\"{model}\",version=\"1\",feature=\"{f}\"}} "
+            ),
+        };
         text.lines()
-            .any(|l| l == r#"modelpipe_model_drift{model="steady"} 0"#),
-        "steady reported, nothing flagged: {text}"
-    );
-    let shifted = |feature: &str| {
-        metric(
-            &text,
-            "modelpipe_feature_drift",
-            &[("model", "shifted"), ("version", "1"), ("feature", feature)],
-        )
+            .find_map(|l| l.strip_prefix(&line))
+            .map(|value| value.parse().unwrap())
     };
+    let text = wait_for("the drift gauges of every row", WAIT, || async {
+        let text = dev.metrics().await;
+        let current = reports.iter().all(|report| {
+            let model = report.model.as_str();
+            gauge(&text, model, None) == Some(report.max_flagged_distance())
+                && report
+                    .features
+                    .iter()
+                    .all(|f| gauge(&text, model, Some(&f.feature)) == Some(f.distance))
+        });
+        current.then_some(text)
+    })
+    .await;
+    assert_eq!(gauge(&text, "steady", None), Some(0.0), "{text}");
+    let shifted = |feature| gauge(&text, "shifted", Some(feature)).unwrap();
     assert!(shifted("input[2]") > 0.2, "{text}");
     assert!(shifted("input[0]") < 0.1, "{text}");
+    assert_eq!(
+        gauge(&text, "shifted", None),
+        Some(shifted("input[2]")),
+        "the model's drift is its most drifted flagged feature: {text}"
+    );
 }
 
 /// Every captured record under `capture/iris/1/` of `bucket`: (key, the records' request ids).
