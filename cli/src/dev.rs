@@ -260,6 +260,11 @@ async fn serve_s3(
             },
             _ = stopped.wait_for(|s| *s) => break,
         };
+        // A GetObject's body is written after its header: with Nagle's algorithm on, it waited
+        // for the client's delayed ACK (a 44 ms median for a 2 KB GET here, 2 ms without).
+        if let Err(e) = socket.set_nodelay(true) {
+            warn!(error = %e, "S3 endpoint: TCP_NODELAY not set");
+        }
         let connection = http
             .serve_connection(TokioIo::new(socket), service.clone())
             .into_owned();
