@@ -4,4 +4,5 @@
 pub mod compare;
 pub mod function;
 pub mod models;
+pub mod slow_s3;
 pub mod stats;

@@ -1,15 +1,19 @@
 //! Where the registry lives, measured: a version's load (verify + tract load + warm-up) from a
 //! directory registry (EFS's stand-in here: a local disk) against an S3-hosted one (moto_server
 //! on loopback: `MODELPIPE_MOTO_ENDPOINT`, or one started from `.venv`), cold (downloaded to the
-//! local copy cache) and warm (the copy reused); and the per-request alias check on each. Same
-//! models, interleaved rounds, medians (figures in BENCHMARKS.md).
+//! local copy cache) and warm (the copy reused); the per-request alias check on each; and the
+//! publisher's merge of a fleet's files, one by one and in parallel. Same models, interleaved
+//! rounds, medians (figures in BENCHMARKS.md).
 //!
 //! `cargo build --profile profiling -p modelpipe-bench && target/profiling/registry_bench [ROUNDS]`
 
 use std::time::{Duration, Instant};
 
 use modelpipe_core::ModelName;
-use modelpipe_registry::{FileCacheConfig, Registry};
+use modelpipe_core::time::Timestamp;
+use modelpipe_drift::Profile;
+use modelpipe_registry::drift::WindowProfile;
+use modelpipe_registry::{DEFAULT_PARALLEL_READS, FileCacheConfig, Registry};
 use modelpipe_serve::LoadedModel;
 use modelpipe_testkit::onnx_build::{Mlp, mobilenet_v2};
 use modelpipe_tests::serving::{commit, publish};
@@ -127,4 +131,100 @@ async fn main() {
         ms(median(s3_first)),
         ms(median(s3_revalidated))
     );
+    // S3's round trip, which moto on loopback does not have: s3s-fs answering 20 ms late.
+    let slow_root = work.path().join("slow-s3");
+    std::fs::create_dir_all(slow_root.join("fleet")).unwrap();
+    let slow = modelpipe_bench::slow_s3::start(&slow_root, SLOW_S3_LATENCY).await;
+    let slow_sdk = modelpipe_tests::aws_config(&slow).await;
+    let open_slow = |files: &str| {
+        let files = FileCacheConfig {
+            dir: work.path().join(files),
+            bytes: None,
+        };
+        Registry::open_s3("fleet", "registry", &files, Some(slow_sdk.clone())).unwrap()
+    };
+    let moto_label = "S3: moto on loopback";
+    let slow_label = format!("S3: s3s-fs, {} ms a request", SLOW_S3_LATENCY.as_millis());
+    let registries: [(&str, &dyn Fn() -> Registry); 3] = [
+        ("directory", &|| dir.clone()),
+        (moto_label, &|| open_s3("fleet-reader")),
+        (&slow_label, &|| open_slow("fleet-reader")),
+    ];
+    tokio::task::block_in_place(|| fleet_files(rounds, &registries));
+}
+
+/// Environments whose files the publisher merges each tick (a drift window's profiles; rollout
+/// evidence is read by the same code).
+const FLEET: usize = 500;
+
+/// The median round trip of a small S3 request: "tens of milliseconds" (AWS's S3 performance
+/// guide).
+const SLOW_S3_LATENCY: Duration = Duration::from_millis(20);
+
+/// One environment's profile of a window: 7 features (4 inputs, 3 outputs) of 200 rows.
+fn environment_profile(seed: usize) -> Profile {
+    let mut profile = Profile::default();
+    for row in 0..200 {
+        profile.rows += 1;
+        let x = ((seed * 7919 + row * 104_729) % 10_007) as f64 / 10_007.0;
+        for (j, name) in ["input[0]", "input[1]", "input[2]", "input[3]"]
+            .iter()
+            .enumerate()
+        {
+            profile.feature(name).add_number(x * (j + 1) as f64);
+        }
+        for name in ["output.p[0]", "output.p[1]", "output.p[2]"] {
+            profile.feature(name).add_number(1.0 - x);
+        }
+    }
+    profile
+}
+
+/// The publisher's merge of a fleet's files, the files read one after the other (as before
+/// `DEFAULT_PARALLEL_READS`) against that many at once, on each registry.
+fn fleet_files(rounds: usize, registries: &[(&str, &dyn Fn() -> Registry)]) {
+    let model: &ModelName = &"mlp".parse().unwrap();
+    let writes: Vec<_> = (0..FLEET)
+        .map(|e| WindowProfile {
+            environment: format!("env-{e}"),
+            updated_at: Timestamp::now(),
+            profile: environment_profile(e),
+        })
+        .collect();
+    for (_, open) in registries {
+        let registry = &open();
+        std::thread::scope(|scope| {
+            for part in writes.chunks(FLEET / 20) {
+                scope.spawn(move || {
+                    for file in part {
+                        registry.write_window_profile(model, 1, 0, file).unwrap();
+                    }
+                });
+            }
+        });
+    }
+    println!(
+        "\nMerging {FLEET} environments' drift profiles of one window (7 features, 200 rows each), medians:"
+    );
+    println!("| registry | one by one | {DEFAULT_PARALLEL_READS} at once | speed-up |");
+    println!("|---|---:|---:|---:|");
+    for (label, open) in registries {
+        let (mut serial, mut parallel) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            for (reads, times) in [(1, &mut serial), (DEFAULT_PARALLEL_READS, &mut parallel)] {
+                let registry = open().with_parallel_reads(reads);
+                let ((profile, environments), t) =
+                    timed(|| registry.window_profile(model, 1, 0).unwrap());
+                assert_eq!((environments, profile.rows), (FLEET, FLEET as u64 * 200));
+                times.push(t);
+            }
+        }
+        let (one, many) = (median(serial), median(parallel));
+        println!(
+            "| {label} | {:.0} ms | {:.0} ms | {:.1}× |",
+            ms(one),
+            ms(many),
+            one.as_secs_f64() / many.as_secs_f64()
+        );
+    }
 }

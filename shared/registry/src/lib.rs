@@ -38,7 +38,8 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::de::DeserializeOwned;
 
@@ -147,7 +148,12 @@ pub struct Registry {
     baked: bool,
     /// The signer policy of models whose `contract.json` names none (`SIGNING_POLICY`).
     signing_default: Option<Arc<SignerPolicy>>,
+    parallel_reads: usize,
 }
+
+/// Environment files read at once: enough to hide an S3 round trip (tens of ms) behind the
+/// others at a fleet's hundreds of files, few enough for the publisher's single vCPU.
+pub const DEFAULT_PARALLEL_READS: usize = 16;
 
 impl Registry {
     /// A registry in a directory, created if missing.
@@ -175,6 +181,7 @@ impl Registry {
             location: location.clone(),
             baked,
             signing_default: None,
+            parallel_reads: DEFAULT_PARALLEL_READS,
         })
     }
 
@@ -204,6 +211,7 @@ impl Registry {
             location,
             baked: false,
             signing_default: None,
+            parallel_reads: DEFAULT_PARALLEL_READS,
         })
     }
 
@@ -261,22 +269,50 @@ impl Registry {
     }
 
     /// Every `*.json` file under `dir` (one per inference environment: rollout evidence, drift
-    /// profiles) handed to `add`; how many parsed. A file that does not parse (another
-    /// release's format) counts for nothing.
-    fn each_environment_file<T: DeserializeOwned>(
+    /// profiles) handed to `add`, in no set order (what is added merges in any order); how
+    /// many parsed. A file that does not parse (another release's format) counts for nothing.
+    /// A fleet's files are many small reads, each a round trip to S3 or EFS: up to
+    /// `parallel_reads` are in flight at once, each parsed on its own thread and added as it
+    /// comes, so no more than that many are held at a time.
+    fn each_environment_file<T: DeserializeOwned + Send>(
         &self,
         dir: &str,
-        mut add: impl FnMut(T),
+        add: impl FnMut(T) + Send,
     ) -> Result<usize> {
-        let files = self.store.list_files(dir).map_err(self.io_error(dir))?;
-        let mut parsed = 0;
-        for file in files.iter().filter(|f| f.ends_with(".json")) {
-            if let Ok(Some(one)) = self.read_json::<T>(&format!("{dir}/{file}")) {
-                add(one);
-                parsed += 1;
+        let files: Vec<String> = (self.store.list_files(dir).map_err(self.io_error(dir))?)
+            .into_iter()
+            .filter(|f| f.ends_with(".json"))
+            .collect();
+        let next = AtomicUsize::new(0);
+        let add = Mutex::new((add, 0));
+        let read_each = || {
+            while let Some(file) = files.get(next.fetch_add(1, Ordering::Relaxed)) {
+                if let Ok(Some(one)) = self.read_json::<T>(&format!("{dir}/{file}")) {
+                    let mut add = add.lock().unwrap_or_else(PoisonError::into_inner);
+                    (add.0)(one);
+                    add.1 += 1;
+                }
             }
+        };
+        let threads = self.parallel_reads.min(files.len());
+        if threads <= 1 {
+            read_each();
+        } else {
+            std::thread::scope(|scope| {
+                for _ in 0..threads {
+                    scope.spawn(read_each);
+                }
+            });
         }
+        let (_, parsed) = add.into_inner().unwrap_or_else(PoisonError::into_inner);
         Ok(parsed)
+    }
+
+    /// How many environment files (rollout evidence, drift profiles) are read at once
+    /// ([`DEFAULT_PARALLEL_READS`]; 1 reads them one after the other).
+    pub fn with_parallel_reads(mut self, reads: usize) -> Self {
+        self.parallel_reads = reads.max(1);
+        self
     }
 
     /// Writes a file only its writer writes, so without the model's lock (an inference

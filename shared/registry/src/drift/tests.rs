@@ -88,6 +88,46 @@ fn environments_and_the_last_two_windows_are_merged_and_older_ones_left_out() {
 }
 
 #[test]
+fn a_fleets_files_read_at_once_merge_as_read_one_by_one_and_a_bad_file_counts_for_nothing() {
+    let (dir, registry) = registry_with_live(1);
+    let now = now_window();
+    for environment in 0..200u64 {
+        let rows = 10 + environment % 7;
+        write(
+            &registry,
+            1,
+            now,
+            &format!("env-{environment}"),
+            profile(rows, 0.0),
+        );
+    }
+    let window = dir.path().join(format!("iris/drift/1/windows/{now}"));
+    std::fs::write(window.join("torn.json"), "{\"environment\": ").unwrap();
+    let expected_rows: u64 = (0..200).map(|e| 10 + e % 7).sum();
+    let (one_by_one, read) = registry.window_profile(&iris(), 1, now).unwrap();
+    assert_eq!((one_by_one.rows, read), (expected_rows, 200));
+    assert!(crate::DEFAULT_PARALLEL_READS > 1);
+    let serial = Registry::open(dir.path()).unwrap().with_parallel_reads(1);
+    let (serial_profile, serial_read) = serial.window_profile(&iris(), 1, now).unwrap();
+    assert_eq!((serial_profile.rows, serial_read), (expected_rows, read));
+    // Counts and sketch bins add up the same in any order (a sketch's float sum may not).
+    for (name, feature) in &one_by_one.features {
+        let serial = &serial_profile.features[name];
+        assert_eq!(
+            (feature.count, feature.missing),
+            (serial.count, serial.missing)
+        );
+        let (sketch, serial) = (
+            feature.sketch.as_ref().unwrap(),
+            serial.sketch.as_ref().unwrap(),
+        );
+        for q in [0.0, 0.1, 0.5, 0.9, 1.0] {
+            assert_eq!(sketch.quantile(q), serial.quantile(q), "{name} at {q}");
+        }
+    }
+}
+
+#[test]
 fn an_uploaded_baseline_is_used_and_a_shifted_feature_flagged() {
     let (_dir, registry) = registry_with_live(1);
     let uploaded = Baseline {
