@@ -3,7 +3,7 @@
 //! reader written from SageMaker's capture record shape (`tests/support/capture_reader.py`);
 //! `modelctl drift` on baselines uploaded as `baseline.jsonl`; and the real inference binary in
 //! emulated Lambda environments (frozen between invocations, shut down with SIGTERM) writing to
-//! moto's S3.
+//! moto's S3; and the publisher's merge of past drift windows on an S3-hosted registry.
 
 use std::collections::BTreeSet;
 use std::io::Read;
@@ -12,7 +12,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine as _;
+use modelpipe_core::time::Timestamp;
+use modelpipe_drift::Profile;
 use modelpipe_registry::Registry;
+use modelpipe_registry::drift::{DriftRequest, DriftSettings, WindowProfile, window_of};
 use modelpipe_registry::rollout::split::bucket;
 use modelpipe_testkit::onnx_build::{LinearSoftmax, Weights};
 use modelpipe_tests::dev::{Dev, WAIT};
@@ -476,4 +479,87 @@ async fn in_lambda_records_are_written_after_the_answer_before_the_freeze_and_on
         .collect();
     let expected: BTreeSet<String> = (1..=5).map(|i| format!("req-{i}")).collect();
     assert_eq!(ids, expected, "no record lost on a clean shutdown");
+}
+
+/// The publisher's schedule on an S3-hosted registry (moto): a fleet's profiles of a past
+/// window, read 16 at once, become one object and the environments' objects are deleted; the
+/// windows a report reads are left as they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_an_s3_registry_a_past_windows_profiles_become_one_object() {
+    let (endpoint, _moto) = moto().await;
+    let sdk = aws_config(&endpoint).await;
+    let s3 = modelpipe_aws::s3_client(&sdk);
+    let bucket = unique_bucket("drift");
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let cache = modelpipe_registry::FileCacheConfig {
+        dir: files.path().to_path_buf(),
+        bytes: None,
+    };
+    let registry = Registry::open_s3(&bucket, "registry", &cache, Some(sdk)).unwrap();
+    let model: modelpipe_core::ModelName = "iris".parse().unwrap();
+    let window = Duration::from_secs(3600);
+    let now = std::time::SystemTime::now();
+    let current = window_of(now, window);
+    let fleet = 40;
+    tokio::task::spawn_blocking(move || {
+        let v1 = commit(&registry, &model, &LinearSoftmax::iris(1).to_bytes());
+        publish(&registry, &model, v1);
+        for w in [current - 2, current] {
+            for e in 0..fleet {
+                let mut profile = Profile::default();
+                for row in 0..10 {
+                    profile.rows += 1;
+                    profile.feature("input[0]").add_number(f64::from(row + e));
+                }
+                let file = WindowProfile {
+                    environment: format!("env-{e}"),
+                    updated_at: Timestamp::now(),
+                    profile,
+                };
+                registry.write_window_profile(&model, 1, w, &file).unwrap();
+            }
+        }
+        let settings = |_| DriftSettings {
+            threshold: 0.1,
+            window,
+            baseline_rows: 1_000_000,
+        };
+        let reports = DriftRequest::default()
+            .apply(&registry, &settings, now)
+            .unwrap();
+        assert_eq!(reports[0].live_rows, 10 * fleet as u64);
+        let (past, environments) = registry.window_profile(&model, 1, current - 2).unwrap();
+        assert_eq!(
+            (past.rows, environments),
+            (10 * fleet as u64, fleet as usize)
+        );
+        registry
+    })
+    .await
+    .unwrap();
+    let keys = |prefix: String| {
+        let s3 = s3.clone();
+        let bucket = bucket.clone();
+        async move {
+            let listed = s3
+                .list_objects_v2()
+                .bucket(bucket)
+                .prefix(prefix)
+                .send()
+                .await
+                .unwrap();
+            listed.contents().len()
+        }
+    };
+    let drift = "registry/iris/drift/1";
+    assert_eq!(keys(format!("{drift}/windows/{}/", current - 2)).await, 0);
+    assert_eq!(
+        keys(format!("{drift}/merged/{}.json", current - 2)).await,
+        1
+    );
+    assert_eq!(
+        keys(format!("{drift}/windows/{current}/")).await,
+        fleet as usize
+    );
 }

@@ -105,6 +105,22 @@ impl Store for DirStore {
         atomic::append_line(&self.write_path(key)?, line)
     }
 
+    fn remove(&self, key: &str) -> io::Result<()> {
+        let path = self.write_path(key)?;
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        // Fails while anything is left in it, as it should.
+        if let Some(parent) = path.parent()
+            && parent != self.root
+        {
+            let _ = fs::remove_dir(parent);
+        }
+        Ok(())
+    }
+
     fn lock(&self, model: &str) -> io::Result<LockGuard> {
         self.write_path(&format!("{model}/.lock"))?;
         Ok(Box::new(ModelLock::acquire(&self.path(model))?))

@@ -4,6 +4,7 @@
 //! ```text
 //! <model>/monitoring.json                           capture share and drift threshold (the contract's)
 //! <model>/drift/<N>/windows/<w>/<environment>.json  one environment's profile of version N in window w
+//! <model>/drift/<N>/merged/<w>.json                 a past window's files merged (see [`merged`])
 //! <model>/drift/<N>/baseline.json                   the profile version N is compared with
 //! <model>/drift/<N>/report.json                     the publisher's latest comparison
 //! ```
@@ -15,6 +16,10 @@
 //! served before it, or a rollout's stable for its candidate; that version's own baseline if too
 //! little of its traffic was profiled), else its own first traffic — traffic once it holds
 //! `baseline_rows` rows. It is written once and kept.
+
+mod merged;
+
+pub use self::merged::MergedWindow;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -183,15 +188,22 @@ impl Registry {
         self.write_unlocked(&key, &crate::to_json(file))
     }
 
-    /// The windows of `version` that hold profiles, oldest first.
+    /// The windows of `version` that hold profiles, merged or not, oldest first.
     fn windows(&self, model: &ModelName, version: u64) -> Result<Vec<u64>> {
-        let mut windows: Vec<u64> = self
+        let mut windows = self.unmerged_windows(model, version)?;
+        windows.extend(self.merged_windows(model, version)?);
+        windows.sort_unstable();
+        windows.dedup();
+        Ok(windows)
+    }
+
+    /// The windows of `version` that hold environments' files.
+    fn unmerged_windows(&self, model: &ModelName, version: u64) -> Result<Vec<u64>> {
+        Ok(self
             .list(&windows_dir(model, version))?
             .iter()
             .filter_map(|w| w.trim_end_matches('/').parse().ok())
-            .collect();
-        windows.sort_unstable();
-        Ok(windows)
+            .collect())
     }
 
     /// Every environment's profile of `version` in `window`, merged, and how many there were.
@@ -201,12 +213,12 @@ impl Registry {
         version: u64,
         window: u64,
     ) -> Result<(Profile, usize)> {
-        let mut total = Profile::default();
-        let environments = self.each_environment_file(
+        let mut all = self.merged_window(model, version, window)?;
+        self.each_environment_file(
             &format!("{}/{window}", windows_dir(model, version)),
-            |one: WindowProfile| total.merge(&one.profile),
+            |file: WindowProfile| all.add(file),
         )?;
-        Ok((total, environments))
+        Ok((all.profile, all.environments.len()))
     }
 
     /// The first `rows` rows of `version`'s traffic (whole windows, oldest first), if it has
@@ -344,8 +356,8 @@ impl Registry {
 }
 
 /// The publisher's `{"action": "drift"}`: every version with traffic in the current or the
-/// previous window (the schedule's), or one model's version (`modelctl drift`; its live version
-/// when none is named).
+/// previous window, and the merge of past windows (the schedule's), or one model's version
+/// (`modelctl drift`; its live version when none is named).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct DriftRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -361,38 +373,46 @@ impl DriftRequest {
 
     /// Computes the reports asked for, writes each beside its version and sets
     /// `modelpipe_feature_drift`; `settings` gives a model's from its own monitoring settings.
+    /// The schedule's request also merges every version's past windows.
     pub fn apply(
         &self,
         registry: &Registry,
         settings: &dyn Fn(Monitoring) -> DriftSettings,
         now: SystemTime,
     ) -> Result<Vec<DriftReport>> {
+        let window = settings(Monitoring::default()).window;
         let mut reports = Vec::new();
         let mut read: Option<(ModelName, DriftSettings)> = None;
-        for (model, version) in self.versions(registry, settings, now)? {
-            // Versions come model by model: each model's settings are read once.
-            let own = match &read {
-                Some((of, own)) if *of == model => *own,
-                _ => {
-                    let own = settings(registry.monitoring(&model)?);
-                    read = Some((model.clone(), own));
-                    own
-                }
-            };
-            let report = registry.drift_report(&model, version, &own, now)?;
-            registry.write_drift_report(&report)?;
-            record_metrics(&report);
-            reports.push(report);
+        for due in self.due(registry, window, now)? {
+            let model = &due.model;
+            if due.report {
+                // Versions come model by model: each model's settings are read once.
+                let own = match &read {
+                    Some((of, own)) if of == model => *own,
+                    _ => {
+                        let own = settings(registry.monitoring(model)?);
+                        read = Some((model.clone(), own));
+                        own
+                    }
+                };
+                let report = registry.drift_report(model, due.version, &own, now)?;
+                registry.write_drift_report(&report)?;
+                record_metrics(&report);
+                reports.push(report);
+            }
+            let merged =
+                registry.merge_past_windows(model, due.version, &due.unmerged, window, now)?;
+            if !merged.is_empty() {
+                tracing::info!(model = %model, version = due.version, windows = ?merged, "merged past drift windows");
+            }
         }
         Ok(reports)
     }
 
-    fn versions(
-        &self,
-        registry: &Registry,
-        settings: &dyn Fn(Monitoring) -> DriftSettings,
-        now: SystemTime,
-    ) -> Result<Vec<(ModelName, u64)>> {
+    /// What to do for which versions: the one asked for (its live version when none is
+    /// named), or every version with traffic in the current or the previous window, and every
+    /// version with past windows not merged yet.
+    fn due(&self, registry: &Registry, window: Duration, now: SystemTime) -> Result<Vec<Due>> {
         if let Some(model) = &self.model {
             let version = match self.version {
                 Some(v) => v,
@@ -405,20 +425,39 @@ impl DriftRequest {
                         .version
                 }
             };
-            return Ok(vec![(model.clone(), version)]);
+            return Ok(vec![Due {
+                model: model.clone(),
+                version,
+                report: true,
+                unmerged: Vec::new(),
+            }]);
         }
-        let current = window_of(now, settings(Monitoring::default()).window);
-        let mut versions = Vec::new();
+        let current = window_of(now, window);
+        let mut due = Vec::new();
         for model in registry.models()? {
             for version in registry.versions(&model)? {
-                let windows = registry.windows(&model, version)?;
-                if windows.iter().any(|&w| w + 1 >= current) {
-                    versions.push((model.clone(), version));
+                let unmerged = registry.unmerged_windows(&model, version)?;
+                if !unmerged.is_empty() {
+                    due.push(Due {
+                        model: model.clone(),
+                        version,
+                        report: unmerged.iter().any(|&w| w + 1 >= current),
+                        unmerged,
+                    });
                 }
             }
         }
-        Ok(versions)
+        Ok(due)
     }
+}
+
+struct Due {
+    model: ModelName,
+    version: u64,
+    /// Traffic in the current or the previous window (or asked for): report.
+    report: bool,
+    /// The windows holding environments' files.
+    unmerged: Vec<u64>,
 }
 
 /// `modelpipe_feature_drift{model,version,feature}`: each feature's L∞ distance; and

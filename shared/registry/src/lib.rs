@@ -271,18 +271,33 @@ impl Registry {
     /// Every `*.json` file under `dir` (one per inference environment: rollout evidence, drift
     /// profiles) handed to `add`, in no set order (what is added merges in any order); how
     /// many parsed. A file that does not parse (another release's format) counts for nothing.
-    /// A fleet's files are many small reads, each a round trip to S3 or EFS: up to
-    /// `parallel_reads` are in flight at once, each parsed on its own thread and added as it
-    /// comes, so no more than that many are held at a time.
     fn each_environment_file<T: DeserializeOwned + Send>(
         &self,
         dir: &str,
         add: impl FnMut(T) + Send,
     ) -> Result<usize> {
-        let files: Vec<String> = (self.store.list_files(dir).map_err(self.io_error(dir))?)
+        let files = self.environment_files(dir)?;
+        Ok(self.read_environment_files(dir, &files, add))
+    }
+
+    /// The `*.json` files under `dir`, relative to it.
+    fn environment_files(&self, dir: &str) -> Result<Vec<String>> {
+        Ok((self.store.list_files(dir).map_err(self.io_error(dir))?)
             .into_iter()
             .filter(|f| f.ends_with(".json"))
-            .collect();
+            .collect())
+    }
+
+    /// [`Self::each_environment_file`] of `files` in `dir`. A fleet's files are many small
+    /// reads, each a round trip to S3 or EFS: up to `parallel_reads` are in flight at once,
+    /// each parsed on its own thread and added as it comes, so no more than that many are held
+    /// at a time.
+    fn read_environment_files<T: DeserializeOwned + Send>(
+        &self,
+        dir: &str,
+        files: &[String],
+        add: impl FnMut(T) + Send,
+    ) -> usize {
         let next = AtomicUsize::new(0);
         let add = Mutex::new((add, 0));
         let read_each = || {
@@ -304,8 +319,7 @@ impl Registry {
                 }
             });
         }
-        let (_, parsed) = add.into_inner().unwrap_or_else(PoisonError::into_inner);
-        Ok(parsed)
+        add.into_inner().unwrap_or_else(PoisonError::into_inner).1
     }
 
     /// How many environment files (rollout evidence, drift profiles) are read at once
@@ -322,6 +336,15 @@ impl Registry {
             return Err(RegistryError::ReadOnly(self.location.to_string()));
         }
         self.store.write(key, bytes).map_err(self.io_error(key))
+    }
+
+    /// Removes a file only its writer or the publisher touches (a merged drift window's
+    /// environment files); refused when baked.
+    pub(crate) fn remove_unlocked(&self, key: &str) -> Result<()> {
+        if self.baked {
+            return Err(RegistryError::ReadOnly(self.location.to_string()));
+        }
+        self.store.remove(key).map_err(self.io_error(key))
     }
 
     /// Models with at least one committed version, sorted.

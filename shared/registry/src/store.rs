@@ -42,6 +42,10 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Appends one line to a log, ending a torn last line first.
     fn append_line(&self, key: &str, line: &str) -> io::Result<()>;
 
+    /// Removes the file at `key` if there is one (and, in a directory, its directory once
+    /// empty).
+    fn remove(&self, key: &str) -> io::Result<()>;
+
     /// Takes `model`'s write lock, waiting for it (blocking). A crashed holder never wedges it.
     fn lock(&self, model: &str) -> io::Result<LockGuard>;
 

@@ -106,7 +106,7 @@ fn a_fleets_files_read_at_once_merge_as_read_one_by_one_and_a_bad_file_counts_fo
     let expected_rows: u64 = (0..200).map(|e| 10 + e % 7).sum();
     let (one_by_one, read) = registry.window_profile(&iris(), 1, now).unwrap();
     assert_eq!((one_by_one.rows, read), (expected_rows, 200));
-    assert!(crate::DEFAULT_PARALLEL_READS > 1);
+    const { assert!(crate::DEFAULT_PARALLEL_READS > 1) };
     let serial = Registry::open(dir.path()).unwrap().with_parallel_reads(1);
     let (serial_profile, serial_read) = serial.window_profile(&iris(), 1, now).unwrap();
     assert_eq!((serial_profile.rows, serial_read), (expected_rows, read));
@@ -215,6 +215,69 @@ fn the_schedules_request_reports_every_version_with_recent_traffic() {
     .apply(&registry, &|_| settings(50), SystemTime::now())
     .unwrap();
     assert_eq!(one[0].version, 3, "the live version");
+}
+
+/// Rows and environments of `version`'s `window` as a report or a baseline reads them.
+fn window_counts(registry: &Registry, version: u64, window: u64) -> (u64, usize) {
+    let (profile, environments) = registry.window_profile(&iris(), version, window).unwrap();
+    (profile.rows, environments)
+}
+
+#[test]
+fn past_windows_are_merged_into_one_file_each_and_read_the_same() {
+    let (dir, registry) = registry_with_live(2);
+    let now = now_window();
+    for (window, environments) in [(now - 3, 3), (now - 2, 2), (now - 1, 2), (now, 1)] {
+        for e in 0..environments {
+            write(&registry, 1, window, &format!("env-{e}"), profile(100, 0.0));
+        }
+    }
+    // Version 2 has no traffic now, only a past window: merged, not reported.
+    write(&registry, 2, now - 5, "env-0", profile(100, 0.0));
+    let schedule = || {
+        DriftRequest::default()
+            .apply(&registry, &|_| settings(10_000), SystemTime::now())
+            .unwrap()
+    };
+    let reports = schedule();
+    assert_eq!(reports.iter().map(|r| r.version).collect::<Vec<_>>(), [1]);
+    let drift = dir.path().join("iris/drift");
+    for (version, window) in [(1, now - 3), (1, now - 2), (2, now - 5)] {
+        assert!(
+            drift
+                .join(format!("{version}/merged/{window}.json"))
+                .is_file(),
+            "v{version} window {window} merged"
+        );
+        assert!(
+            !drift.join(format!("{version}/windows/{window}")).exists(),
+            "its environments' files and their directory removed"
+        );
+    }
+    for window in [now - 1, now] {
+        let files = std::fs::read_dir(drift.join(format!("1/windows/{window}"))).unwrap();
+        assert!(files.count() > 0, "the windows a report reads are left");
+    }
+    assert_eq!(window_counts(&registry, 1, now - 3), (300, 3));
+    assert_eq!(window_counts(&registry, 1, now - 2), (200, 2));
+    assert_eq!(
+        reports[0].live_rows, 300,
+        "the current and the previous window"
+    );
+
+    // A file a crash left after the merge (an environment merged already) is not counted twice;
+    // an environment writing late is added; the next merge removes both files.
+    write(&registry, 1, now - 3, "env-0", profile(100, 0.0));
+    write(&registry, 1, now - 3, "late", profile(50, 0.0));
+    assert_eq!(window_counts(&registry, 1, now - 3), (350, 4));
+    schedule();
+    assert_eq!(window_counts(&registry, 1, now - 3), (350, 4));
+    assert!(!drift.join(format!("1/windows/{}", now - 3)).exists());
+
+    // A baseline taken from traffic reads merged windows, oldest first.
+    let baseline = registry.resolve_baseline(&iris(), 2, 500).unwrap().unwrap();
+    assert_eq!(baseline.source, BaselineSource::Traffic { version: 1 });
+    assert_eq!(baseline.profile.rows, 550, "windows now-3 and now-2");
 }
 
 #[test]

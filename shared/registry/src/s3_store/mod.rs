@@ -359,6 +359,24 @@ impl Store for S3Store {
         Ok(())
     }
 
+    fn remove(&self, key: &str) -> io::Result<()> {
+        let inner = &self.inner;
+        inner.reads.lock().expect("reads").remove(key);
+        // S3 answers a DeleteObject of a missing key with success.
+        inner
+            .runtime
+            .run(
+                inner
+                    .client
+                    .delete_object()
+                    .bucket(&inner.bucket)
+                    .key(inner.object_key(key))
+                    .send(),
+            )
+            .map_err(sdk_error)?;
+        Ok(())
+    }
+
     fn append_line(&self, key: &str, line: &str) -> io::Result<()> {
         let inner = &self.inner;
         inner.runtime.run(async {
