@@ -3,7 +3,7 @@
 
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -11,6 +11,37 @@ use crate::{binary, free_port, wait_for};
 
 /// How long a test waits for anything `modelctl dev` does.
 pub const WAIT: Duration = Duration::from_secs(60);
+
+/// Spawns `command(s3_port, http_port)`, a `modelctl dev` on those ports, and waits until its
+/// inference API answers (its S3 endpoint is bound before). A free port can be taken between
+/// its choice and dev's bind (an outgoing connection elsewhere may get it): dev then exits at
+/// once, and is started again on two other ports.
+pub async fn spawn(mut command: impl FnMut(u16, u16) -> Command) -> (Child, u16, u16) {
+    let http = reqwest::Client::new();
+    for _ in 0..3 {
+        let (s3_port, http_port) = (free_port(), free_port());
+        let mut child = command(s3_port, http_port)
+            .spawn()
+            .expect("start modelctl dev");
+        let deadline = Instant::now() + WAIT;
+        let health = format!("http://127.0.0.1:{http_port}/v2/health/live");
+        loop {
+            if let Some(status) = child.try_wait().expect("modelctl dev's status") {
+                eprintln!("modelctl dev exited before answering ({status}): again on other ports");
+                break;
+            }
+            if http.get(&health).send().await.is_ok() {
+                return (child, s3_port, http_port);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {WAIT:?} waiting for modelctl dev's inference API"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    panic!("modelctl dev exited three times before answering");
+}
 
 /// A running `modelctl dev`, killed when dropped.
 pub struct Dev {
@@ -31,33 +62,26 @@ impl Dev {
 
     /// [`Self::start`] with environment variables set for it.
     pub async fn start_with_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
-        let (s3_port, http_port) = (free_port(), free_port());
-        let child = Command::new(binary("modelctl"))
-            .envs(env.iter().copied())
-            .args(["dev", "--data", data.to_str().unwrap()])
-            .args(["--s3-addr", &format!("127.0.0.1:{s3_port}")])
-            .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start modelctl dev");
-        let dev = Self {
+        let (child, s3_port, http_port) = spawn(|s3_port, http_port| {
+            let mut command = Command::new(binary("modelctl"));
+            command
+                .envs(env.iter().copied())
+                .args(["dev", "--data", data.to_str().unwrap()])
+                .args(["--s3-addr", &format!("127.0.0.1:{s3_port}")])
+                .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
+                .args(extra)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            command
+        })
+        .await;
+        Self {
             child,
             s3_port,
             endpoint: format!("http://127.0.0.1:{s3_port}"),
             base: format!("http://127.0.0.1:{http_port}"),
             http: reqwest::Client::new(),
-        };
-        wait_for("the inference API", WAIT, || async {
-            dev.http
-                .get(format!("{}/v2/health/live", dev.base))
-                .send()
-                .await
-                .ok()
-        })
-        .await;
-        dev
+        }
     }
 
     /// Stops it with SIGINT (Ctrl-C) and waits for it to exit.

@@ -14,7 +14,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use modelpipe_core::{AliasName, ModelName};
 use modelpipe_registry::Registry;
 use modelpipe_testkit::onnx_build::Mlp;
-use modelpipe_tests::{binary, free_port, wait_for};
+use modelpipe_tests::{binary, wait_for};
 
 const CRASHES: usize = 20;
 const WAIT: Duration = Duration::from_secs(60);
@@ -33,17 +33,19 @@ impl Drop for Dev {
 }
 
 async fn start_dev(data: &Path, log: std::path::PathBuf) -> Dev {
-    let s3_port = free_port();
-    let child = Command::new(binary("modelctl"))
-        .args(["dev", "--data", data.to_str().unwrap()])
-        .args(["--s3-addr", &format!("127.0.0.1:{s3_port}")])
-        .args(["--http-addr", &format!("127.0.0.1:{}", free_port())])
-        .env("NO_COLOR", "1")
-        // Log lines go to stdout.
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (child, s3_port, _) = modelpipe_tests::dev::spawn(|s3_port, http_port| {
+        let mut command = Command::new(binary("modelctl"));
+        command
+            .args(["dev", "--data", data.to_str().unwrap()])
+            .args(["--s3-addr", &format!("127.0.0.1:{s3_port}")])
+            .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
+            .env("NO_COLOR", "1")
+            // Log lines go to stdout.
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(Stdio::null());
+        command
+    })
+    .await;
     let s3 = modelpipe_tests::dev_s3_client(s3_port).await;
     Dev { child, s3, log }
 }
