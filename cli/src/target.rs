@@ -32,9 +32,15 @@ impl Target {
         // The moves modelctl makes are held to SIGNING_POLICY as the publisher's are.
         let default = modelpipe_config::signing_policy(std::env::var("SIGNING_POLICY").ok())
             .map_err(|e| e.to_string())?;
+        // Rollout evidence and drift profiles where the functions write them.
+        let telemetry = modelpipe_config::telemetry_root(std::env::var("TELEMETRY_ROOT").ok())
+            .map_err(|e| e.to_string())?;
         blocking(move || {
             Registry::open_at(&location, &Default::default())
-                .map(|r| r.with_signing_default(default))
+                .and_then(|r| {
+                    r.with_signing_default(default)
+                        .with_telemetry(telemetry.as_ref(), None)
+                })
                 .map_err(|e| e.to_string())
         })
         .await

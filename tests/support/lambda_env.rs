@@ -12,7 +12,6 @@
 //! found none free: there Lambda would have started one).
 
 use std::collections::HashMap;
-use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -202,19 +201,10 @@ impl Environment {
             .unwrap_or_else(|e| panic!("start {}: {e}", launch.program.display()));
         *shared.pid.lock().expect("pid") = Some(child.id() as i32);
         let log = Arc::new(Mutex::new(Vec::new()));
-        let stdout: Box<dyn std::io::Read + Send> = Box::new(child.stdout.take().expect("stdout"));
-        let stderr: Box<dyn std::io::Read + Send> = Box::new(child.stderr.take().expect("stderr"));
-        for stream in [stdout, stderr] {
-            let lines = log.clone();
-            std::thread::spawn(move || {
-                for line in std::io::BufReader::new(stream)
-                    .lines()
-                    .map_while(Result::ok)
-                {
-                    lines.lock().expect("log").push(line);
-                }
-            });
-        }
+        let lines = log.clone();
+        crate::each_output_line(&mut child, move |line| {
+            lines.lock().expect("log").push(line);
+        });
         Self {
             shared,
             child,
@@ -239,7 +229,7 @@ impl Environment {
         &self.shared.name
     }
 
-    /// The lines the function has written to stdout so far.
+    /// The lines the function has written to stdout and stderr so far.
     pub fn log(&self) -> Vec<String> {
         self.log.lock().expect("log").clone()
     }

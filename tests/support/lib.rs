@@ -212,6 +212,7 @@ pub fn start_function(watch: &Server, name: &str, env: &[(&str, String)]) -> Ser
 /// in its own directory as Lambda runs it in `/var/task`.
 pub fn start_executable(watch: &Server, name: &str, path: &Path, env: &[(&str, String)]) -> Server {
     let log = std::fs::File::create(function_log(watch, name)).expect("function log");
+    let log = std::sync::Mutex::new(log);
     let mut command = Command::new(path);
     if let Some(dir) = path.parent() {
         command.current_dir(dir);
@@ -226,17 +227,44 @@ pub fn start_executable(watch: &Server, name: &str, path: &Path, env: &[(&str, S
         .env("AWS_LAMBDA_FUNCTION_NAME", name)
         .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
         .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512")
-        .stdout(log.try_clone().expect("function log"))
-        .stderr(log);
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     for (key, value) in env {
         command.env(key, value);
     }
+    let mut child = command.spawn().expect("start function binary");
+    let log = std::sync::Arc::new(log);
+    each_output_line(&mut child, move |line| {
+        use std::io::Write as _;
+        let _ = writeln!(log.lock().expect("function log"), "{line}");
+    });
     let mut server = Server {
-        child: command.spawn().expect("start function binary"),
+        child,
         port: watch.port,
     };
     server.assert_alive(name);
     server
+}
+
+/// Hands every line `child` writes to stdout or stderr to `sink` whole, as Lambda sends a
+/// function's output to CloudWatch Logs: each stream a line at a time, so a line written in
+/// pieces on one stream is never cut by the other's.
+pub fn each_output_line(child: &mut Child, sink: impl Fn(String) + Send + Sync + 'static) {
+    let sink = std::sync::Arc::new(sink);
+    let stdout: Box<dyn std::io::Read + Send> = Box::new(child.stdout.take().expect("stdout"));
+    let stderr: Box<dyn std::io::Read + Send> = Box::new(child.stderr.take().expect("stderr"));
+    for stream in [stdout, stderr] {
+        let sink = sink.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(stream)
+                .lines()
+                .map_while(Result::ok)
+            {
+                sink(line);
+            }
+        });
+    }
 }
 
 /// The `libonnxruntime.so` of the onnxruntime wheel in the workspace's `.venv` (scripts/setup.sh

@@ -69,15 +69,22 @@ impl Stack {
             ("PUBLISHER_FUNCTION", "publisher".to_string()),
             ("AWS_ENDPOINT_URL_LAMBDA", watch.endpoint()),
         ]);
+        // As the CDK app deploys them: inference writes its rollout evidence and drift profiles
+        // under the upload bucket's telemetry/ (it may not write the registry); the publisher
+        // reads them there.
+        let telemetry = ("TELEMETRY_ROOT", format!("s3://{bucket}/telemetry"));
+        let mut publisher_env = env.clone();
+        publisher_env.push(telemetry.clone());
         let mut inference_env = env.clone();
         inference_env.extend([
             ("RELOAD_CHECK_MS", "0".to_string()),
             // One environment: no fleet to spread its loads over.
             ("ADOPT_SPREAD_MS", "0".to_string()),
+            telemetry,
         ]);
         let functions = vec![
             start_function(&watch, "validator", &validator_env),
-            start_function(&watch, "publisher", &env),
+            start_function(&watch, "publisher", &publisher_env),
             start_function(&watch, "inference", &inference_env),
         ];
         let lambda = aws_sdk_lambda::Client::new(&aws_config(&watch.endpoint()).await);
@@ -802,6 +809,23 @@ async fn a_canary_through_the_three_functions_promoted_by_the_publishers_advance
         },
     )
     .await;
+    // The evidence travelled through the upload bucket's telemetry/: the inference function
+    // wrote nothing into the registry.
+    let listed = stack
+        .s3
+        .list_objects_v2()
+        .bucket(&stack.bucket)
+        .prefix("telemetry/iris/rollouts/live/")
+        .send()
+        .await
+        .unwrap();
+    assert!(!listed.contents().is_empty(), "{listed:?}");
+    let rollouts = stack.registry.dir().unwrap().join("iris/rollouts/live");
+    let in_registry: Vec<_> = walk(&rollouts)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("/step-"))
+        .collect();
+    assert!(in_registry.is_empty(), "{in_registry:?}");
     // … and two advances at once (two schedule ticks) promote once.
     let advance = json!({"action": "rollout-advance"});
     let (a, b) = tokio::join!(
@@ -883,4 +907,18 @@ async fn a_canary_through_the_three_functions_promoted_by_the_publishers_advance
         !log.contains("\"user-1\""),
         "a routing key reached the logs"
     );
+}
+
+/// Every file under `dir`, recursively (none if it does not exist).
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .flat_map(|entry| match entry.file_type() {
+            Ok(kind) if kind.is_dir() => walk(&entry.path()),
+            _ => vec![entry.path()],
+        })
+        .collect()
 }

@@ -17,6 +17,9 @@ pub use self::monitoring::MonitoringConfig;
 pub struct Config {
     /// `MODEL_ROOT` [/mnt/models]: the registry, a directory or `s3://bucket/prefix`.
     pub model_root: Location,
+    /// `TELEMETRY_ROOT` [the registry]: where inference environments write their rollout
+    /// evidence and drift profiles, a directory or `s3://bucket/prefix`.
+    pub telemetry_root: Option<Location>,
     /// `MODEL_FILE_CACHE_BYTES` [80 % of /tmp]: local copies of an S3 registry's model files.
     pub model_files: FileCacheConfig,
     /// `MODELS_PREFIX` [models/]: where uploads are watched in the bucket.
@@ -67,10 +70,11 @@ pub struct ConfigError {
 }
 
 impl Config {
-    /// The registry at `MODEL_ROOT`.
+    /// The registry at `MODEL_ROOT`, its environments' files at `TELEMETRY_ROOT` if set.
     pub fn open_registry(&self) -> Result<Registry, RegistryError> {
-        Ok(Registry::open_at(&self.model_root, &self.model_files)?
-            .with_signing_default(self.signing_policy.clone()))
+        Registry::open_at(&self.model_root, &self.model_files)?
+            .with_signing_default(self.signing_policy.clone())
+            .with_telemetry(self.telemetry_root.as_ref(), None)
     }
 
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -93,6 +97,7 @@ impl Config {
                 get("MODEL_ROOT"),
                 Location::Dir("/mnt/models".into()),
             )?,
+            telemetry_root: telemetry_root(get("TELEMETRY_ROOT"))?,
             model_files: FileCacheConfig {
                 bytes: match get("MODEL_FILE_CACHE_BYTES") {
                     Some(v) if !v.is_empty() => Some(parse("MODEL_FILE_CACHE_BYTES", Some(v), 0)?),
@@ -164,6 +169,14 @@ pub fn signing_policy(value: Option<String>) -> Result<Option<SignerPolicy>, Con
                 value: text,
                 why,
             }),
+    }
+}
+
+/// `TELEMETRY_ROOT`, a directory or `s3://bucket/prefix`; unset or blank: none (the registry).
+pub fn telemetry_root(value: Option<String>) -> Result<Option<Location>, ConfigError> {
+    match value.filter(|v| !v.trim().is_empty()) {
+        None => Ok(None),
+        some => parse("TELEMETRY_ROOT", some, Location::Dir(Default::default())).map(Some),
     }
 }
 

@@ -11,9 +11,13 @@ fn filter() -> EnvFilter {
     EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,ort=warn"))
 }
 
-/// JSON, no ANSI colours, no timestamps (CloudWatch adds its own).
+/// JSON, no ANSI colours, no timestamps (CloudWatch adds its own), on stderr: Lambda sends
+/// both streams to CloudWatch Logs a line at a time, and stdout carries the EMF documents, which
+/// `metrics_cloudwatch_embedded` writes in many small writes: a log line from another thread
+/// could land inside one on a shared stream, and CloudWatch would drop the broken document.
 pub fn init_lambda() {
     let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .json()
         .with_env_filter(filter())
         .with_ansi(false)

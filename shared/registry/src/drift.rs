@@ -185,7 +185,7 @@ impl Registry {
             windows_dir(model, version),
             file.environment
         );
-        self.write_unlocked(&key, &crate::to_json(file))
+        self.write_environment_file(&key, &crate::to_json(file))
     }
 
     /// The windows of `version` that hold profiles, merged or not, oldest first.
@@ -200,7 +200,7 @@ impl Registry {
     /// The windows of `version` that hold environments' files.
     fn unmerged_windows(&self, model: &ModelName, version: u64) -> Result<Vec<u64>> {
         Ok(self
-            .list(&windows_dir(model, version))?
+            .environment_dirs(&windows_dir(model, version))?
             .iter()
             .filter_map(|w| w.trim_end_matches('/').parse().ok())
             .collect())

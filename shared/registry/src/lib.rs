@@ -23,6 +23,8 @@ mod atomic;
 mod baked;
 mod dir_store;
 pub mod drift;
+pub mod environment_files;
+pub use self::environment_files::DEFAULT_PARALLEL_READS;
 pub mod fsck;
 mod lock;
 mod moves;
@@ -38,8 +40,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 
@@ -148,12 +149,12 @@ pub struct Registry {
     baked: bool,
     /// The signer policy of models whose `contract.json` names none (`SIGNING_POLICY`).
     signing_default: Option<Arc<SignerPolicy>>,
+    /// Where inference environments write their files (see [`environment_files`]).
+    telemetry: Arc<dyn Store>,
+    telemetry_location: Location,
     parallel_reads: usize,
 }
 
-/// Environment files read at once: enough to hide an S3 round trip (tens of ms) behind the
-/// others at a fleet's hundreds of files, few enough for the publisher's single vCPU.
-pub const DEFAULT_PARALLEL_READS: usize = 16;
 
 impl Registry {
     /// A registry in a directory, created if missing.
@@ -177,11 +178,13 @@ impl Registry {
             };
         let baked = matches!(location, Location::Dir(root) if root.join(BAKED_MARKER).is_file());
         Ok(Self {
+            telemetry: store.clone(),
+            telemetry_location: location.clone(),
             store,
             location: location.clone(),
             baked,
             signing_default: None,
-            parallel_reads: DEFAULT_PARALLEL_READS,
+            parallel_reads: environment_files::DEFAULT_PARALLEL_READS,
         })
     }
 
@@ -201,17 +204,20 @@ impl Registry {
             bucket: bucket.to_string(),
             prefix: prefix.clone(),
         };
-        let store =
+        let store: Arc<dyn Store> = Arc::new(
             S3Store::connect(bucket, &prefix, files, sdk).map_err(|source| RegistryError::Io {
                 location: location.to_string(),
                 source,
-            })?;
+            })?,
+        );
         Ok(Self {
-            store: Arc::new(store),
+            telemetry: store.clone(),
+            telemetry_location: location.clone(),
+            store,
             location,
             baked: false,
             signing_default: None,
-            parallel_reads: DEFAULT_PARALLEL_READS,
+            parallel_reads: environment_files::DEFAULT_PARALLEL_READS,
         })
     }
 
@@ -239,20 +245,11 @@ impl Registry {
     }
 
     fn io_error(&self, key: &str) -> impl FnOnce(io::Error) -> RegistryError + '_ {
-        let location = self.store.describe(key);
-        move |source| RegistryError::Io { location, source }
+        io_error(&*self.store, key)
     }
 
     fn read_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
-        let Some(bytes) = self.store.read(key).map_err(self.io_error(key))? else {
-            return Ok(None);
-        };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| RegistryError::Corrupt {
-                location: self.store.describe(key),
-                message: e.to_string(),
-            })
+        read_json(&*self.store, key)
     }
 
     /// Every line that parses: a line torn by a crash is skipped.
@@ -268,83 +265,13 @@ impl Registry {
         self.store.list(dir).map_err(self.io_error(dir))
     }
 
-    /// Every `*.json` file under `dir` (one per inference environment: rollout evidence, drift
-    /// profiles) handed to `add`, in no set order (what is added merges in any order); how
-    /// many parsed. A file that does not parse (another release's format) counts for nothing.
-    fn each_environment_file<T: DeserializeOwned + Send>(
-        &self,
-        dir: &str,
-        add: impl FnMut(T) + Send,
-    ) -> Result<usize> {
-        let files = self.environment_files(dir)?;
-        Ok(self.read_environment_files(dir, &files, add))
-    }
-
-    /// The `*.json` files under `dir`, relative to it.
-    fn environment_files(&self, dir: &str) -> Result<Vec<String>> {
-        Ok((self.store.list_files(dir).map_err(self.io_error(dir))?)
-            .into_iter()
-            .filter(|f| f.ends_with(".json"))
-            .collect())
-    }
-
-    /// [`Self::each_environment_file`] of `files` in `dir`. A fleet's files are many small
-    /// reads, each a round trip to S3 or EFS: up to `parallel_reads` are in flight at once,
-    /// each parsed on its own thread and added as it comes, so no more than that many are held
-    /// at a time.
-    fn read_environment_files<T: DeserializeOwned + Send>(
-        &self,
-        dir: &str,
-        files: &[String],
-        add: impl FnMut(T) + Send,
-    ) -> usize {
-        let next = AtomicUsize::new(0);
-        let add = Mutex::new((add, 0));
-        let read_each = || {
-            while let Some(file) = files.get(next.fetch_add(1, Ordering::Relaxed)) {
-                if let Ok(Some(one)) = self.read_json::<T>(&format!("{dir}/{file}")) {
-                    let mut add = add.lock().unwrap_or_else(PoisonError::into_inner);
-                    (add.0)(one);
-                    add.1 += 1;
-                }
-            }
-        };
-        let threads = self.parallel_reads.min(files.len());
-        if threads <= 1 {
-            read_each();
-        } else {
-            std::thread::scope(|scope| {
-                for _ in 0..threads {
-                    scope.spawn(read_each);
-                }
-            });
-        }
-        add.into_inner().unwrap_or_else(PoisonError::into_inner).1
-    }
-
-    /// How many environment files (rollout evidence, drift profiles) are read at once
-    /// ([`DEFAULT_PARALLEL_READS`]; 1 reads them one after the other).
-    pub fn with_parallel_reads(mut self, reads: usize) -> Self {
-        self.parallel_reads = reads.max(1);
-        self
-    }
-
-    /// Writes a file only its writer writes, so without the model's lock (an inference
-    /// environment's evidence and profiles, a version's drift report); refused when baked.
+    /// Writes a file only the publisher or the validator writes, without the model's lock (a
+    /// version's drift report, baseline, monitoring settings); refused when baked.
     pub(crate) fn write_unlocked(&self, key: &str, bytes: &[u8]) -> Result<()> {
         if self.baked {
             return Err(RegistryError::ReadOnly(self.location.to_string()));
         }
         self.store.write(key, bytes).map_err(self.io_error(key))
-    }
-
-    /// Removes a file only its writer or the publisher touches (a merged drift window's
-    /// environment files); refused when baked.
-    pub(crate) fn remove_unlocked(&self, key: &str) -> Result<()> {
-        if self.baked {
-            return Err(RegistryError::ReadOnly(self.location.to_string()));
-        }
-        self.store.remove(key).map_err(self.io_error(key))
     }
 
     /// Models with at least one committed version, sorted.
@@ -615,6 +542,23 @@ impl Registry {
             _guard: guard,
         })
     }
+}
+
+fn io_error(store: &dyn Store, key: &str) -> impl FnOnce(io::Error) -> RegistryError + use<> {
+    let location = store.describe(key);
+    move |source| RegistryError::Io { location, source }
+}
+
+fn read_json<T: DeserializeOwned>(store: &dyn Store, key: &str) -> Result<Option<T>> {
+    let Some(bytes) = store.read(key).map_err(io_error(store, key))? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| RegistryError::Corrupt {
+            location: store.describe(key),
+            message: e.to_string(),
+        })
 }
 
 fn version_dir(model: &ModelName, version: u64) -> String {

@@ -221,7 +221,7 @@ impl Registry {
             step_dir(model, alias, id, step),
             evidence.instance
         );
-        self.write_unlocked(&key, &crate::to_json(evidence))
+        self.write_environment_file(&key, &crate::to_json(evidence))
     }
 }
 

@@ -410,9 +410,9 @@ impl Capture {
     }
 
     /// Writes the profiles that changed, at most every `flush_age` unless `all`. A baked
-    /// registry cannot take them: drift needs a writable one (records are still written).
+    /// registry cannot take them without a `TELEMETRY_ROOT` (records are still written).
     async fn write_profiles(&self, registry: &Registry, all: bool) {
-        if registry.is_baked() {
+        if !registry.takes_environment_files() {
             self.profiles.lock().expect("profiles").clear();
             return;
         }

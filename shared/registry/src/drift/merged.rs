@@ -99,7 +99,7 @@ impl Registry {
             }
             // Only once the merge is written: a crash before leaves every file to merge again.
             for file in files {
-                self.remove_unlocked(&format!("{dir}/{file}"))?;
+                self.remove_environment_file(&format!("{dir}/{file}"))?;
             }
         }
         Ok(past)
