@@ -137,6 +137,11 @@ const S3_REGISTRY_TMP = Size.gibibytes(4);
 const MODELS_PREFIX = 'models/';
 /** Where inference writes captured records in the upload bucket (CAPTURE_PREFIX). */
 const CAPTURE_PREFIX = 'capture/';
+/**
+ * Where inference environments write their rollout evidence and drift profiles, and the
+ * publisher reads them (TELEMETRY_ROOT): inference may not write the registry.
+ */
+const TELEMETRY_PREFIX = 'telemetry/';
 /** The CloudWatch namespace of every function's EMF metrics (METRICS_NAMESPACE's default). */
 const METRICS_NAMESPACE = 'modelpipe';
 
@@ -188,7 +193,13 @@ export class ModelpipeStack extends Stack {
       blockPublicAccess: s3.BlockPublicAccess.BLOCK_ALL,
       enforceSSL: true,
       removalPolicy: RemovalPolicy.RETAIN,
+      // Evidence is rewritten every RELOAD_CHECK_MS during a rollout and merged profiles are
+      // deleted: their old versions are of no use.
+      lifecycleRules: [
+        { id: 'TelemetryVersions', prefix: TELEMETRY_PREFIX, noncurrentVersionExpiration: Duration.days(1), expiredObjectDeleteMarker: true },
+      ],
     });
+    const telemetryRoot = `s3://${this.bucket.bucketName}/${TELEMETRY_PREFIX.replace(/\/$/, '')}`;
 
     // The registry: an EFS access point mounted by all three, or a prefix of an S3 bucket.
     let vpc: ec2.Vpc | undefined;
@@ -269,6 +280,7 @@ export class ModelpipeStack extends Stack {
       logGroup: logGroup('Publisher'),
       environment: {
         MODEL_ROOT: modelRoot,
+        TELEMETRY_ROOT: telemetryRoot,
         RUST_LOG: 'info',
         ...driftEnv,
         ...(props.signingPolicy ? { SIGNING_POLICY: signingEnv.SIGNING_POLICY } : {}),
@@ -357,6 +369,7 @@ export class ModelpipeStack extends Stack {
       CAPTURE_PREFIX,
       CAPTURE_SHARE: String(monitoring.captureShare ?? 0),
       DRIFT_WINDOW_MS: driftEnv.DRIFT_WINDOW_MS,
+      TELEMETRY_ROOT: telemetryRoot,
       RUST_LOG: 'info',
     };
     if (options.preloadModels?.length) inferenceEnv.PRELOAD_MODELS = options.preloadModels.join(',');
@@ -396,11 +409,25 @@ export class ModelpipeStack extends Stack {
       provisionedConcurrentExecutions: options.provisionedConcurrency,
     });
 
-    // Captured records: written after answers, never read back by inference.
+    // Captured records, rollout evidence and drift profiles: written, never read back by inference.
     this.inference.addToRolePolicy(
       new iam.PolicyStatement({
         actions: ['s3:PutObject'],
-        resources: [this.bucket.arnForObjects(`${CAPTURE_PREFIX}*`)],
+        resources: [this.bucket.arnForObjects(`${CAPTURE_PREFIX}*`), this.bucket.arnForObjects(`${TELEMETRY_PREFIX}*`)],
+      }),
+    );
+    // The publisher sums the evidence and merges the profiles (removing a past window's files).
+    this.publisher.addToRolePolicy(
+      new iam.PolicyStatement({
+        actions: ['s3:GetObject', 's3:DeleteObject'],
+        resources: [this.bucket.arnForObjects(`${TELEMETRY_PREFIX}*`)],
+      }),
+    );
+    this.publisher.addToRolePolicy(
+      new iam.PolicyStatement({
+        actions: ['s3:ListBucket'],
+        resources: [this.bucket.bucketArn],
+        conditions: { StringLike: { 's3:prefix': [`${TELEMETRY_PREFIX}*`] } },
       }),
     );
     const alarmModels =

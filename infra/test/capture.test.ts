@@ -1,5 +1,6 @@
-// Data capture and drift: inference may write captured records and nothing else to the bucket,
-// the publisher computes drift on the schedule, and each model named gets a drift alarm.
+// Data capture and drift: inference may write captured records and its evidence and profiles
+// (telemetry/) and nothing else to the bucket, the publisher reads and merges those and computes
+// drift on the schedule, and each model named gets a drift alarm.
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
@@ -16,10 +17,36 @@ test('inference writes captured records under capture/ of the upload bucket, wit
   const writes = statements(template, 'Inference').filter((s) => s.Action === 's3:PutObject');
   assert.deepEqual(
     writes.map((s) => s.Resource),
-    [{ 'Fn::Join': ['', [{ 'Fn::GetAtt': [bucket, 'Arn'] }, '/capture/*']] }],
+    [
+      [
+        { 'Fn::Join': ['', [{ 'Fn::GetAtt': [bucket, 'Arn'] }, '/capture/*']] },
+        { 'Fn::Join': ['', [{ 'Fn::GetAtt': [bucket, 'Arn'] }, '/telemetry/*']] },
+      ],
+    ],
   );
   // Nothing captured unless asked for.
   assert.equal(functionProps(synth(), 'Inference').Environment.Variables.CAPTURE_SHARE, '0');
+});
+
+test('inference and the publisher share telemetry/ of the upload bucket: one writes, the other reads and removes', () => {
+  const template = synth();
+  const bucket = logicalId(template, 'AWS::S3::Bucket', 'Uploads');
+  const root = { 'Fn::Join': ['', ['s3://', { Ref: bucket }, '/telemetry']] };
+  for (const name of ['Inference', 'Publisher']) {
+    assert.deepEqual(functionProps(template, name).Environment.Variables.TELEMETRY_ROOT, root, name);
+  }
+  assert.equal(functionProps(template, 'Validator').Environment.Variables.TELEMETRY_ROOT, undefined);
+  const objects = { 'Fn::Join': ['', [{ 'Fn::GetAtt': [bucket, 'Arn'] }, '/telemetry/*']] };
+  const publisher = statements(template, 'Publisher').filter((s) => JSON.stringify(s.Action).includes('s3:'));
+  assert.deepEqual(
+    publisher.map((s) => [s.Action, s.Resource, s.Condition]),
+    [
+      [['s3:GetObject', 's3:DeleteObject'], objects, undefined],
+      ['s3:ListBucket', { 'Fn::GetAtt': [bucket, 'Arn'] }, { StringLike: { 's3:prefix': ['telemetry/*'] } }],
+    ],
+  );
+  const rules = template.findResources('AWS::S3::Bucket')[bucket].Properties.LifecycleConfiguration.Rules;
+  assert.deepEqual(rules.map((r: any) => [r.Prefix, r.NoncurrentVersionExpiration?.NoncurrentDays]), [['telemetry/', 1]]);
 });
 
 test('the publisher computes drift on the schedule with the threshold and window', () => {

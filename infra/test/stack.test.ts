@@ -100,10 +100,11 @@ test('an event that still fails after retries goes to an SQS queue', () => {
   });
 });
 
-test('the publisher writes EFS and has no S3 access', () => {
+test('the publisher writes EFS and reads no S3 but the inference functions\' telemetry', () => {
   const granted = actions(template, 'Publisher');
   assert.ok(granted.includes('elasticfilesystem:ClientWrite'));
-  assert.deepEqual(granted.filter((a) => a.startsWith('s3:')), []);
+  // Under telemetry/ only (capture.test.ts checks the resources).
+  assert.deepEqual(granted.filter((a) => a.startsWith('s3:')), ['s3:GetObject', 's3:DeleteObject', 's3:ListBucket']);
 });
 
 test('an EventBridge schedule invokes the publisher with rollout-advance and drift and the validator with expire-uploads every minute', () => {
@@ -138,11 +139,11 @@ test('an EventBridge schedule invokes the publisher with rollout-advance and dri
   });
 });
 
-test('inference mounts EFS read-only and has no S3 access but writing captured records', () => {
+test('inference mounts EFS read-only and has no S3 access but writing captured records and telemetry', () => {
   const granted = actions(template, 'Inference');
   assert.ok(granted.includes('elasticfilesystem:ClientMount'));
   assert.ok(!granted.includes('elasticfilesystem:ClientWrite'), `${granted}`);
-  // s3:PutObject under capture/ only (capture.test.ts checks the resource).
+  // s3:PutObject under capture/ and telemetry/ only (capture.test.ts checks the resources).
   assert.deepEqual(granted.filter((a) => a.startsWith('s3:') || a.startsWith('lambda:')), ['s3:PutObject']);
 });
 
@@ -161,6 +162,7 @@ test('the HTTP API integrates the inference alias live, which points at a publis
 });
 
 test('inference memory and model settings come from props', () => {
+  const telemetryRoot = { 'Fn::Join': ['', ['s3://', { Ref: logicalId(template, 'AWS::S3::Bucket', 'Uploads') }, '/telemetry']] };
   const defaults = functionProps(template, 'Inference');
   assert.equal(defaults.MemorySize, 2048);
   assert.deepEqual(defaults.Environment.Variables, {
@@ -171,6 +173,7 @@ test('inference memory and model settings come from props', () => {
     CAPTURE_PREFIX: 'capture/',
     CAPTURE_SHARE: '0',
     DRIFT_WINDOW_MS: '3600000',
+    TELEMETRY_ROOT: telemetryRoot,
     RUST_LOG: 'info',
   });
   const tuned = functionProps(
@@ -188,6 +191,7 @@ test('inference memory and model settings come from props', () => {
     CAPTURE_PREFIX: 'capture/',
     CAPTURE_SHARE: '0',
     DRIFT_WINDOW_MS: '3600000',
+    TELEMETRY_ROOT: telemetryRoot,
     PRELOAD_MODELS: 'iris,mnist',
     MODEL_CACHE_BYTES: '1000000000',
     RUST_LOG: 'info',
