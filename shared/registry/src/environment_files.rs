@@ -100,7 +100,10 @@ impl Registry {
             .telemetry
             .list_files(dir)
             .map_err(io_error(&*self.telemetry, dir))?;
-        Ok(listed.into_iter().filter(|f| f.ends_with(".json")).collect())
+        Ok(listed
+            .into_iter()
+            .filter(|f| f.ends_with(".json"))
+            .collect())
     }
 
     /// [`Self::each_environment_file`] of `files` in `dir`. A fleet's files are many small

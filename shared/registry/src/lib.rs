@@ -155,7 +155,6 @@ pub struct Registry {
     parallel_reads: usize,
 }
 
-
 impl Registry {
     /// A registry in a directory, created if missing.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
