@@ -89,6 +89,8 @@ impl DevStack {
         let config = Config {
             model_root: modelpipe_registry::Location::Dir(registry_dir(&options.data)),
             reload_check: options.reload_check,
+            // The evidence on its own disk: written as often as the alias is checked.
+            evidence_write: options.reload_check,
             ..Config::from_env().map_err(std::io::Error::other)?
         };
         let registry = config.open_registry().map_err(std::io::Error::other)?;

@@ -370,6 +370,9 @@ export class ModelpipeStack extends Stack {
       CAPTURE_SHARE: String(monitoring.captureShare ?? 0),
       DRIFT_WINDOW_MS: driftEnv.DRIFT_WINDOW_MS,
       TELEMETRY_ROOT: telemetryRoot,
+      // Each write is a PUT: at 500 environments, 50 a second during a rollout, not 500. The
+      // controller judges every minute.
+      EVIDENCE_WRITE_MS: '10000',
       RUST_LOG: 'info',
     };
     if (options.preloadModels?.length) inferenceEnv.PRELOAD_MODELS = options.preloadModels.join(',');

@@ -174,6 +174,7 @@ test('inference memory and model settings come from props', () => {
     CAPTURE_SHARE: '0',
     DRIFT_WINDOW_MS: '3600000',
     TELEMETRY_ROOT: telemetryRoot,
+    EVIDENCE_WRITE_MS: '10000',
     RUST_LOG: 'info',
   });
   const tuned = functionProps(
@@ -192,6 +193,7 @@ test('inference memory and model settings come from props', () => {
     CAPTURE_SHARE: '0',
     DRIFT_WINDOW_MS: '3600000',
     TELEMETRY_ROOT: telemetryRoot,
+    EVIDENCE_WRITE_MS: '10000',
     PRELOAD_MODELS: 'iris,mnist',
     MODEL_CACHE_BYTES: '1000000000',
     RUST_LOG: 'info',

@@ -212,7 +212,7 @@ pub fn start_function(watch: &Server, name: &str, env: &[(&str, String)]) -> Ser
 /// in its own directory as Lambda runs it in `/var/task`.
 pub fn start_executable(watch: &Server, name: &str, path: &Path, env: &[(&str, String)]) -> Server {
     let log = std::fs::File::create(function_log(watch, name)).expect("function log");
-    let log = std::sync::Mutex::new(log);
+    let log = std::sync::Arc::new(std::sync::Mutex::new(log));
     let mut command = Command::new(path);
     if let Some(dir) = path.parent() {
         command.current_dir(dir);
@@ -233,7 +233,6 @@ pub fn start_executable(watch: &Server, name: &str, path: &Path, env: &[(&str, S
         command.env(key, value);
     }
     let mut child = command.spawn().expect("start function binary");
-    let log = std::sync::Arc::new(log);
     each_output_line(&mut child, move |line| {
         use std::io::Write as _;
         let _ = writeln!(log.lock().expect("function log"), "{line}");

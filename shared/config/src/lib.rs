@@ -30,6 +30,9 @@ pub struct Config {
     pub publisher_function: Option<String>,
     /// `RELOAD_CHECK_MS` [1000]: how often a request may look at the alias.
     pub reload_check: Duration,
+    /// `EVIDENCE_WRITE_MS` [RELOAD_CHECK_MS]: how often an inference environment writes its
+    /// rollout evidence (each write a PUT when `TELEMETRY_ROOT` is on S3).
+    pub evidence_write: Duration,
     /// `ADOPT_SPREAD_MS` [10000]: the window over which a fleet of inference environments
     /// adopts a new version, each at an offset derived from its identity (docs/fleet.md).
     pub adopt_spread: Duration,
@@ -87,6 +90,7 @@ impl Config {
             Some(mb) => Some(parse::<u64>("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", Some(mb), 0)? << 20),
             None => None,
         };
+        let reload_check_ms = parse("RELOAD_CHECK_MS", get("RELOAD_CHECK_MS"), 1000)?;
         let mut models_prefix = get("MODELS_PREFIX").unwrap_or_else(|| "models/".into());
         if !models_prefix.is_empty() && !models_prefix.ends_with('/') {
             models_prefix.push('/');
@@ -112,10 +116,11 @@ impl Config {
                 2 * 1024 * 1024 * 1024,
             )?,
             publisher_function: get("PUBLISHER_FUNCTION").filter(|v| !v.is_empty()),
-            reload_check: Duration::from_millis(parse(
-                "RELOAD_CHECK_MS",
-                get("RELOAD_CHECK_MS"),
-                1000,
+            reload_check: Duration::from_millis(reload_check_ms),
+            evidence_write: Duration::from_millis(parse(
+                "EVIDENCE_WRITE_MS",
+                get("EVIDENCE_WRITE_MS"),
+                reload_check_ms,
             )?),
             adopt_spread: Duration::from_millis(parse(
                 "ADOPT_SPREAD_MS",
@@ -240,6 +245,21 @@ mod tests {
         assert_eq!(config.models_prefix, "models/");
         assert_eq!(config.max_model_bytes, 2147483648);
         assert_eq!(config.reload_check, Duration::from_millis(1000));
+        assert_eq!(config.evidence_write, config.reload_check);
+        let tuned = Config::from_lookup(|n| match n {
+            "RELOAD_CHECK_MS" => Some("250".into()),
+            "EVIDENCE_WRITE_MS" => Some("10000".into()),
+            "TELEMETRY_ROOT" => Some("s3://uploads/telemetry".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(tuned.reload_check, Duration::from_millis(250));
+        assert_eq!(tuned.evidence_write, Duration::from_secs(10));
+        assert_eq!(
+            tuned.telemetry_root,
+            Some("s3://uploads/telemetry".parse().unwrap())
+        );
+        assert_eq!(config.telemetry_root, None, "the registry");
         assert_eq!(config.metrics_namespace, "modelpipe");
         assert_eq!(config.adopt_spread, Duration::from_secs(10));
         assert_eq!(config.engine_threads, None, "every vCPU");

@@ -38,11 +38,6 @@ impl Registry {
         Ok(self)
     }
 
-    /// Where environment files are written: `TELEMETRY_ROOT`, else the registry.
-    pub fn telemetry_location(&self) -> &Location {
-        &self.telemetry_location
-    }
-
     /// Whether environment files can be written: not into a baked registry.
     pub fn takes_environment_files(&self) -> bool {
         !self.baked || self.telemetry_location != self.location

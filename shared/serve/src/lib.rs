@@ -82,7 +82,7 @@ impl Inference {
             preload: config.preload_models.clone(),
             live: Mutex::default(),
             evidence: Arc::new(EvidenceRecorder::new(
-                config.reload_check,
+                config.evidence_write,
                 environment.clone(),
             )),
             shadow_slot: Arc::default(),

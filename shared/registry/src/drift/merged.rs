@@ -70,7 +70,7 @@ impl Registry {
     /// parse are removed too (they counted for nothing). Without the model's lock (a validator
     /// may hold it for minutes): two schedules merging one window at once write the same
     /// merge, unless a late file came between their listings, whose rows are then lost.
-    pub fn merge_past_windows(
+    pub(crate) fn merge_past_windows(
         &self,
         model: &ModelName,
         version: u64,
