@@ -193,7 +193,7 @@ export class ModelpipeStack extends Stack {
       blockPublicAccess: s3.BlockPublicAccess.BLOCK_ALL,
       enforceSSL: true,
       removalPolicy: RemovalPolicy.RETAIN,
-      // Evidence is rewritten every RELOAD_CHECK_MS during a rollout and merged profiles are
+      // Evidence is rewritten every EVIDENCE_WRITE_MS during a rollout and merged profiles are
       // deleted: their old versions are of no use.
       lifecycleRules: [
         { id: 'TelemetryVersions', prefix: TELEMETRY_PREFIX, noncurrentVersionExpiration: Duration.days(1), expiredObjectDeleteMarker: true },

@@ -400,10 +400,15 @@ impl DriftRequest {
                 record_metrics(&report);
                 reports.push(report);
             }
-            let merged =
-                registry.merge_past_windows(model, due.version, &due.unmerged, window, now)?;
-            if !merged.is_empty() {
-                tracing::info!(model = %model, version = due.version, windows = ?merged, "merged past drift windows");
+            // Housekeeping: a failure is retried next tick and never costs a report.
+            match registry.merge_past_windows(model, due.version, &due.unmerged, window, now) {
+                Ok(merged) if !merged.is_empty() => {
+                    tracing::info!(model = %model, version = due.version, windows = ?merged, "merged past drift windows");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(model = %model, version = due.version, error = %e, "could not merge past drift windows; next tick again");
+                }
             }
         }
         Ok(reports)
