@@ -12,17 +12,22 @@ use crate::{binary, free_port, wait_for};
 /// How long a test waits for anything `modelctl dev` does.
 pub const WAIT: Duration = Duration::from_secs(60);
 
-/// Spawns `command(s3_port, http_port)`, a `modelctl dev` on those ports, and waits until its
+/// Spawns `modelctl dev` on `data` and two free loopback ports (S3, HTTP), its command
+/// completed by `configure` (environment, output, more arguments), and waits until its
 /// inference API answers (its S3 endpoint is bound before). A free port can be taken between
 /// its choice and dev's bind (an outgoing connection elsewhere may get it): dev then exits at
 /// once, and is started again on two other ports.
-pub async fn spawn(mut command: impl FnMut(u16, u16) -> Command) -> (Child, u16, u16) {
+pub async fn spawn(data: &Path, mut configure: impl FnMut(&mut Command)) -> (Child, u16, u16) {
     let http = reqwest::Client::new();
     for _ in 0..3 {
         let (s3_port, http_port) = (free_port(), free_port());
-        let mut child = command(s3_port, http_port)
-            .spawn()
-            .expect("start modelctl dev");
+        let mut command = Command::new(binary("modelctl"));
+        command
+            .args(["dev", "--data", data.to_str().unwrap()])
+            .args(["--s3-addr", &format!("127.0.0.1:{s3_port}")])
+            .args(["--http-addr", &format!("127.0.0.1:{http_port}")]);
+        configure(&mut command);
+        let mut child = command.spawn().expect("start modelctl dev");
         let deadline = Instant::now() + WAIT;
         let health = format!("http://127.0.0.1:{http_port}/v2/health/live");
         loop {
@@ -62,17 +67,12 @@ impl Dev {
 
     /// [`Self::start`] with environment variables set for it.
     pub async fn start_with_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
-        let (child, s3_port, http_port) = spawn(|s3_port, http_port| {
-            let mut command = Command::new(binary("modelctl"));
+        let (child, s3_port, http_port) = spawn(data, |command| {
             command
                 .envs(env.iter().copied())
-                .args(["dev", "--data", data.to_str().unwrap()])
-                .args(["--s3-addr", &format!("127.0.0.1:{s3_port}")])
-                .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
                 .args(extra)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());
-            command
         })
         .await;
         Self {

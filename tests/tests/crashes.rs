@@ -33,17 +33,12 @@ impl Drop for Dev {
 }
 
 async fn start_dev(data: &Path, log: std::path::PathBuf) -> Dev {
-    let (child, s3_port, _) = modelpipe_tests::dev::spawn(|s3_port, http_port| {
-        let mut command = Command::new(binary("modelctl"));
+    let (child, s3_port, _) = modelpipe_tests::dev::spawn(data, |command| {
         command
-            .args(["dev", "--data", data.to_str().unwrap()])
-            .args(["--s3-addr", &format!("127.0.0.1:{s3_port}")])
-            .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
             .env("NO_COLOR", "1")
             // Log lines go to stdout.
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(Stdio::null());
-        command
     })
     .await;
     let s3 = modelpipe_tests::dev_s3_client(s3_port).await;

@@ -176,15 +176,7 @@ impl Registry {
                 }
             };
         let baked = matches!(location, Location::Dir(root) if root.join(BAKED_MARKER).is_file());
-        Ok(Self {
-            telemetry: store.clone(),
-            telemetry_location: location.clone(),
-            store,
-            location: location.clone(),
-            baked,
-            signing_default: None,
-            parallel_reads: environment_files::DEFAULT_PARALLEL_READS,
-        })
+        Ok(Self::over(store, location.clone(), baked))
     }
 
     /// A registry under `s3://bucket/prefix`, with the SDK configuration `sdk` (for local
@@ -209,15 +201,20 @@ impl Registry {
                 source,
             })?,
         );
-        Ok(Self {
+        Ok(Self::over(store, location, false))
+    }
+
+    /// A registry over `store` at `location`, its environments' files beside it.
+    fn over(store: Arc<dyn Store>, location: Location, baked: bool) -> Self {
+        Self {
             telemetry: store.clone(),
             telemetry_location: location.clone(),
             store,
             location,
-            baked: false,
+            baked,
             signing_default: None,
             parallel_reads: environment_files::DEFAULT_PARALLEL_READS,
-        })
+        }
     }
 
     pub fn location(&self) -> &Location {
