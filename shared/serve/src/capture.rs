@@ -220,24 +220,62 @@ impl Capture {
         &self.environment
     }
 
-    /// `model`'s capture share: its own (read at most every `settings_refresh`), else the
-    /// deployment's.
+    /// `model`'s capture share: its own, else the deployment's. Read from the registry the
+    /// first time the model is asked for; after that the request path takes what was read, and
+    /// [`Self::process`] reads it again after the answer once it is `SETTINGS_REFRESH` old.
     pub fn share(&self, registry: &Registry, model: &ModelName) -> f64 {
-        if let Some(&(share, read)) = self.shares.lock().expect("shares").get(model)
-            && read.elapsed() < SETTINGS_REFRESH
-        {
+        if let Some(&(share, _)) = self.shares.lock().expect("shares").get(model) {
             return share;
         }
-        let own = registry.monitoring(model).unwrap_or_else(|e| {
+        let share = self.share_of(registry.monitoring(model), model);
+        self.remember_share(model, share);
+        share
+    }
+
+    /// The share `monitoring` (a model's own settings, as read) gives.
+    fn share_of(
+        &self,
+        monitoring: modelpipe_registry::Result<Monitoring>,
+        model: &ModelName,
+    ) -> f64 {
+        let own = monitoring.unwrap_or_else(|e| {
             tracing::warn!(model = %model, error = %e, "could not read the model's monitoring settings; using the defaults");
             Monitoring::default()
         });
-        let share = own.or(self.config.defaults).capture_share.unwrap_or(0.0);
+        own.or(self.config.defaults).capture_share.unwrap_or(0.0)
+    }
+
+    fn remember_share(&self, model: &ModelName, share: f64) {
         self.shares
             .lock()
             .expect("shares")
             .insert(model.clone(), (share, Instant::now()));
-        share
+    }
+
+    /// Reads again the shares read `SETTINGS_REFRESH` ago or more.
+    async fn refresh_shares(&self, registry: &Registry) {
+        let stale: Vec<ModelName> = (self.shares.lock().expect("shares").iter())
+            .filter(|(_, (_, read))| read.elapsed() >= SETTINGS_REFRESH)
+            .map(|(model, _)| model.clone())
+            .collect();
+        if stale.is_empty() {
+            return;
+        }
+        let registry = registry.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            (stale.into_iter())
+                .map(|model| {
+                    let monitoring = registry.monitoring(&model);
+                    (model, monitoring)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        for (model, monitoring) in read {
+            let share = self.share_of(monitoring, &model);
+            self.remember_share(&model, share);
+        }
     }
 
     /// Takes `sample` for processing after the answer, unless the budget is spent (then it is
@@ -286,9 +324,11 @@ impl Capture {
                 .any(|(_, dirty)| *dirty)
     }
 
-    /// Turns the samples handed over into records and profile counts, then writes the
-    /// versions' records that are due (by size or age) and the profiles, if due.
+    /// Reads again the capture shares that are due, turns the samples handed over into records
+    /// and profile counts, then writes the versions' records that are due (by size or age) and
+    /// the profiles, if due.
     pub async fn process(&self, registry: &Registry) -> Processed {
+        self.refresh_shares(registry).await;
         let records = self.absorb();
         let objects = self.write_records(false).await;
         self.write_profiles(registry, false).await;

@@ -200,3 +200,38 @@ async fn records_a_failed_write_left_are_written_by_the_next_one() {
     let objects = sink.kept.0.lock().unwrap();
     assert_eq!(gunzip(&objects[0].1).lines().count(), 10);
 }
+
+#[tokio::test]
+async fn a_share_is_read_once_on_the_request_path_and_again_after_an_answer_once_due() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::open(dir.path()).unwrap();
+    let settings = |share| Monitoring {
+        capture_share: Some(share),
+        drift_threshold: None,
+    };
+    registry.write_monitoring(&model(), &settings(0.5)).unwrap();
+    let capture = Capture::new(MonitoringConfig::default(), "env-1".into());
+    assert_eq!(
+        capture.share(&registry, &model()),
+        0.5,
+        "read the first time"
+    );
+    registry.write_monitoring(&model(), &settings(0.2)).unwrap();
+    assert_eq!(
+        capture.share(&registry, &model()),
+        0.5,
+        "the request path reads no more"
+    );
+    capture.process(&registry).await;
+    assert_eq!(capture.share(&registry, &model()), 0.5, "not due yet");
+    // As if read SETTINGS_REFRESH ago.
+    for (_, read) in capture.shares.lock().unwrap().values_mut() {
+        *read -= SETTINGS_REFRESH;
+    }
+    capture.process(&registry).await;
+    assert_eq!(
+        capture.share(&registry, &model()),
+        0.2,
+        "read again after the answer"
+    );
+}
